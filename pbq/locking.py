@@ -1,0 +1,253 @@
+"""The jobfile lock, in two kinds.
+
+``flock`` (default): a kernel lock on ``JOBFILE.lock`` through filelock.  Works on local
+disks and on NFS (Linux maps flock to NFS byte-range locks).  Released by the kernel when
+the holder dies, so it can never go stale.
+
+``soft``: for file systems whose flock is not shared between machines (sshfs, some FUSE
+and old NFS setups).  The lock is the existence of ``JOBFILE.lock.soft``, created with
+O_CREAT|O_EXCL (atomic on such file systems); it holds the holder's machine, boot id,
+pid, process start time and a random token.  Stale-lock rules, none of which can break
+a live lock:
+
+* holder on this machine (same boot id): broken only when that pid is gone or now
+  belongs to another process (start time differs);
+* holder elsewhere: the holder refreshes the file every ``stale_after / 6`` seconds while
+  it holds the lock; a waiter breaks it only after watching it stay unchanged for
+  ``stale_after`` seconds of the waiter's own monotonic clock (clock skew between
+  machines does not matter);
+* breaking is serialized by a second O_EXCL file, and the breaker re-reads the lock
+  after taking it, so two waiters never both break, and never break a fresh lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import socket
+import threading
+import time
+from pathlib import Path
+from types import TracebackType
+
+import filelock
+
+from .errors import PbqError
+from .sensors import boot_id, process_start
+
+LOCK_KINDS = ("flock", "soft")
+
+
+class QueueLock:
+    """Interface of both lock kinds: a blocking, non-reentrant context manager."""
+
+    path: Path
+
+    def acquire(self, timeout: float | None = None) -> None:
+        raise NotImplementedError
+
+    def release(self) -> None:
+        raise NotImplementedError
+
+    def still_held(self) -> bool:
+        """False when a soft lock was broken under us (only after a long freeze)."""
+        return True
+
+    def __enter__(self) -> QueueLock:
+        self.acquire()
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.release()
+
+
+class FlockLock(QueueLock):
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        # A short poll keeps waiters close to FIFO without burning CPU; fallback_to_soft is
+        # off because silently mixing lock kinds between hosts would lose mutual exclusion.
+        self._lock = filelock.FileLock(
+            str(path), poll_interval=0.002, fallback_to_soft=False, thread_local=False
+        )
+
+    def acquire(self, timeout: float | None = None) -> None:
+        try:
+            self._lock.acquire(timeout=-1 if timeout is None else timeout)
+        except filelock.Timeout:
+            raise PbqError(f"timed out after {timeout:g} s waiting for the lock", path=str(self.path)) from None
+        except OSError as err:
+            raise PbqError(
+                f"cannot lock ({err.strerror or err}); on a file system without working "
+                "flock use --lock soft",
+                path=str(self.path),
+            ) from None
+
+    def release(self) -> None:
+        self._lock.release()
+
+
+class SoftLock(QueueLock):
+    def __init__(self, path: Path, stale_after: float = 30.0, log: callable | None = None) -> None:
+        self.path = path.with_name(path.name + ".soft")
+        self._break_path = path.with_name(path.name + ".soft.break")
+        self.stale_after = stale_after
+        self._log = log
+        self._token: str | None = None
+        self._refresher: threading.Thread | None = None
+        self._stop_refresh = threading.Event()
+        self._me = {
+            "machine": socket.gethostname(),
+            "boot": boot_id(),
+            "pid": os.getpid(),
+            "start": process_start(os.getpid()),
+        }
+
+    # -- acquiring ---------------------------------------------------------------
+
+    def acquire(self, timeout: float | None = None) -> None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delay = 0.001
+        watched: tuple[bytes, float] | None = None  # (content, since) of a remote holder's lock
+        while True:
+            token = secrets.token_hex(8)
+            body = json.dumps({**self._me, "token": token}).encode()
+            try:
+                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            except FileExistsError:
+                pass
+            except OSError as err:
+                raise PbqError(f"cannot create lock file: {err.strerror}", path=str(self.path)) from None
+            else:
+                try:
+                    os.write(fd, body)
+                finally:
+                    os.close(fd)
+                self._token = token
+                self._start_refresher()
+                return
+            watched = self._maybe_break(watched)
+            if deadline is not None and time.monotonic() > deadline:
+                raise PbqError(f"timed out after {timeout:g} s waiting for the lock", path=str(self.path))
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
+
+    def _read(self, path: Path) -> tuple[bytes, dict | None] | None:
+        try:
+            with open(path, "rb") as f:
+                raw = f.read()
+        except FileNotFoundError:
+            return None
+        except OSError:
+            return b"", None
+        try:
+            info = json.loads(raw)
+            return raw, info if isinstance(info, dict) else None
+        except ValueError:
+            return raw, None
+
+    def _holder_dead_here(self, info: dict | None) -> bool | None:
+        """True/False when the holder is on this machine and its fate is known, else None."""
+        if not info or info.get("boot") != self._me["boot"] or info.get("machine") != self._me["machine"]:
+            return None
+        pid, start = info.get("pid"), info.get("start")
+        if not isinstance(pid, int):
+            return None
+        now_start = process_start(pid)
+        if now_start is None:
+            return True
+        return start is not None and abs(now_start - start) > 0.05
+
+    def _maybe_break(self, watched: tuple[bytes, float] | None) -> tuple[bytes, float] | None:
+        seen = self._read(self.path)
+        if seen is None:
+            return None
+        raw, info = seen
+        dead = self._holder_dead_here(info)
+        if dead is False:
+            return None  # a live holder on this machine: never break
+        if dead is None:
+            # Remote (or unreadable) holder: stale only after staying unchanged for a while.
+            stamp = raw + str(self._mtime(self.path)).encode()
+            now = time.monotonic()
+            if watched is None or watched[0] != stamp:
+                return (stamp, now)
+            if now - watched[1] < self.stale_after:
+                return watched
+        self._break(raw)
+        return None
+
+    @staticmethod
+    def _mtime(path: Path) -> float | None:
+        try:
+            return os.stat(path).st_mtime
+        except OSError:
+            return None
+
+    def _break(self, expected: bytes) -> None:
+        """Remove the lock file if it still holds ``expected``, one breaker at a time."""
+        try:
+            fd = os.open(self._break_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        except FileExistsError:
+            # Another waiter is breaking.  A break takes milliseconds; a break file that
+            # outlives stale_after belongs to a breaker that died, and is removed.
+            mtime = self._mtime(self._break_path)
+            if mtime is not None and time.time() - mtime > max(self.stale_after, 5.0):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self._break_path)
+            return
+        except OSError:
+            return
+        os.close(fd)
+        try:
+            again = self._read(self.path)
+            if again is not None and again[0] == expected:
+                os.unlink(self.path)
+                if self._log:
+                    self._log(f"broke stale lock {self.path} held by {expected.decode(errors='replace')}")
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._break_path)
+
+    # -- holding -----------------------------------------------------------------
+
+    def _start_refresher(self) -> None:
+        # Only needed so that waiters on other machines see a live holder; a lock is held
+        # for milliseconds, so the thread usually never wakes.
+        self._stop_refresh.clear()
+        self._refresher = threading.Thread(target=self._refresh_loop, daemon=True)
+        self._refresher.start()
+
+    def _refresh_loop(self) -> None:
+        interval = max(self.stale_after / 6, 0.5)
+        while not self._stop_refresh.wait(interval):
+            with contextlib.suppress(OSError):
+                os.utime(self.path)
+
+    def still_held(self) -> bool:
+        seen = self._read(self.path)
+        if seen is None or seen[1] is None:
+            return False
+        return seen[1].get("token") == self._token
+
+    def release(self) -> None:
+        self._stop_refresh.set()
+        if self._refresher is not None:
+            self._refresher.join()
+            self._refresher = None
+        if self._token is not None and self.still_held():
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
+        self._token = None
+
+
+def make_lock(jobfile: Path, kind: str = "flock", stale_after: float = 30.0, log: callable | None = None) -> QueueLock:
+    path = jobfile.with_name(jobfile.name + ".lock")
+    if kind == "flock":
+        return FlockLock(path)
+    if kind == "soft":
+        return SoftLock(path, stale_after=stale_after, log=log)
+    raise PbqError(f"unknown lock kind {kind!r} (choose flock or soft)")

@@ -1,0 +1,98 @@
+"""The scheduling policy: pure functions of what was measured, no clock, no I/O.
+
+Load limit (README, "The load limit")::
+
+    base  = wday   during work hours, else max
+    limit = max(0, base - min(interactive, active_users))
+
+Decision, with ``load = foreign + running`` (own running jobs count one each) and
+``h`` the hysteresis:
+
+* stopped by the user: stop every running job, start nothing;
+* ``load > limit + h``: stop the fewest running jobs (newest first) that bring
+  ``load <= limit + h``;
+* otherwise continue stopped jobs (oldest first), then start new ones, while
+  ``foreign_recent + running + 1 <= limit + h``, where ``foreign_recent`` is the highest
+  foreign load of the last ``settle`` seconds: stopping reacts to a load at once,
+  continuing waits until it has stayed low, so a steady foreign load does not make jobs
+  flap.  Starting and stopping use the same bound, so a start never causes a stop.
+* memory (``memfree`` set): start nothing while available memory is below ``memfree``;
+  below half of it, evict (kill and requeue) the newest job, one per ``settle`` seconds.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class Mode(StrEnum):
+    RUN = "running"
+    PAUSED = "stopped"  # `pbq control stop`: every job stopped, nothing starts
+    QUIT = "quitting"  # `quit`: nothing new starts, jobs finish under the load policy
+    TERM = "terminating"  # `term`: jobs are being terminated
+
+
+def load_limit(max_load: float, wday: float, interactive: int, work_time: bool, active_users: int) -> float:
+    base = wday if work_time else max_load
+    return max(0.0, base - min(interactive, active_users))
+
+
+@dataclass(frozen=True)
+class View:
+    mode: Mode
+    limit: float
+    foreign: float  # foreign load of the last interval
+    foreign_recent: float  # highest foreign load over the last `settle` seconds
+    running: int
+    stopped_by_load: int  # jobs the policy stopped (it may continue them)
+    stopped_by_user: int  # jobs stopped by `pbq control stop` (continued on `cont`)
+    pending: bool  # the jobfile may have lines to take
+    hysteresis: float = 0.5
+    mem_available: int | None = None
+    memfree: int = 0  # bytes; 0 = off
+    since_evict: float = math.inf  # seconds since the last eviction
+    settle: float = 2.0
+
+
+@dataclass(frozen=True)
+class Decision:
+    stop: int = 0  # stop this many running jobs, newest first
+    cont: int = 0  # continue this many stopped jobs, oldest first
+    start: int = 0  # take and start this many new jobs
+    evict: int = 0  # kill and requeue this many jobs, newest first
+
+    def __bool__(self) -> bool:
+        return bool(self.stop or self.cont or self.start or self.evict)
+
+
+def decide(v: View) -> Decision:
+    if v.mode is Mode.TERM:
+        return Decision()
+    if v.mode is Mode.PAUSED:
+        return Decision(stop=v.running)
+    evict = 0
+    low_memory = v.memfree > 0 and v.mem_available is not None and v.mem_available < v.memfree
+    if (
+        low_memory
+        and v.mem_available is not None
+        and v.mem_available < v.memfree / 2
+        and v.running + v.stopped_by_load + v.stopped_by_user > 0
+        and v.since_evict >= v.settle
+    ):
+        evict = 1
+    load = v.foreign + v.running
+    excess = load - v.limit
+    if excess > v.hysteresis + 1e-9:
+        stop = min(v.running, math.ceil(excess - v.hysteresis - 1e-9))
+        return Decision(stop=stop, evict=evict)
+    room = math.floor(v.limit + v.hysteresis - (v.foreign_recent + v.running) + 1e-9)
+    room = max(0, room)
+    # Jobs the user stopped are continued by `cont` (mode RUN again) like load-stopped ones.
+    stopped = v.stopped_by_load + v.stopped_by_user
+    cont = min(stopped, room)
+    start = 0
+    if v.mode is Mode.RUN and v.pending and not low_memory:
+        start = room - cont
+    return Decision(cont=cont, start=start, evict=evict)

@@ -1,0 +1,256 @@
+"""Processes: start jobs, signal their groups, reap them; and the keeper.
+
+Jobs are started with ``posix_spawn`` (no fork of the Python interpreter) in a session
+of their own (so the job's pid is its session and process-group id, and every process it
+starts is signalled with it), with stdin from /dev/null and the signal dispositions reset.
+Niceness: on Linux the nice value is per thread and a spawned child inherits the calling
+thread's, so jobs are spawned from one helper thread that runs at the jobs' niceness while
+the scheduler itself stays at normal priority and reacts promptly.
+
+The keeper: ``pbq-single`` forks once at start.  The parent (the keeper) becomes a child
+subreaper and waits; the child is the scheduler.  If the scheduler dies (``pbq control
+kill``, SIGKILL, a crash), its jobs are re-parented to the keeper, which reaps them and
+appends each job's exit status to ``JOBFILE.HOST.exits``, so a restarted scheduler can
+record their real outcome.  The keeper exits when the scheduler has exited and no orphan
+is left.  It forwards TERM, HUP, USR1, USR2 and CONT to the scheduler.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import json
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from .sensors import process_start
+
+# Signals whose disposition a child must not inherit from Python (SIGPIPE is ignored by
+# Python, which breaks pipelines like `yes | head` in jobs).
+_RESET_SIGNALS = [
+    s
+    for s in (
+        signal.SIGPIPE,
+        signal.SIGXFSZ,
+        signal.SIGINT,
+        signal.SIGTERM,
+        signal.SIGHUP,
+        signal.SIGUSR1,
+        signal.SIGUSR2,
+        signal.SIGCHLD,
+        signal.SIGQUIT,
+        signal.SIGCONT,
+    )
+]
+
+
+class SpawnError(Exception):
+    """A command that could not be started: a failed job, not a scheduler error."""
+
+    def __init__(self, exit_code: int, message: str) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Exit:
+    """How a process ended."""
+
+    pid: int
+    status: int  # raw wait status
+    cpu_seconds: float
+    maxrss_bytes: int
+
+    @property
+    def exit_code(self) -> int | None:
+        return os.waitstatus_to_exitcode(self.status) if os.WIFEXITED(self.status) else None
+
+    @property
+    def signal(self) -> int | None:
+        return os.WTERMSIG(self.status) if os.WIFSIGNALED(self.status) else None
+
+
+class Spawner:
+    """Starts jobs from a thread running at the jobs' niceness."""
+
+    def __init__(self, nice: int = 19) -> None:
+        self.nice = nice
+        self._pool = ThreadPoolExecutor(max_workers=1, initializer=self._lower_priority)
+
+    def _lower_priority(self) -> None:
+        try:
+            tid = threading.get_native_id()
+            cur = os.getpriority(os.PRIO_PROCESS, tid)
+            if self.nice > cur:
+                os.setpriority(os.PRIO_PROCESS, tid, self.nice)
+        except OSError:
+            pass
+
+    def spawn(
+        self,
+        argv: list[bytes],
+        env: dict[str, str],
+        stdout: Path | None = None,
+        stderr: Path | None = None,
+    ) -> int:
+        """Start ``argv``; return its pid.  Raises SpawnError (127 not found, 126 cannot run)."""
+        return self._pool.submit(self._spawn, argv, env, stdout, stderr).result()
+
+    @staticmethod
+    def _spawn(argv: list[bytes], env: dict[str, str], stdout: Path | None, stderr: Path | None) -> int:
+        actions: list[tuple] = [(os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0)]
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+        if stdout is not None:
+            actions.append((os.POSIX_SPAWN_OPEN, 1, str(stdout), flags, 0o666))
+        if stderr is not None:
+            actions.append((os.POSIX_SPAWN_OPEN, 2, str(stderr), flags, 0o666))
+        if not argv:
+            raise SpawnError(127, "empty command")
+        try:
+            return os.posix_spawnp(
+                argv[0], argv, env, file_actions=actions, setsid=True, setsigdef=_RESET_SIGNALS, setsigmask=()
+            )
+        except FileNotFoundError:
+            return _raise(127, f"{argv[0].decode(errors='replace')}: command not found")
+        except PermissionError:
+            return _raise(126, f"{argv[0].decode(errors='replace')}: permission denied")
+        except ValueError as err:  # NUL byte in the line
+            return _raise(126, f"cannot run: {err}")
+        except OSError as err:
+            if err.errno == errno.E2BIG:
+                return _raise(126, "cannot run: command line too long for the kernel")
+            if err.errno == errno.ENOEXEC:
+                return _raise(126, f"{argv[0].decode(errors='replace')}: not an executable")
+            if err.errno in (errno.EAGAIN, errno.ENOMEM):
+                raise  # out of processes or memory: a scheduler problem, not the job's
+            return _raise(126, f"cannot run: {err.strerror}")
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False)
+
+
+def _raise(code: int, message: str) -> int:
+    raise SpawnError(code, message)
+
+
+def signal_group(pgid: int, sig: int) -> bool:
+    """Send ``sig`` to a job's whole process group; False if the group is gone."""
+    try:
+        os.killpg(pgid, sig)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return False
+
+
+def reap() -> list[Exit]:
+    """Collect every child that has ended, without blocking."""
+    out = []
+    while True:
+        try:
+            pid, status, ru = os.wait4(-1, os.WNOHANG)
+        except ChildProcessError:
+            break
+        except InterruptedError:
+            continue
+        if pid == 0:
+            break
+        out.append(Exit(pid, status, ru.ru_utime + ru.ru_stime, ru.ru_maxrss * 1024))
+    return out
+
+
+# -- the keeper ----------------------------------------------------------------------
+
+PR_SET_CHILD_SUBREAPER = 36
+_FORWARD = (signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGCONT)
+
+
+def _set_subreaper() -> bool:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def run_with_keeper(exits_path: Callable[[], Path | None], main: Callable[[], int]) -> int:
+    """Run ``main`` in a child process while this process keeps its orphans.
+
+    Returns main's exit code in the caller.  Where subreapers don't exist (not Linux),
+    ``main`` runs in this process and outcomes of jobs orphaned by a crash stay unknown.
+    """
+    if not _set_subreaper():
+        return main()
+    child = os.fork()
+    if child == 0:
+        code = 1
+        try:
+            code = main()
+        finally:
+            os._exit(code)
+    return _keep(child, exits_path)
+
+
+def _keep(scheduler: int, exits_path: Callable[[], Path | None]) -> int:
+    for sig in _FORWARD:
+        signal.signal(sig, lambda s, _f: _forward(scheduler, s))
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the terminal's ^C reaches the scheduler itself
+    code = 1
+    while True:
+        try:
+            info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOWAIT)
+        except ChildProcessError:
+            break
+        except InterruptedError:
+            continue
+        if info is None:
+            continue
+        pid = info.si_pid
+        start = process_start(pid)  # a zombie still has its start time
+        try:
+            _, status, ru = os.wait4(pid, 0)
+        except ChildProcessError:
+            continue
+        if pid == scheduler:
+            code = os.waitstatus_to_exitcode(status)
+            if code < 0:
+                code = 128 - code
+            continue
+        # Every other child is an orphan of the scheduler (a job, or something a job left
+        # behind): record it; the restarted scheduler matches records by pid and start time.
+        path = exits_path()
+        if path is None:
+            continue
+        rec = {
+            "pid": pid,
+            "start": start,
+            "status": status,
+            "time": time.time(),
+            "cpu": ru.ru_utime + ru.ru_stime,
+            "maxrss": ru.ru_maxrss * 1024,
+        }
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+            try:
+                os.write(fd, json.dumps(rec).encode() + b"\n")
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError:
+            pass
+    return code
+
+
+def _forward(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except OSError:
+        pass

@@ -1,0 +1,1046 @@
+"""``pbq-single``: the per-host scheduler loop.
+
+One pass of the loop, always in this order (supervisor's shape)::
+
+    wait     until the next tick, a signal, or a child's exit (SIGCHLD wakes it)
+    signals  act on what the handlers recorded (handlers only record)
+    reap     collect ended jobs: joblog, .error, retries; their slots are free now
+    tick     once per interval: control file, sensors, adopted jobs, heartbeat
+    act      ask the pure policy what to do, then stop / continue / take and start
+    files    rewrite .running/.stopped if they changed
+
+``tick(now)`` and ``act(now)`` take the time, so tests can drive them.  The state that
+must survive a crash is ``JOBFILE.HOST.state`` (see model.py and jobfile.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import select
+import signal
+import socket
+import sys
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from . import __version__
+from .cmdline import job_argv
+from .config import Config
+from .errors import PbqError
+from .hostfile import Host, find_host, load_hostfile
+from .hostlog import JOBLOG_HEADER, HostLog, joblog_row
+from .jobfile import JobQueue
+from .model import HostState, Job, JobState
+from .policy import Decision, Mode, View, decide, load_limit
+from .proc import Spawner, SpawnError, reap, signal_group
+from .safety import check_input_file, control_file_trusted
+from .sensors import (
+    ForeignLoadMeter,
+    Sensors,
+    boot_id,
+    pids_with_env,
+    process_cmdline,
+    process_start,
+    process_state,
+    same_process,
+)
+from .statefiles import (
+    HostFiles,
+    append_bytes,
+    atomic_write,
+    atomic_write_json,
+    line_to_text,
+    read_json,
+    read_json_lines,
+    unlink_quietly,
+)
+
+UNKNOWN_EXIT = -1  # joblog Exitval of a job whose outcome cannot be known
+ADOPTED_EXIT_WAIT = 5.0  # seconds to wait for the keeper's record of an adopted job's exit
+
+
+@dataclass
+class SchedulerOptions:
+    hostfile: Path
+    jobfile: Path
+    host: str  # the name in file names and in the hostfile
+    config: Config
+    output_dir: Path | None = None
+    exit_when_empty: bool = False
+    allow_group_write: bool = False
+    lock: str = "flock"
+    echo_log: bool = False
+
+
+@dataclass
+class Outcome:
+    exit_code: int  # -1 when unknown
+    signal: int = 0
+    cpu_seconds: float = 0.0
+    maxrss: int = 0
+    note: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0 and self.signal == 0
+
+
+def read_pidfile(path: Path) -> dict | None:
+    """``.pid``: the pid on the first line (as PBQ), then start time, machine, boot id, keeper pid."""
+    try:
+        lines = path.read_text().split("\n")
+    except (OSError, UnicodeDecodeError):
+        return None
+    try:
+        info: dict = {"pid": int(lines[0])}
+    except (ValueError, IndexError):
+        return None
+    keys = ("start", "machine", "boot", "keeper")
+    for key, value in zip(keys, lines[1:], strict=False):
+        info[key] = value.strip()
+    try:
+        info["start"] = float(info["start"]) if info.get("start") else None
+    except ValueError:
+        info["start"] = None
+    return info
+
+
+def is_local(info: dict) -> bool:
+    return info.get("machine") == socket.gethostname() and info.get("boot") == boot_id()
+
+
+def looks_like_scheduler(pid: int, jobfile: Path) -> bool:
+    cmd = " ".join(process_cmdline(pid))
+    return "pbq" in cmd and jobfile.name in cmd
+
+
+class Scheduler:
+    def __init__(
+        self,
+        opts: SchedulerOptions,
+        sensors: Sensors | None = None,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.opts = opts
+        self.cfg = opts.config
+        self.jobfile = opts.jobfile
+        self.files = HostFiles(opts.jobfile, opts.host)
+        self.sensors = sensors or Sensors()
+        self.clock = clock
+        self.mono = monotonic
+        sc = self.cfg.scheduler
+        self.log = HostLog(self.files.log, self.cfg.log.max_bytes, self.cfg.log.backups, echo=opts.echo_log)
+        self.queue = JobQueue(
+            opts.jobfile,
+            lock=opts.lock,
+            fsync=self.cfg.jobfile.fsync,
+            compact_after=self.cfg.jobfile.compact_after,
+            stale_lock_after=self.cfg.jobfile.stale_lock_after,
+            log=self.log,
+            clock=clock,
+        )
+        self.interval = sc.interval
+        self.spawner = Spawner(sc.nice)
+        self.state = HostState(opts.host)
+        self.mode = Mode.RUN
+        self.paused = False  # `stop` in force
+        self.quitting = False
+        self.term_deadline: float | None = None
+        self.killed_hard = False
+        self.exit_code = 0
+        # measurements
+        self.meter = ForeignLoadMeter()
+        self.foreign = 0.0
+        self.foreign_hist: deque[tuple[float, float]] = deque()
+        self.limit = 0.0
+        self.active_users = 0
+        self.work_time = False
+        self.mem_available: int | None = None
+        self.last_evict = -math.inf
+        self.adopted_cpu = 0.0  # CPU seconds of adopted jobs that ended (not in os.times())
+        # bookkeeping
+        self.by_pid: dict[int, Job] = {}
+        self.empty_sig: tuple | None = None  # jobfile signature when it was last found empty
+        self.next_tick = 0.0
+        self.next_load_log = 0.0
+        self.next_history = 0.0
+        self.written_views: dict[str, bytes] = {}
+        self.signals: list[int] = []
+        self.control_ack: str | None = None
+        self.host_entry: Host | None = None
+        self.hostfile_mtime: float | None = None
+        self.env_base = dict(os.environ)
+        self.joblog_buf: list[str] = []
+        self.error_buf: list[bytes] = []
+        self.requeue_end: list[Job] = []
+        self.requeue_front: list[Job] = []
+        self.state_dirty = False
+        self.started_at = clock()
+        self.disk_error: str | None = None
+        self._wake_r = self._wake_w = -1
+
+    # ---------------------------------------------------------------- set-up
+
+    def load_host(self) -> None:
+        """(Re)read the hostfile; the host's entry gives max, wday and interactive."""
+        check_input_file(self.opts.hostfile, "hostfile", self.opts.allow_group_write)
+        hosts = load_hostfile(self.opts.hostfile)
+        self.host_entry = find_host(hosts, self.opts.host, str(self.opts.hostfile))
+        with contextlib.suppress(OSError):
+            self.hostfile_mtime = os.stat(self.opts.hostfile).st_mtime
+
+    def startup(self) -> None:
+        self.load_host()
+        check_input_file(self.jobfile, "jobfile", self.opts.allow_group_write)
+        if not self.jobfile.exists():
+            raise PbqError(
+                f"no such jobfile (create it, e.g. with: touch {self.jobfile})", path=str(self.jobfile)
+            )
+        if self.opts.output_dir is not None:
+            try:
+                self.opts.output_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise PbqError(f"cannot create output directory: {err.strerror}", path=str(self.opts.output_dir)) from None
+        with self.queue.transaction() as txn:
+            self._claim_pidfile()
+            self._recover(txn)
+        self._save_state()
+        self._write_views()
+        h = self.host_entry
+        assert h is not None
+        self.log(
+            f"pbq {__version__} scheduler for host {self.opts.host} started, pid {os.getpid()}, "
+            f"max {h.max:g} wday {h.wday:g} interactive {h.interactive}, "
+            f"work hours {self.cfg.schedule.calendar.describe()}, interval {self.interval:g}s"
+        )
+        self.log.flush()
+
+    def _claim_pidfile(self) -> None:
+        """Refuse a second scheduler for this host and jobfile; else write ``.pid``.
+
+        Runs under the jobfile lock so two schedulers starting at once can't both win.
+        """
+        info = read_pidfile(self.files.pid)
+        if info is not None:
+            pid = info["pid"]
+            if is_local(info):
+                if same_process(pid, info.get("start")) and looks_like_scheduler(pid, self.jobfile):
+                    raise PbqError(
+                        f"a scheduler for host {self.opts.host} is already running (pid {pid}); "
+                        f"stop it first (pbq control ... quit {self.opts.host})",
+                        path=str(self.files.pid),
+                    )
+                self.log(f"found stale {self.files.pid.name} (pid {pid} is gone or reused): recovering")
+            else:
+                status = read_json(self.files.status) or {}
+                age = self.clock() - float(status.get("time", 0) or 0)
+                fresh = max(10 * float(status.get("interval", 1.0) or 1.0), 60.0)
+                if status.get("state") not in ("exited", "terminated", None) and age < fresh:
+                    raise PbqError(
+                        f"a scheduler for host {self.opts.host} seems to run on machine "
+                        f"{info.get('machine')} (pid {pid}, heartbeat {age:.0f} s ago); "
+                        "stop it there, or wait until its heartbeat is older than "
+                        f"{fresh:.0f} s",
+                        path=str(self.files.pid),
+                    )
+                self.log(f"found {self.files.pid.name} of machine {info.get('machine')} with an old heartbeat: taking over")
+        me = os.getpid()
+        body = f"{me}\n{process_start(me)}\n{socket.gethostname()}\n{boot_id()}\n{os.getppid()}\n"
+        atomic_write(self.files.pid, body.encode(), fsync=self.cfg.jobfile.fsync)
+
+    def _recover(self, txn) -> None:
+        """Make the recorded state true again after a crash, a kill or a reboot.
+
+        Runs under the jobfile lock.  Takes whose operation never reached the jobfile's
+        commit record are dropped (their lines are still pending); live jobs of the
+        previous run are adopted; jobs whose process is gone get their recorded exit
+        status, or go back to the front of the jobfile, once.
+        """
+        raw = read_json(self.files.state)
+        self.state = HostState.from_json(self.opts.host, raw)
+        committed = txn.state.ops.get(self.opts.host, 0)
+        if self.state.next_op <= committed:
+            self.state.next_op = committed + 1
+        exits = None
+        back: list[Job] = []
+        keep: list[Job] = []
+        for job in self.state.jobs:
+            if job.op > committed and job.state in (JobState.STARTING, JobState.REQUEUE):
+                if job.state is JobState.STARTING:
+                    # Write-ahead record of a take that never committed: still pending.
+                    self.log(f"job {self._id(job)} was never taken (crash while taking): left in the jobfile")
+                else:
+                    back.append(job)  # a put-back that never committed: do it now
+                continue
+            if job.state is JobState.REQUEUE:
+                continue  # its put-back committed: the line is in the jobfile again
+            if job.pid is None:
+                # Taken, maybe started, but the pid was never recorded: look for it.
+                found = pids_with_env("PBQ_JOB_ID", self._id(job))
+                found = [p for p in found if os.getsid(p) == p] if found else []
+                if found:
+                    job.pid, job.pid_start = found[0], process_start(found[0])
+                else:
+                    job.requeue_front = True
+                    back.append(job)
+                    self.log(
+                        f"job {self._id(job)} was being started when the scheduler died: "
+                        f"putting it back; POSSIBLE DUPLICATE if it had already run: {line_to_text(job.line)}"
+                    )
+                    continue
+            if job.evicting and not same_process(job.pid, job.pid_start):
+                back.append(job)
+                continue
+            if same_process(job.pid, job.pid_start):
+                job.adopted = True
+                st = process_state(job.pid)
+                job.state = JobState.STOPPED if st == "T" else JobState.RUNNING
+                if job.state is JobState.STOPPED and not job.stopped_by:
+                    job.stopped_by = "load"
+                self.log(f"adopted job {self._id(job)} pid {job.pid} ({job.state.value}) from the previous run")
+                keep.append(job)
+                continue
+            if exits is None:
+                exits = self._read_exits()
+            rec = exits.get((job.pid, _round(job.pid_start)))
+            if rec is not None and not job.extra.get("terminated"):
+                keep.append(job)
+                self._finish(job, self._outcome_from_record(rec), when=rec.get("time"))
+                continue
+            job.requeue_front = True
+            back.append(job)
+            why = "terminated" if job.extra.get("terminated") else "its process is gone (reboot?)"
+            self.log(f"job {self._id(job)} did not finish ({why}): putting it back at the front: {line_to_text(job.line)}")
+        kept = {id(j) for j in keep}
+        self.state.jobs = [j for j in self.state.jobs if id(j) in kept]
+        for job in self.state.jobs:
+            if job.pid is not None:
+                self.by_pid[job.pid] = job
+        if back:
+            op = self.state.new_op()
+            for job in back:
+                job.state, job.op = JobState.REQUEUE, op
+            self.state.jobs.extend(back)
+            self._save_state(fsync=True)
+            front = [j.line for j in back if j.requeue_front]
+            end = [j.line for j in back if not j.requeue_front]
+            if front:
+                txn.prepend(front, self.opts.host, op)
+            if end:
+                txn.append(end, self.opts.host, op)
+            if not front and not end:
+                txn.commit_op(self.opts.host, op)
+            gone = {id(j) for j in back}
+            self.state.jobs = [j for j in self.state.jobs if id(j) not in gone]
+        self._flush_outcomes(txn)
+
+    # ---------------------------------------------------------------- the loop
+
+    def run(self) -> int:
+        self._install_signals()
+        try:
+            self.startup()
+        except BaseException:
+            self.spawner.close()
+            raise
+        now = self.clock()
+        self.tick(now)
+        try:
+            while True:
+                self._wait()
+                now = self.clock()
+                self._handle_signals(now)
+                self._reap(now)
+                if self.mono() >= self.next_tick:
+                    self.tick(now)
+                self.act(now)
+                self._write_views()
+                self.log.flush()
+                if self._done():
+                    break
+        finally:
+            self._shutdown()
+        return self.exit_code
+
+    def _install_signals(self) -> None:
+        r, w = os.pipe()
+        os.set_blocking(r, False)
+        os.set_blocking(w, False)
+        self._wake_r, self._wake_w = r, w
+        signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+        for sig in (signal.SIGUSR1, signal.SIGUSR2, signal.SIGCONT, signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, self._record_signal)
+        # SIGCHLD needs a handler (not SIG_DFL) so that it reaches the wakeup fd.
+        signal.signal(signal.SIGCHLD, lambda s, f: None)
+
+    def _record_signal(self, signum: int, _frame: object) -> None:
+        self.signals.append(signum)  # handlers only record; the loop acts
+
+    def _wait(self) -> None:
+        timeout = max(0.0, self.next_tick - self.mono())
+        if self.term_deadline is not None:
+            timeout = min(timeout, max(0.0, self.term_deadline - self.mono()))
+        if self.signals:
+            timeout = 0.0
+        try:
+            ready, _, _ = select.select([self._wake_r], [], [], timeout)
+        except InterruptedError:
+            ready = []
+        if ready:
+            with contextlib.suppress(BlockingIOError, InterruptedError):
+                while os.read(self._wake_r, 4096):
+                    pass
+
+    def _handle_signals(self, now: float) -> None:
+        while self.signals:
+            sig = self.signals.pop(0)
+            name = signal.Signals(sig).name
+            if sig == signal.SIGUSR1:
+                self._command("stop", name)
+            elif sig == signal.SIGCONT:
+                self._command("cont", name)
+            elif sig == signal.SIGUSR2:
+                self._command("quit", name)
+            elif sig in (signal.SIGTERM, signal.SIGINT):
+                self._command("term", name)
+            elif sig == signal.SIGHUP:
+                self.log("SIGHUP: reloading the hostfile")
+                self._reload_hostfile(force=True)
+
+    def _command(self, command: str, source: str) -> None:
+        """Mode transitions requested by a signal or a control file."""
+        if command == "stop":
+            if not self.paused:
+                self.log(f"{source}: stopping all jobs; starting nothing until cont")
+            self.paused = True  # RUN/QUIT -> PAUSED: the policy stops every job
+        elif command == "cont":
+            if self.paused:
+                self.log(f"{source}: continuing")
+            self.paused = False  # PAUSED -> RUN (or QUIT): jobs continue under the load policy
+            for job in self.state.in_state(JobState.STOPPED):
+                if job.stopped_by == "user":
+                    job.stopped_by = "load"
+        elif command == "quit":
+            if not self.quitting:
+                self.log(f"{source}: quitting: starting nothing new; exiting when the jobs are done")
+            self.quitting = True  # -> QUIT
+        elif command == "term":
+            if self.term_deadline is None:
+                self._terminate(source)
+        elif command == "kill":
+            self.log(f"{source}: killed (jobs keep running)")
+            self.log.flush()
+            os.kill(os.getpid(), signal.SIGKILL)
+        self._update_mode()
+
+    def _update_mode(self) -> None:
+        if self.term_deadline is not None:
+            self.mode = Mode.TERM
+        elif self.paused:
+            self.mode = Mode.PAUSED
+        elif self.quitting:
+            self.mode = Mode.QUIT
+        else:
+            self.mode = Mode.RUN
+
+    def _terminate(self, source: str) -> None:
+        """TERM: SIGTERM to every job's group now, SIGKILL after the grace period.
+
+        The jobs stay in .running/.stopped (and in the state file, marked terminated), so
+        a restart -- or ``cat *.running *.stopped >> JOBFILE`` -- puts them back.
+        """
+        grace = self.cfg.scheduler.term_grace
+        self.log(f"{source}: terminating {len(self._live_jobs())} job(s) (SIGKILL after {grace:g} s)")
+        self.term_deadline = self.mono() + grace
+        for job in self._live_jobs():
+            job.extra["terminated"] = True
+            self._signal_job(job, signal.SIGTERM)
+            if job.state is JobState.STOPPED:
+                self._signal_job(job, signal.SIGCONT)  # a stopped process can't act on SIGTERM
+        self.state_dirty = True
+        self._save_state(fsync=True)
+
+    def _done(self) -> bool:
+        live = self._live_jobs()
+        if self.mode is Mode.TERM:
+            if self.term_deadline is not None and self.mono() >= self.term_deadline and not self.killed_hard:
+                for job in live:
+                    if not job.extra.get("reaped"):
+                        self._signal_job(job, signal.SIGKILL)
+                self.killed_hard = True
+                self.term_deadline = self.mono() + 5.0
+            alive = [j for j in live if not j.extra.get("reaped")]
+            if not alive:
+                return True
+            # After SIGKILL, give up waiting for processes that won't die (D state) after 5 s.
+            return bool(self.killed_hard and self.term_deadline is not None and self.mono() >= self.term_deadline)
+        if live or self.state.in_state(JobState.STARTING):
+            return False
+        if self.mode is Mode.QUIT:
+            return True
+        if self.opts.exit_when_empty and self.mode is Mode.RUN:
+            return self.empty_sig is not None and self.empty_sig == self._jobfile_sig()
+        return False
+
+    def _shutdown(self) -> None:
+        self.spawner.close()
+        if self.opts.exit_when_empty and self.mode is Mode.RUN:
+            self._compact_if_due(self.clock(), force=True)
+        state = "terminated" if self.mode is Mode.TERM else "exited"
+        with contextlib.suppress(PbqError):
+            self._save_state(fsync=True)
+        self._write_views()
+        self.log(f"scheduler exits ({state}): {self.state.done} done, {self.state.failed} failed")
+        self.log.flush()
+        with contextlib.suppress(PbqError):
+            self._write_status(self.clock(), state=state)
+        info = read_pidfile(self.files.pid)
+        if info is not None and info["pid"] == os.getpid():
+            unlink_quietly(self.files.pid)
+
+    # ---------------------------------------------------------------- reaping
+
+    def _reap(self, now: float) -> None:
+        ended = reap()
+        if not ended:
+            return
+        for ex in ended:
+            job = self.by_pid.pop(ex.pid, None)
+            if job is None:
+                continue
+            if self.mode is Mode.TERM or job.extra.get("terminated"):
+                job.extra["reaped"] = True  # stays listed: it goes back to the jobfile on restart
+                continue
+            code = ex.exit_code
+            sig = ex.signal or 0
+            self._finish(job, Outcome(-1 if code is None else code, sig, ex.cpu_seconds, ex.maxrss_bytes), when=now)
+        self._flush_outcomes()
+
+    def _finish(self, job: Job, out: Outcome, when: float | None = None) -> None:
+        """A job ended: record it (joblog, .error, log) or queue its line to go back."""
+        end = when or self.clock()
+        runtime = max(0.0, end - (job.started or end))
+        if job.evicting:
+            job.requeue_front = True
+            self.requeue_front.append(job)
+            self.log(f"job {self._id(job)} killed to free memory: back at the front of the jobfile")
+            return
+        self.joblog_buf.append(
+            joblog_row(job.seq, self.opts.host, job.started or end, runtime, out.exit_code, out.signal, job.line)
+        )
+        how = f"exit {out.exit_code}" if not out.signal else f"signal {out.signal}"
+        if out.exit_code == UNKNOWN_EXIT and not out.signal:
+            how = "outcome UNKNOWN"
+        note = f" ({out.note})" if out.note else ""
+        self.log(f"finished {self._id(job)} pid {job.pid} {how} after {runtime:.1f}s{note}: {line_to_text(job.line)}")
+        if out.ok:
+            self.state.done += 1
+            if job.tries:
+                job.extra["clear_retries"] = True
+                self.requeue_end.append(job)  # only to clear its retry count under the lock
+                job.extra["done_only"] = True
+            else:
+                self._drop(job)
+            return
+        retries = self.cfg.scheduler.retries
+        if job.tries < retries and out.exit_code != UNKNOWN_EXIT:
+            job.tries += 1
+            job.requeue_front = False
+            self.requeue_end.append(job)
+            self.log(f"retry {job.tries}/{retries} of {self._id(job)}: back at the end of the jobfile")
+            return
+        self.state.failed += 1
+        self.error_buf.append(job.line)
+        if job.tries:
+            job.extra["clear_retries"] = True
+            job.extra["done_only"] = True
+            self.requeue_end.append(job)
+        else:
+            self._drop(job)
+
+    def _drop(self, job: Job) -> None:
+        self.state.jobs = [j for j in self.state.jobs if j is not job]
+        if job.pid is not None:
+            self.by_pid.pop(job.pid, None)
+        self.state_dirty = True
+
+    def _flush_outcomes(self, txn=None) -> None:
+        """Write what ended this pass: joblog and .error first, then the put-backs, then
+        the state (so a crash in between repeats a record rather than losing a job)."""
+        if self.joblog_buf:
+            rows = "".join(self.joblog_buf).encode("utf-8", "surrogateescape")
+            self.joblog_buf.clear()
+            try:
+                if not self.files.joblog.exists():
+                    rows = JOBLOG_HEADER.encode() + rows
+                append_bytes(self.files.joblog, rows)
+            except PbqError as err:
+                self._disk_problem(err)
+        if self.error_buf:
+            data = b"".join(line + b"\n" for line in self.error_buf)
+            self.error_buf.clear()
+            try:
+                append_bytes(self.files.error, data)
+            except PbqError as err:
+                self._disk_problem(err)
+        if self.requeue_front or self.requeue_end:
+            try:
+                if txn is not None:
+                    self._put_back(txn)
+                else:
+                    with self.queue.transaction() as t:
+                        self._put_back(t)
+            except PbqError as err:
+                self._disk_problem(err)  # the jobs stay in the state file: retried next pass
+        if self.state_dirty:
+            try:
+                self._save_state()
+            except PbqError as err:
+                self._disk_problem(err)
+
+    def _put_back(self, txn) -> None:
+        front = [j for j in self.requeue_front]
+        end = [j for j in self.requeue_end if not j.extra.get("done_only")]
+        clear = [j for j in self.requeue_end if j.extra.get("clear_retries")]
+        if front or end:
+            op = self.state.new_op()
+            for job in front + end:
+                job.state, job.op = JobState.REQUEUE, op
+            self._save_state(fsync=True)  # write-ahead: the put-back is on record first
+            for job in end:
+                txn.set_retries(job.line, job.tries)
+            if front:
+                txn.prepend([j.line for j in front], self.opts.host, op)
+            if end:
+                txn.append([j.line for j in end], self.opts.host, op)
+            self.empty_sig = None
+        for job in clear:
+            txn.set_retries(job.line, 0)
+        for job in front + self.requeue_end:
+            self._drop(job)
+        self.requeue_front.clear()
+        self.requeue_end.clear()
+        self._save_state()
+
+    def _disk_problem(self, err: PbqError) -> None:
+        msg = str(err)
+        if msg != self.disk_error:
+            self.log(f"ERROR: {msg}; not taking new jobs until it is fixed")
+            sys.stderr.write(f"pbq-single: {msg}\n")
+        self.disk_error = msg
+
+    # ---------------------------------------------------------------- tick
+
+    def tick(self, now: float) -> None:
+        """Once per interval: requests, sensors, adopted jobs, heartbeat."""
+        mono = self.mono()
+        self.next_tick = mono + self.interval
+        self._check_control_file()
+        self._reload_hostfile()
+        self._sense(now, mono)
+        self._poll_adopted(now, mono)
+        self._flush_outcomes()
+        if self.disk_error is not None:
+            self._retry_disk()
+        self._compact_if_due(now)
+        self._write_status(now)
+        if mono >= self.next_load_log:
+            self.next_load_log = mono + self.cfg.log.load_every
+            self.log(
+                f"load {self.foreign + self._running_count():.2f} (foreign {self.foreign:.2f}) "
+                f"limit {self.limit:g}: {self._running_count()} running, "
+                f"{len(self.state.in_state(JobState.STOPPED))} stopped, "
+                f"{self.state.done} done, {self.state.failed} failed"
+            )
+        if mono >= self.next_history:
+            self.next_history = mono + self.cfg.history.every
+            self._append_history(now)
+
+    def _sense(self, now: float, mono: float) -> None:
+        live = self._live_jobs()
+        sample = self.sensors.sessions([j.pid for j in live if j.pid])
+        for job in live:
+            if job.pid in sample.cpu_by_sid:
+                job.cpu_seconds = sample.cpu_by_sid[job.pid]
+        t = os.times()
+        own = sample.cpu_seconds + t.children_user + t.children_system + t.user + t.system + self.adopted_cpu
+        self.foreign = self.meter.update(mono, self.sensors.busy_cpu_seconds(), own)
+        self.foreign_hist.append((mono, self.foreign))
+        settle = self.cfg.scheduler.settle
+        while self.foreign_hist and self.foreign_hist[0][0] < mono - settle - 1e-6:
+            self.foreign_hist.popleft()
+        self.active_users = self.sensors.active_users(self.cfg.interactive.idle_minutes * 60, now)
+        self.work_time = self.cfg.schedule.calendar.is_work_time(datetime.fromtimestamp(now))
+        h = self.host_entry
+        assert h is not None
+        self.limit = load_limit(h.max, h.wday, h.interactive, self.work_time, self.active_users)
+        if self.cfg.scheduler.memfree:
+            self.mem_available = self.sensors.mem_available()
+
+    def _poll_adopted(self, now: float, mono: float) -> None:
+        """Jobs of an earlier run are not our children: notice their end by polling, and
+        take their exit status from the keeper's record (``.exits``)."""
+        adopted = [j for j in self._live_jobs() if j.adopted and not j.extra.get("reaped")]
+        if not adopted:
+            return
+        exits = None
+        for job in adopted:
+            if job.pid is not None and same_process(job.pid, job.pid_start):
+                continue
+            if exits is None:
+                exits = self._read_exits()
+            rec = exits.get((job.pid, _round(job.pid_start)))
+            if self.mode is Mode.TERM or job.extra.get("terminated"):
+                job.extra["reaped"] = True
+                continue
+            if rec is not None:
+                self.adopted_cpu += job.cpu_seconds
+                self._finish(job, self._outcome_from_record(rec), when=rec.get("time") or now)
+                continue
+            if job.gone_since is None:
+                job.gone_since = mono
+            elif mono - job.gone_since >= ADOPTED_EXIT_WAIT:
+                self.adopted_cpu += job.cpu_seconds
+                self._finish(job, Outcome(UNKNOWN_EXIT, note="adopted job ended with no recorded exit status"), when=now)
+
+    def _read_exits(self) -> dict[tuple[int, float | None], dict]:
+        out = {}
+        for rec in read_json_lines(self.files.exits):
+            if isinstance(rec, dict) and "pid" in rec:
+                out[(int(rec["pid"]), _round(rec.get("start")))] = rec
+        return out
+
+    @staticmethod
+    def _outcome_from_record(rec: dict) -> Outcome:
+        status = int(rec.get("status", 0))
+        if os.WIFEXITED(status):
+            return Outcome(os.WEXITSTATUS(status), 0, float(rec.get("cpu", 0)), int(rec.get("maxrss", 0)), "exit status recorded by the keeper")
+        if os.WIFSIGNALED(status):
+            return Outcome(-1, os.WTERMSIG(status), float(rec.get("cpu", 0)), int(rec.get("maxrss", 0)), "recorded by the keeper")
+        return Outcome(UNKNOWN_EXIT, note="unreadable exit record")
+
+    def _check_control_file(self) -> None:
+        path = self.files.control
+        try:
+            st = os.stat(path)
+        except OSError:
+            return
+        why = control_file_trusted(st)
+        req = read_json(path)
+        unlink_quietly(path)
+        if why is not None:
+            self.log(f"ignoring control request {path.name}: {why}")
+            return
+        if not isinstance(req, dict) or req.get("command") not in ("stop", "cont", "quit", "term", "kill"):
+            self.log(f"ignoring unreadable control request {path.name}")
+            return
+        self.control_ack = str(req.get("id", ""))
+        cmd = str(req["command"])
+        if cmd == "kill":
+            self._write_status(self.clock())
+        self._command(cmd, f"control request from {req.get('by', '?')}")
+
+    def _reload_hostfile(self, force: bool = False) -> None:
+        try:
+            mtime = os.stat(self.opts.hostfile).st_mtime
+        except OSError:
+            return
+        if not force and mtime == self.hostfile_mtime:
+            return
+        old = self.host_entry
+        try:
+            self.load_host()
+        except PbqError as err:
+            self.hostfile_mtime = mtime
+            self.log(f"hostfile changed but is not usable, keeping the old settings: {err}")
+            return
+        h = self.host_entry
+        if old != h and h is not None:
+            self.log(f"hostfile reloaded: max {h.max:g} wday {h.wday:g} interactive {h.interactive}")
+
+    def _compact_if_due(self, now: float, force: bool = False) -> None:
+        """Cut the taken lines off the jobfile once they are ``compact_after`` old, even
+        when no scheduler is taking jobs, so ``cat JOBFILE`` soon shows only what is pending."""
+        q = self.queue.peek_state()
+        if q.offset <= 0 or (not force and now - (q.taken_since or now) < self.queue.compact_after):
+            return
+        try:
+            with self.queue.transaction() as txn:
+                txn.maybe_compact(force=force)
+        except PbqError as err:
+            self._disk_problem(err)
+
+    def _retry_disk(self) -> None:
+        try:
+            self._save_state()
+            self.disk_error = None
+            self.log("file system writable again: resuming")
+        except PbqError:
+            pass
+
+    # ---------------------------------------------------------------- act
+
+    def view(self, now: float) -> View:
+        running = self._running_count()
+        stopped = self.state.in_state(JobState.STOPPED)
+        recent = max((f for _, f in self.foreign_hist), default=self.foreign)
+        return View(
+            mode=self.mode,
+            limit=self.limit,
+            foreign=self.foreign,
+            foreign_recent=max(recent, self.foreign),
+            running=running,
+            stopped_by_load=sum(1 for j in stopped if j.stopped_by != "user"),
+            stopped_by_user=sum(1 for j in stopped if j.stopped_by == "user"),
+            pending=self.disk_error is None and self.empty_sig != self._jobfile_sig(),
+            hysteresis=self.cfg.scheduler.hysteresis,
+            mem_available=self.mem_available,
+            memfree=self.cfg.scheduler.memfree,
+            since_evict=self.mono() - self.last_evict,
+            settle=self.cfg.scheduler.settle,
+        )
+
+    def act(self, now: float) -> Decision:
+        d = decide(self.view(now))
+        if not d:
+            return d
+        running = sorted(self.state.in_state(JobState.RUNNING), key=lambda j: (j.started or 0, j.seq))
+        if d.evict:
+            victims = sorted(self._live_jobs(), key=lambda j: (j.started or 0, j.seq))[-d.evict :]
+            for job in victims:
+                self._evict(job)
+            running = [j for j in running if j not in victims]
+        if d.stop:
+            by = "user" if self.mode is Mode.PAUSED else "load"
+            for job in reversed(running[-d.stop :]):  # newest first: the oldest is nearest to done
+                self._stop(job, by)
+        if d.cont:
+            stopped = sorted(self.state.in_state(JobState.STOPPED), key=lambda j: (j.started or 0, j.seq))
+            for job in stopped[: d.cont]:  # oldest stopped first
+                self._cont(job)
+        if d.start:
+            self._start(d.start, now)
+        return d
+
+    def _stop(self, job: Job, by: str) -> None:
+        if self._signal_job(job, signal.SIGSTOP):
+            job.state = JobState.STOPPED  # RUNNING -> STOPPED (whole process group)
+            job.stopped_by = by
+            self.state_dirty = True
+            self.log(f"stopped {self._id(job)} pid {job.pid} ({by}: load {self.foreign + self._running_count() + 1:.2f}, limit {self.limit:g})")
+
+    def _cont(self, job: Job) -> None:
+        if self._signal_job(job, signal.SIGCONT):
+            job.state = JobState.RUNNING  # STOPPED -> RUNNING
+            job.stopped_by = None
+            self.state_dirty = True
+            self.log(f"continued {self._id(job)} pid {job.pid}")
+
+    def _evict(self, job: Job) -> None:
+        job.evicting = True
+        self._save_state(fsync=True)  # on record before the kill: a restart requeues it
+        self._signal_job(job, signal.SIGKILL)
+        self._signal_job(job, signal.SIGCONT)
+        self.last_evict = self.mono()
+        self.log(f"available memory {self.mem_available or 0 >> 20} MiB is below half of memfree: killing {self._id(job)}")
+
+    def _signal_job(self, job: Job, sig: int) -> bool:
+        if job.pid is None:
+            return False
+        if job.adopted and not same_process(job.pid, job.pid_start):
+            return False  # never signal a pid we did not verify: it may belong to someone else now
+        return signal_group(job.pid, sig)
+
+    def _start(self, n: int, now: float) -> None:
+        try:
+            jobs = self._take(n, now)
+        except PbqError as err:
+            self._disk_problem(err)
+            return
+        if not jobs:
+            return
+        failed = False
+        for job in jobs:
+            try:
+                self._spawn(job, now)
+            except SpawnError as err:
+                job.started = now
+                self.log(f"could not start {self._id(job)}: {err.message}")
+                self._finish(job, Outcome(err.exit_code, note=err.message), when=now)
+                failed = True
+            except OSError as err:
+                # Out of processes/memory: the job goes back; try again later.
+                self.log(f"cannot start processes ({err.strerror}): putting {self._id(job)} back")
+                job.requeue_front = True
+                self.requeue_front.append(job)
+                failed = True
+        self.state_dirty = True
+        if failed:
+            self._flush_outcomes()
+        else:
+            try:
+                self._save_state()
+            except PbqError as err:
+                self._disk_problem(err)
+
+    def _take(self, n: int, now: float) -> list[Job]:
+        """Take up to ``n`` lines: write-ahead record (fsync), then commit in the jobfile."""
+        with self.queue.transaction() as txn:
+            lines, end = txn.take(n)
+            if not lines:
+                if end > txn.state.offset:
+                    txn.commit_take(end, self.opts.host, self.state.new_op())  # only comments
+                txn.maybe_compact()
+                self.empty_sig = self._jobfile_sig()
+                return []
+            op = self.state.new_op()
+            retries = self.cfg.scheduler.retries > 0 and self.queue.retries_path.exists()
+            jobs = []
+            for pl in lines:
+                job = Job(seq=self.state.new_seq(), line=pl.line, op=op, state=JobState.STARTING)
+                if retries:
+                    job.tries = txn.retries_of(pl.line)
+                jobs.append(job)
+            self.state.jobs.extend(jobs)
+            try:
+                self._save_state(fsync=True)  # write-ahead: ours on record before we commit
+                txn.commit_take(end, self.opts.host, op)
+            except PbqError:
+                taken = {id(j) for j in jobs}
+                self.state.jobs = [j for j in self.state.jobs if id(j) not in taken]
+                with contextlib.suppress(PbqError):
+                    self._save_state()
+                raise
+            txn.maybe_compact()
+        if len(lines) < n:
+            self.empty_sig = self._jobfile_sig()
+        return jobs
+
+    def _spawn(self, job: Job, now: float) -> None:
+        h = self.host_entry
+        assert h is not None
+        jid = self._id(job)
+        env = dict(self.env_base)
+        env.update(
+            PBQ_HOST=self.opts.host,
+            PBQ_ARCH=h.arch,
+            PBQ_JOB_ID=jid,
+            PBQ_JOBFILE=str(self.jobfile),
+        )
+        out = err = None
+        if self.opts.output_dir is not None:
+            out = self.opts.output_dir / f"{jid}.out"
+            err = self.opts.output_dir / f"{jid}.err"
+        pid = self.spawner.spawn(job_argv(job.line), env, out, err)
+        job.pid = pid
+        job.pid_start = process_start(pid)
+        job.started = now
+        job.state = JobState.RUNNING  # STARTING -> RUNNING
+        self.by_pid[pid] = job
+        self.log(f"started {jid} pid {pid}: {line_to_text(job.line)}")
+
+    # ---------------------------------------------------------------- files
+
+    def _id(self, job: Job) -> str:
+        return f"{self.opts.host}.{job.seq}"
+
+    def _live_jobs(self) -> list[Job]:
+        return self.state.in_state(JobState.RUNNING, JobState.STOPPED)
+
+    def _running_count(self) -> int:
+        return len(self.state.in_state(JobState.RUNNING, JobState.STARTING))
+
+    def _jobfile_sig(self) -> tuple:
+        try:
+            st = os.stat(self.jobfile)
+            q = os.stat(self.queue.state_path)
+            return (st.st_ino, st.st_size, st.st_mtime_ns, q.st_mtime_ns, q.st_size)
+        except OSError:
+            return ()
+
+    def _save_state(self, fsync: bool = False) -> None:
+        atomic_write_json(self.files.state, self.state.to_json(), fsync=fsync)
+        self.state_dirty = False
+
+    def _write_views(self) -> None:
+        """``.running`` / ``.stopped``: exactly the job lines, rewritten when they change."""
+        running = [j for j in self.state.jobs if j.state in (JobState.RUNNING, JobState.STARTING)]
+        stopped = self.state.in_state(JobState.STOPPED)
+        for ext, jobs in (("running", running), ("stopped", stopped)):
+            data = b"".join(j.line + b"\n" for j in jobs)
+            if self.written_views.get(ext) != data:
+                try:
+                    atomic_write(self.files.path(ext), data)
+                    self.written_views[ext] = data
+                except PbqError as err:
+                    self._disk_problem(err)
+
+    def status(self, now: float, state: str | None = None) -> dict:
+        stopped = self.state.in_state(JobState.STOPPED)
+        return {
+            "version": 1,
+            "host": self.opts.host,
+            "machine": socket.gethostname(),
+            "boot_id": boot_id(),
+            "pid": os.getpid(),
+            "start": process_start(os.getpid()),
+            "keeper_pid": os.getppid(),
+            "jobfile": str(self.jobfile),
+            "state": state or self.mode.value,
+            "time": now,
+            "interval": self.interval,
+            "load": round(self.foreign + self._running_count(), 3),
+            "foreign": round(self.foreign, 3),
+            "limit": self.limit,
+            "work_time": self.work_time,
+            "active_users": self.active_users,
+            "running": self._running_count(),
+            "stopped": len(stopped),
+            "stopped_by_user": sum(1 for j in stopped if j.stopped_by == "user"),
+            "done": self.state.done,
+            "failed": self.state.failed,
+            "mem_available": self.mem_available,
+            "control_ack": self.control_ack,
+            "error": self.disk_error,
+            "started": self.started_at,
+            "drm": None,
+        }
+
+    def _write_status(self, now: float, state: str | None = None) -> None:
+        try:
+            atomic_write_json(self.files.status, self.status(now, state))
+        except PbqError as err:
+            self._disk_problem(err)
+
+    def _append_history(self, now: float) -> None:
+        rec = {
+            "t": round(now, 1),
+            "load": round(self.foreign + self._running_count(), 3),
+            "foreign": round(self.foreign, 3),
+            "limit": self.limit,
+            "running": self._running_count(),
+            "stopped": len(self.state.in_state(JobState.STOPPED)),
+            "done": self.state.done,
+            "failed": self.state.failed,
+            "users": self.active_users,
+        }
+        path = self.files.history
+        try:
+            if path.exists() and os.stat(path).st_size > self.cfg.history.max_bytes > 0:
+                os.replace(path, path.with_name(path.name + ".1"))
+            append_bytes(path, json.dumps(rec).encode() + b"\n")
+        except (OSError, PbqError):
+            pass
+
+
+def _round(x: float | None) -> float | None:
+    return None if x is None else round(float(x), 2)
+

@@ -1,0 +1,253 @@
+"""Everything pbq reads about the machine: the only module that talks to psutil and /proc.
+
+The scheduler gets a ``Sensors`` object and never reads the machine itself, so tests can
+hand it a fake one.  The load signal is CPU time, not the load average:
+
+    foreign load = (non-idle CPU seconds of the whole machine
+                    - CPU seconds of our own jobs' processes) / elapsed seconds
+
+measured over the last tick (about a second).  It reacts within a tick, where the
+1-minute load average lags by a minute, and it does not count our own jobs twice: they
+are counted as one each by the policy.  Our jobs run at nice 19, so other people's
+processes get the CPU first and their demand shows up in full (up to the number of cores).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import psutil
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+_boot_id: str | None = None
+
+
+def boot_id() -> str:
+    """An id of this boot of this machine (a pid from an earlier boot is never ours)."""
+    global _boot_id
+    if _boot_id is None:
+        try:
+            with open("/proc/sys/kernel/random/boot_id") as f:
+                _boot_id = f.read().strip()
+        except OSError:
+            _boot_id = f"boot-{psutil.boot_time():.0f}"
+    return _boot_id
+
+
+def process_start(pid: int) -> float | None:
+    """Start time of ``pid`` (seconds since the epoch), or None when there is no such process.
+
+    Together with the pid and the boot id it names a process for good: a pid that was
+    reused has another start time.
+    """
+    try:
+        return round(psutil.Process(pid).create_time(), 2)
+    except (psutil.NoSuchProcess, psutil.AccessDenied, ValueError, OSError):
+        return None
+
+
+def same_process(pid: int, start: float | None) -> bool:
+    """True when ``pid`` is alive (not a zombie) and started at ``start``."""
+    if start is None:
+        return False
+    try:
+        p = psutil.Process(pid)
+        if abs(round(p.create_time(), 2) - start) > 0.05:
+            return False
+        return p.status() != psutil.STATUS_ZOMBIE
+    except (psutil.NoSuchProcess, psutil.AccessDenied, ValueError, OSError):
+        return False
+
+
+def process_state(pid: int) -> str | None:
+    """One-letter state from /proc (R, S, D, T, Z...), or None when gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read()
+        return raw[raw.rindex(b")") + 2 : raw.rindex(b")") + 3].decode()
+    except (OSError, ValueError):
+        try:
+            return {"stopped": "T", "zombie": "Z", "running": "R"}.get(psutil.Process(pid).status(), "S")
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            return None
+
+
+def process_cmdline(pid: int) -> list[str]:
+    try:
+        return psutil.Process(pid).cmdline()
+    except (psutil.NoSuchProcess, psutil.AccessDenied, OSError):
+        return []
+
+
+def process_environ(pid: int) -> dict[str, str]:
+    try:
+        return psutil.Process(pid).environ()
+    except (psutil.NoSuchProcess, psutil.AccessDenied, OSError):
+        return {}
+
+
+def pids_with_env(key: str, value: str, user_uid: int | None = None) -> list[int]:
+    """Pids of our user's processes whose environment has ``key=value`` (used once, at restart)."""
+    uid = os.getuid() if user_uid is None else user_uid
+    found = []
+    for p in psutil.process_iter(["uids"]):
+        try:
+            if p.info["uids"] is None or p.info["uids"].real != uid:
+                continue
+            if p.environ().get(key) == value:
+                found.append(p.pid)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, OSError):
+            continue
+    return found
+
+
+@dataclass
+class ProcSample:
+    """CPU seconds and states of the processes in a set of sessions."""
+
+    cpu_seconds: float
+    running: int  # processes in state R
+    members: dict[int, list[int]]  # session id -> pids in it
+    cpu_by_sid: dict[int, float] = field(default_factory=dict)
+
+
+class Sensors:
+    """The real machine.  Tests substitute an object with the same methods."""
+
+    def __init__(self) -> None:
+        self.ncpus = psutil.cpu_count() or 1
+
+    def busy_cpu_seconds(self) -> float:
+        """Non-idle CPU seconds of the whole machine since boot (steal and guest excluded)."""
+        try:
+            with open("/proc/stat", "rb") as f:
+                first = f.readline().split()
+            user, nice, system, _idle, _iowait, irq, softirq = (int(x) for x in first[1:8])
+            return (user + nice + system + irq + softirq) / _CLK_TCK
+        except (OSError, ValueError):
+            t = psutil.cpu_times()
+            return t.user + t.nice + t.system + getattr(t, "irq", 0) + getattr(t, "softirq", 0)
+
+    def sessions(self, sids: Iterable[int]) -> ProcSample:
+        """CPU seconds (including reaped children) of every process in the given sessions."""
+        wanted = set(sids)
+        total = 0.0
+        running = 0
+        members: dict[int, list[int]] = {}
+        by_sid: dict[int, float] = {}
+        if not wanted:
+            return ProcSample(0.0, 0, members)
+        try:
+            entries = os.listdir("/proc")
+        except OSError:
+            return self._sessions_psutil(wanted)
+        for name in entries:
+            if not name.isdigit():
+                continue
+            try:
+                with open(f"/proc/{name}/stat", "rb") as f:
+                    raw = f.read()
+            except OSError:
+                continue
+            close = raw.rfind(b")")
+            fields = raw[close + 2 :].split()
+            # fields[0] is state (field 3); session is field 6, utime..cstime fields 14-17.
+            try:
+                sid = int(fields[3])
+            except (IndexError, ValueError):
+                continue
+            if sid not in wanted:
+                continue
+            members.setdefault(sid, []).append(int(name))
+            cpu = sum(int(x) for x in fields[11:15]) / _CLK_TCK
+            total += cpu
+            by_sid[sid] = by_sid.get(sid, 0.0) + cpu
+            if fields[0] == b"R":
+                running += 1
+        return ProcSample(total, running, members, by_sid)
+
+    def _sessions_psutil(self, wanted: set[int]) -> ProcSample:
+        total, running, members, by_sid = 0.0, 0, {}, {}
+        for p in psutil.process_iter():
+            try:
+                sid = os.getsid(p.pid)
+                if sid not in wanted:
+                    continue
+                t = p.cpu_times()
+                cpu = t.user + t.system + t.children_user + t.children_system
+                total += cpu
+                by_sid[sid] = by_sid.get(sid, 0.0) + cpu
+                members.setdefault(sid, []).append(p.pid)
+                running += p.status() == psutil.STATUS_RUNNING
+            except (psutil.NoSuchProcess, psutil.AccessDenied, OSError):
+                continue
+        return ProcSample(total, running, members, by_sid)
+
+    def active_users(self, idle_seconds: float, now: float) -> int:
+        """Distinct logged-in users whose terminal was used within ``idle_seconds``.
+
+        Terminal use is the tty's access time, as HTCondor reads keyboard idleness.
+        """
+        names = set()
+        try:
+            users = psutil.users()
+        except OSError:
+            return 0
+        for u in users:
+            term = u.terminal
+            if not term:
+                continue
+            path = term if term.startswith("/") else f"/dev/{term}"
+            try:
+                atime = os.stat(path).st_atime
+            except OSError:
+                continue
+            if now - atime < idle_seconds:
+                names.add(u.name)
+        return len(names)
+
+    def mem_available(self) -> int:
+        try:
+            with open("/proc/meminfo", "rb") as f:
+                for line in f:
+                    if line.startswith(b"MemAvailable:"):
+                        return int(line.split()[1]) * 1024
+        except (OSError, ValueError):
+            pass
+        return psutil.virtual_memory().available
+
+    def loadavg(self) -> float:
+        return os.getloadavg()[0]
+
+
+class ForeignLoadMeter:
+    """Turns CPU-time samples into the foreign load of the last interval.
+
+    Own CPU seconds must be continuous across a job's end: the scheduler adds the CPU
+    time of reaped jobs (from wait4) to ``finished_cpu`` when it reaps them.
+    """
+
+    def __init__(self) -> None:
+        self._last: tuple[float, float, float] | None = None  # (monotonic, busy, own)
+        self.value = 0.0
+
+    def update(self, now_mono: float, busy: float, own: float) -> float:
+        if self._last is not None:
+            t0, b0, o0 = self._last
+            dt = now_mono - t0
+            if dt >= 0.05:
+                self.value = max(0.0, ((busy - b0) - (own - o0)) / dt)
+                self._last = (now_mono, busy, own)
+        else:
+            self._last = (now_mono, busy, own)
+        return self.value
+
+    def reset(self) -> None:
+        self._last = None
+
+
+def wall_clock() -> float:
+    return time.time()

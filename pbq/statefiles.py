@@ -1,0 +1,197 @@
+"""Files beside the jobfile: their names, and writes that survive a crash.
+
+Every file that describes state (``.state``, ``.running``, ``.stopped``, ``.status``,
+the queue's ``.queue``) is replaced whole: written to a temporary file in the same
+directory, optionally fsync'ed, then renamed over the old one.  A reader therefore
+sees either the old or the new content, never half of it, and a crash leaves at
+worst a stray temporary file.  Logs and ``.error``/``.joblog`` are appended.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+from .errors import PbqError
+
+# Extensions of the per-host files, JOBFILE.HOST.<ext>.
+HOST_EXTENSIONS = (
+    "pid",  # first line the scheduler's pid (as PBQ), then its start time, machine and boot id
+    "log",  # human-readable log, rotated by size
+    "running",  # exactly the lines of running jobs
+    "stopped",  # exactly the lines of stopped jobs
+    "error",  # appended: lines of jobs that failed
+    "joblog",  # GNU Parallel --joblog TSV
+    "status",  # JSON heartbeat, rewritten every tick
+    "state",  # JSON write-ahead record of the host's jobs (the source of truth)
+    "control",  # JSON request left by `pbq control` for schedulers on other machines
+    "exits",  # JSON lines: exit statuses of orphaned jobs, written by the keeper
+    "history",  # JSON lines: one sample per minute, for `pbq report`
+    "out",  # output of a scheduler started by `pbq start`
+)
+
+
+class HostFiles:
+    """The names of one host's files beside a jobfile: ``JOBFILE.HOST.<ext>``."""
+
+    def __init__(self, jobfile: Path, host: str) -> None:
+        self.jobfile = jobfile
+        self.host = host
+
+    def path(self, ext: str) -> Path:
+        return self.jobfile.with_name(f"{self.jobfile.name}.{self.host}.{ext}")
+
+    def __getattr__(self, ext: str) -> Path:
+        if ext in HOST_EXTENSIONS:
+            return self.path(ext)
+        raise AttributeError(ext)
+
+
+def hosts_with(jobfile: Path, ext: str) -> list[str]:
+    """Host names that have a ``JOBFILE.HOST.<ext>`` file, sorted."""
+    prefix, suffix = jobfile.name + ".", "." + ext
+    try:
+        names = os.listdir(jobfile.parent)
+    except OSError:
+        return []
+    hosts = {
+        n[len(prefix) : -len(suffix)]
+        for n in names
+        if n.startswith(prefix) and n.endswith(suffix) and len(n) > len(prefix) + len(suffix)
+    }
+    return sorted(h for h in hosts if h and not h.startswith("."))
+
+
+def _describe_os_error(path: Path, err: OSError, what: str) -> PbqError:
+    if err.errno == errno.ENOSPC:
+        reason = "the disk is full"
+    elif err.errno == errno.EDQUOT:
+        reason = "the disk quota is exceeded"
+    elif err.errno in (errno.EACCES, errno.EPERM):
+        reason = "permission denied"
+    elif err.errno == errno.EROFS:
+        reason = "the file system is read-only"
+    else:
+        reason = err.strerror or str(err)
+    return PbqError(f"cannot {what}: {reason}", path=str(path))
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make a rename in ``directory`` durable (ignored where directories can't be opened)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def temp_name(path: Path) -> Path:
+    """A hidden, unique temporary name beside ``path`` (same file system, so rename is atomic)."""
+    return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+
+
+def atomic_write(path: Path, data: bytes, *, fsync: bool = False, mode: int = 0o666) -> None:
+    """Replace ``path`` with ``data`` atomically (temp file + optional fsync + rename).
+
+    ``mode`` is filtered by the umask, as for any new file.  Raises PbqError with a clear
+    reason (disk full, permission denied) and leaves the old file untouched on failure.
+    """
+    tmp = temp_name(path)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+    except OSError as err:
+        raise _describe_os_error(path, err, "write") from None
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            if fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except OSError as err:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise _describe_os_error(path, err, "write") from None
+    if fsync:
+        fsync_dir(path.parent)
+
+
+def atomic_write_json(path: Path, obj: Any, *, fsync: bool = False, mode: int = 0o666) -> None:
+    atomic_write(path, json.dumps(obj, separators=(",", ":")).encode() + b"\n", fsync=fsync, mode=mode)
+
+
+def read_json(path: Path) -> Any | None:
+    """The JSON in ``path``, or None when it is missing, empty or unreadable as JSON."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        return None
+    except OSError as err:
+        raise _describe_os_error(path, err, "read") from None
+    try:
+        return json.loads(data)
+    except ValueError:
+        return None
+
+
+def append_bytes(path: Path, data: bytes, *, fsync: bool = False, mode: int = 0o666) -> None:
+    """Append ``data`` to ``path`` with one O_APPEND write (creating it)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, mode)
+    except OSError as err:
+        raise _describe_os_error(path, err, "append to") from None
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        if fsync:
+            os.fsync(fd)
+    except OSError as err:
+        raise _describe_os_error(path, err, "append to") from None
+    finally:
+        os.close(fd)
+
+
+def read_json_lines(path: Path) -> list[Any]:
+    """Every parseable JSON line of ``path`` (a torn last line is skipped)."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError:
+        return []
+    out = []
+    for line in raw.splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            continue
+    return out
+
+
+def unlink_quietly(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+def line_to_text(line: bytes) -> str:
+    """A job line as text for JSON; bytes that aren't UTF-8 survive the round trip."""
+    return line.decode("utf-8", "surrogateescape")
+
+
+def text_to_line(text: str) -> bytes:
+    return text.encode("utf-8", "surrogateescape")
