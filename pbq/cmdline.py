@@ -1,15 +1,20 @@
 """How a job line becomes a process.
 
-Rule (documented in the README): a line is run by ``/bin/sh -c LINE`` when it contains
-shell syntax -- any of the characters ``| & ; < > ( ) $ ` \\ " ' * ? [ ] ~ { } # !`` or
-``=`` in its first word, or its first word is a shell keyword or builtin (``cd``,
-``export``, ``if``, ...).  Otherwise it is split on blanks and executed directly, found
+Rule (documented in the README): a line runs under ``/bin/sh -c LINE`` when it needs a
+shell -- when, outside quotes, it has any of ``| & ; < > ( ) $ ` \\ * ? [ ] ~ { } # !``
+or a newline, when a double-quoted part has ``$``, a backquote or a backslash, when its
+first word is an assignment (``A=1 cmd``) or a shell keyword or builtin (``cd``,
+``export``, ``for`` ...), or when its quotes don't balance.  Otherwise it is split into
+words the way the shell would split it (quotes removed) and executed directly, found
 through ``$PATH``: no shell, no extra process, and the job's pid is the program's pid.
 """
 
 from __future__ import annotations
 
-SHELL_CHARS = frozenset("|&;<>()$`\\\"'*?[]~{}#!\n")
+import shlex
+
+UNQUOTED_SHELL_CHARS = frozenset("|&;<>()$`\\*?[]~{}#!\n")
+DOUBLE_QUOTED_SHELL_CHARS = frozenset("$`\\")
 SHELL_WORDS = frozenset(
     """if then else elif fi case esac for select while until do done in function time
     cd . source export unset set eval exec exit return shift ulimit umask alias unalias
@@ -18,18 +23,43 @@ SHELL_WORDS = frozenset(
 )
 
 
-def needs_shell(line: str) -> bool:
-    if any(c in SHELL_CHARS for c in line):
-        return True
-    words = line.split()
+def direct_words(line: str) -> list[str] | None:
+    """The words to execute directly, or None when the line needs a shell."""
+    quote = None
+    for c in line:
+        if quote == "'":
+            if c == "'":
+                quote = None
+        elif quote == '"':
+            if c == '"':
+                quote = None
+            elif c in DOUBLE_QUOTED_SHELL_CHARS:
+                return None
+        elif c in "'\"":
+            quote = c
+        elif c in UNQUOTED_SHELL_CHARS:
+            return None
+    if quote is not None:
+        return None  # unbalanced quotes: let the shell report it
+    try:
+        words = shlex.split(line) if ("'" in line or '"' in line) else line.split()
+    except ValueError:
+        return None
     if not words:
-        return False
-    return words[0] in SHELL_WORDS or "=" in words[0]
+        return None
+    if words[0] in SHELL_WORDS or "=" in words[0]:
+        return None
+    return words
+
+
+def needs_shell(line: str) -> bool:
+    return direct_words(line) is None
 
 
 def job_argv(line: bytes, shell: str = "/bin/sh") -> list[bytes]:
     """The argv that runs ``line`` (bytes in, bytes out: any encoding passes through)."""
-    text = line.decode("latin-1")  # one char per byte: only ASCII syntax matters here
-    if needs_shell(text):
+    text = line.decode("utf-8", "surrogateescape")
+    words = direct_words(text)
+    if words is None:
         return [shell.encode(), b"-c", line]
-    return line.split()
+    return [w.encode("utf-8", "surrogateescape") for w in words]

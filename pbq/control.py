@@ -112,7 +112,7 @@ def _confirmed(command: str, status: dict | None, sent: float, request_id: str |
     if command == "quit":
         return state in ("quitting", "exited")
     if command == "term":
-        return state in ("terminating", "terminated")
+        return state == "terminated"
     if command == "kill":
         return request_id is not None and status.get("control_ack") == request_id
     return False

@@ -387,7 +387,8 @@ class Scheduler:
     def _wait(self) -> None:
         timeout = max(0.0, self.next_tick - self.mono())
         if self.term_deadline is not None:
-            timeout = min(timeout, max(0.0, self.term_deadline - self.mono()))
+            # Processes of a job's session may not be our children: poll for their end.
+            timeout = min(timeout, max(0.0, self.term_deadline - self.mono()), 0.1)
         if self.signals:
             timeout = 0.0
         try:
@@ -471,14 +472,16 @@ class Scheduler:
     def _done(self) -> bool:
         live = self._live_jobs()
         if self.mode is Mode.TERM:
+            # Done when no process of any job's session is left (a job's leader may die
+            # of SIGTERM while what it started ignores it).  SIGKILL at the deadline.
+            sids = [j.pid for j in live if j.pid]
+            members = self.sensors.sessions(sids).members if sids else {}
             if self.term_deadline is not None and self.mono() >= self.term_deadline and not self.killed_hard:
-                for job in live:
-                    if not job.extra.get("reaped"):
-                        self._signal_job(job, signal.SIGKILL)
+                for sid in members:
+                    signal_group(sid, signal.SIGKILL)
                 self.killed_hard = True
                 self.term_deadline = self.mono() + 5.0
-            alive = [j for j in live if not j.extra.get("reaped")]
-            if not alive:
+            if not members:
                 return True
             # After SIGKILL, give up waiting for processes that won't die (D state) after 5 s.
             return bool(self.killed_hard and self.term_deadline is not None and self.mono() >= self.term_deadline)

@@ -1,0 +1,72 @@
+"""Shared fixtures: every test cleans up the processes it caused.
+
+Schedulers are started in a session of their own; jobs run in sessions of their own too.
+After each test every process whose command line or environment mentions the test's
+temporary directory is killed (SIGKILL, then SIGCONT for stopped ones), so a failing test
+never leaves schedulers or jobs behind.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import warnings
+from pathlib import Path
+
+import psutil
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+
+def processes_mentioning(text: str) -> list[psutil.Process]:
+    me = os.getpid()
+    found = []
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        if p.pid == me:
+            continue
+        try:
+            cmd = " ".join(p.info["cmdline"] or [])
+            if text in cmd or any(text in v for v in p.environ().values()):
+                found.append(p)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, OSError):
+            continue
+    return found
+
+
+def kill_all(procs: list[psutil.Process]) -> None:
+    for p in procs:
+        for sig in (signal.SIGKILL, signal.SIGCONT):
+            try:
+                p.send_signal(sig)
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                pass
+    psutil.wait_procs(procs, timeout=5)
+
+
+@pytest.fixture(autouse=True)
+def _kill_leftovers(request: pytest.FixtureRequest):
+    """Kill whatever a test left running in its temporary directory."""
+    if "tmp_path" not in request.fixturenames:
+        yield
+        return
+    tmp = request.getfixturevalue("tmp_path")
+    yield
+    left = processes_mentioning(str(tmp))
+    if left:
+        kill_all(left)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    strays = []
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            cmd = " ".join(p.info["cmdline"] or [])
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        if p.pid != os.getpid() and ("pbq-single" in cmd or "pbq.cli" in cmd) and "pytest" not in cmd:
+            strays.append(f"{p.pid}: {cmd}")
+    if strays:
+        warnings.warn("schedulers left running after the tests:\n" + "\n".join(strays), stacklevel=1)
+        print("\nWARNING: schedulers left running after the tests:\n" + "\n".join(strays), file=sys.stderr)

@@ -1,0 +1,140 @@
+"""Helpers for tests that run real schedulers: files, processes, polling with deadlines."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = ROOT / "bin"
+
+
+def write(path: Path, text: str | bytes, mode: int = 0o644) -> Path:
+    data = text.encode() if isinstance(text, str) else text
+    path.write_bytes(data)
+    os.chmod(path, mode)
+    return path
+
+
+def hostfile(dir: Path, body: str = "* linux 2 2 0\n") -> Path:
+    return write(dir / "hostfile", body)
+
+
+def jobfile(dir: Path, lines: list[str] | str = "", name: str = "jobfile") -> Path:
+    text = lines if isinstance(lines, (str, bytes)) else "".join(line + "\n" for line in lines)
+    return write(dir / name, text)
+
+
+def config(dir: Path, body: str) -> Path:
+    """A pbq.toml beside the jobfile; tests default to all-day 'work' off-hours limits."""
+    return write(dir / "pbq.toml", body)
+
+
+FAST_CONFIG = """
+[scheduler]
+interval = 0.2
+settle = 0.6
+term_grace = 2.0
+[jobfile]
+compact_after = 0.5
+"""
+
+
+def run_cmd(prog: str, *args: str | Path, timeout: float = 60, input: bytes | None = None,
+            env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(BIN / prog), *map(str, args)],
+        capture_output=True,
+        timeout=timeout,
+        input=input,
+        env=env,
+        cwd=cwd,
+    )
+
+
+def start_scheduler(hf: Path, jf: Path, *args: str | Path, host: str | None = "h1",
+                    env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.Popen:
+    argv = [sys.executable, str(BIN / "pbq-single")]
+    if host is not None:
+        argv += ["--host", host]
+    argv += [*map(str, args), str(hf), str(jf)]
+    out = open(jf.parent / f"sched-{host}.out", "ab")  # noqa: SIM115 - lives as long as the process
+    return subprocess.Popen(
+        argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env,
+        cwd=cwd or jf.parent,
+    )
+
+
+def wait_for(pred: Callable[[], Any], timeout: float = 20.0, what: str = "condition", every: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = pred()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(every)
+
+
+def status(jf: Path, host: str) -> dict:
+    try:
+        return json.loads((jf.parent / f"{jf.name}.{host}.status").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def hostfile_path(jf: Path, host: str, ext: str) -> Path:
+    return jf.parent / f"{jf.name}.{host}.{ext}"
+
+
+def lines_of(path: Path) -> list[str]:
+    try:
+        return [ln for ln in path.read_text(errors="surrogateescape").split("\n") if ln]
+    except FileNotFoundError:
+        return []
+
+
+def proc_state(pid: int) -> str | None:
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return None
+    return raw[raw.rindex(b")") + 2 : raw.rindex(b")") + 3].decode()
+
+
+def session_members(sid: int) -> list[int]:
+    out = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            raw = Path(f"/proc/{name}/stat").read_bytes()
+        except OSError:
+            continue
+        fields = raw[raw.rindex(b")") + 2 :].split()
+        if int(fields[3]) == sid:
+            out.append(int(name))
+    return out
+
+
+def alive(pid: int) -> bool:
+    st = proc_state(pid)
+    return st is not None and st != "Z"
+
+
+def job_pids(jf: Path, host: str) -> list[int]:
+    state = json.loads(hostfile_path(jf, host, "state").read_text())
+    return [j["pid"] for j in state["jobs"] if j.get("pid")]
+
+
+def wait_exit(p: subprocess.Popen, timeout: float = 30.0) -> int:
+    try:
+        return p.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"scheduler pid {p.pid} did not exit within {timeout:g}s") from None
