@@ -42,7 +42,6 @@ from .policy import Decision, Mode, View, decide, load_limit
 from .proc import Spawner, SpawnError, reap, signal_group
 from .safety import check_input_file, control_file_trusted
 from .sensors import (
-    ForeignLoadMeter,
     Sensors,
     boot_id,
     pids_with_env,
@@ -157,7 +156,6 @@ class Scheduler:
         self.killed_hard = False
         self.exit_code = 0
         # measurements
-        self.meter = ForeignLoadMeter()
         self.foreign = 0.0
         self.foreign_hist: deque[tuple[float, float]] = deque()
         self.limit = 0.0
@@ -351,24 +349,29 @@ class Scheduler:
         except BaseException:
             self.spawner.close()
             raise
-        now = self.clock()
-        self.tick(now)
+        self.tick(self.clock())
         try:
-            while True:
-                self._wait()
-                now = self.clock()
-                self._handle_signals(now)
-                self._reap(now)
-                if self.mono() >= self.next_tick:
-                    self.tick(now)
-                self.act(now)
-                self._write_views()
-                self.log.flush()
-                if self._done():
-                    break
+            while not self.step():
+                pass
         finally:
             self._shutdown()
         return self.exit_code
+
+    def step(self) -> bool:
+        """Wait for the next event, then make one pass.  True when the scheduler is done."""
+        self._wait()
+        return self.pass_once(self.clock())
+
+    def pass_once(self, now: float) -> bool:
+        """One pass in fixed order: signals, reap, tick (when due), act, files."""
+        self._handle_signals(now)
+        self._reap(now)
+        if self.mono() >= self.next_tick:
+            self.tick(now)
+        self.act(now)
+        self._write_views()
+        self.log.flush()
+        return self._done()
 
     def _install_signals(self) -> None:
         r, w = os.pipe()
@@ -675,7 +678,7 @@ class Scheduler:
                 job.cpu_seconds = sample.cpu_by_sid[job.pid]
         t = os.times()
         own = sample.cpu_seconds + t.children_user + t.children_system + t.user + t.system + self.adopted_cpu
-        self.foreign = self.meter.update(mono, self.sensors.busy_cpu_seconds(), own)
+        self.foreign = self.sensors.foreign_load(own, mono)
         self.foreign_hist.append((mono, self.foreign))
         settle = self.cfg.scheduler.settle
         while self.foreign_hist and self.foreign_hist[0][0] < mono - settle - 1e-6:

@@ -119,6 +119,12 @@ class Sensors:
 
     def __init__(self) -> None:
         self.ncpus = psutil.cpu_count() or 1
+        self._meter = ForeignLoadMeter()
+
+    def foreign_load(self, own_cpu_seconds: float, now_mono: float) -> float:
+        """Foreign load of the last interval, given the CPU seconds used so far by the
+        scheduler and its own jobs (a running total, continuous across job ends)."""
+        return self._meter.update(now_mono, self.busy_cpu_seconds(), own_cpu_seconds)
 
     def busy_cpu_seconds(self) -> float:
         """Non-idle CPU seconds of the whole machine since boot (steal and guest excluded)."""
