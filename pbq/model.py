@@ -1,14 +1,16 @@
 """Jobs of one host and the states they go through.
 
-    (jobfile line) --take--> STARTING --spawned--> RUNNING <--stop/cont--> STOPPED
-                                 |                    |                      |
-                                 |                    +--------ended---------+--> joblog/.error (gone)
-                                 +-- could not start: failed job (exit 127/126)
+    (jobfile line) --take--> CLAIMED --> STARTING --spawned--> RUNNING <--stop/cont--> STOPPED
+                                               |                    |                      |
+                                               |                    +--------ended---------+--> joblog/.error (gone)
+                                               +-- could not start: failed job (exit 127/126)
     RUNNING/STOPPED --evicted (memory) / retry / restart finds it gone--> REQUEUE --> (jobfile)
 
 The whole list is the host's write-ahead record, ``JOBFILE.HOST.state``: a job enters it
 before the jobfile gives its line away, and leaves it only after its outcome is written
-(or its line is back in the jobfile).
+(or its line is back in the jobfile).  Between two snapshots of that file, the few facts
+that must be on record before the next snapshot (a job is being started; its pid) are
+appended to ``JOBFILE.HOST.journal``, tagged with the snapshot generation they follow.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from .statefiles import line_to_text, text_to_line
 
 
 class JobState(StrEnum):
-    STARTING = "starting"  # taken from the jobfile, about to be started
+    CLAIMED = "claimed"  # taken from the jobfile, not started yet (short jobs are taken ahead)
+    STARTING = "starting"  # being started: if the scheduler dies now, it may have run
     RUNNING = "running"
     STOPPED = "stopped"
     REQUEUE = "requeue"  # its line is being put back into the jobfile (operation ``op``)
@@ -88,6 +91,7 @@ class HostState:
     """Everything a host must remember across a crash."""
 
     host: str
+    gen: int = 0  # snapshot generation: journal records of an older generation are obsolete
     next_seq: int = 1
     next_op: int = 1
     done: int = 0
@@ -111,6 +115,7 @@ class HostState:
         return {
             "version": 1,
             "host": self.host,
+            "gen": self.gen,
             "next_seq": self.next_seq,
             "next_op": self.next_op,
             "done": self.done,
@@ -124,6 +129,7 @@ class HostState:
             return cls(host)
         return cls(
             host=host,
+            gen=int(d.get("gen", 0)),
             next_seq=int(d.get("next_seq", 1)),
             next_op=int(d.get("next_op", 1)),
             done=int(d.get("done", 0)),

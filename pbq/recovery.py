@@ -82,7 +82,7 @@ def recover_hosts(jobfile: Path, hosts: list[str], cfg: Config, stale_after: flo
             back = [
                 j
                 for j in state.jobs
-                if (j.state in (JobState.RUNNING, JobState.STOPPED) or (j.state is JobState.STARTING and j.op <= committed))
+                if (j.state in (JobState.RUNNING, JobState.STOPPED) or (j.state in (JobState.STARTING, JobState.CLAIMED) and j.op <= committed))
                 or (j.state is JobState.REQUEUE and j.op > committed)
             ]
             if back:

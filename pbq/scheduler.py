@@ -61,6 +61,8 @@ from .statefiles import (
     unlink_quietly,
 )
 
+PREFETCH_MAX = 16
+VIEW_DEBOUNCE = 0.05  # seconds  # most lines a host takes ahead of its free slots
 UNKNOWN_EXIT = -1  # joblog Exitval of a job whose outcome cannot be known
 ADOPTED_EXIT_WAIT = 5.0  # seconds to wait for the keeper's record of an adopted job's exit
 
@@ -163,6 +165,7 @@ class Scheduler:
         self.work_time = False
         self.mem_available: int | None = None
         self.last_evict = -math.inf
+        self.avg_runtime: float | None = None  # moving average of job run times
         self.adopted_cpu = 0.0  # CPU seconds of adopted jobs that ended (not in os.times())
         # bookkeeping
         self.by_pid: dict[int, Job] = {}
@@ -181,6 +184,10 @@ class Scheduler:
         self.requeue_end: list[Job] = []
         self.requeue_front: list[Job] = []
         self.state_dirty = False
+        self.journal_used = True  # an old journal may exist: its records are of older generations
+        self.journal_bytes_since_cut = 1 << 20  # so the first snapshot cuts it
+        self.views_written_at = -math.inf
+        self.views_stale = False
         self.started_at = clock()
         self.disk_error: str | None = None
         self._wake_r = self._wake_w = -1
@@ -211,7 +218,7 @@ class Scheduler:
             self._claim_pidfile()
             self._recover(txn)
         self._save_state()
-        self._write_views()
+        self._write_views(force=True)
         h = self.host_entry
         assert h is not None
         self.log(
@@ -264,6 +271,7 @@ class Scheduler:
         """
         raw = read_json(self.files.state)
         self.state = HostState.from_json(self.opts.host, raw)
+        self._replay_journal()
         committed = txn.state.ops.get(self.opts.host, 0)
         if self.state.next_op <= committed:
             self.state.next_op = committed + 1
@@ -271,8 +279,8 @@ class Scheduler:
         back: list[Job] = []
         keep: list[Job] = []
         for job in self.state.jobs:
-            if job.op > committed and job.state in (JobState.STARTING, JobState.REQUEUE):
-                if job.state is JobState.STARTING:
+            if job.op > committed and job.state in (JobState.CLAIMED, JobState.STARTING, JobState.REQUEUE):
+                if job.state is not JobState.REQUEUE:
                     # Write-ahead record of a take that never committed: still pending.
                     self.log(f"job {self._id(job)} was never taken (crash while taking): left in the jobfile")
                 else:
@@ -280,6 +288,9 @@ class Scheduler:
                 continue
             if job.state is JobState.REQUEUE:
                 continue  # its put-back committed: the line is in the jobfile again
+            if job.state is JobState.CLAIMED:
+                keep.append(job)  # taken ahead, never started: it will run here
+                continue
             if job.pid is None:
                 # Taken, maybe started, but the pid was never recorded: look for it.
                 found = pids_with_env("PBQ_JOB_ID", self._id(job))
@@ -369,6 +380,7 @@ class Scheduler:
         if self.mono() >= self.next_tick:
             self.tick(now)
         self.act(now)
+        self._save_if_dirty()
         self._write_views()
         self.log.flush()
         return self._done()
@@ -392,6 +404,8 @@ class Scheduler:
         if self.term_deadline is not None:
             # Processes of a job's session may not be our children: poll for their end.
             timeout = min(timeout, max(0.0, self.term_deadline - self.mono()), 0.1)
+        if self.views_stale:
+            timeout = min(timeout, VIEW_DEBOUNCE)  # the views lag the jobs by at most that
         if self.signals:
             timeout = 0.0
         try:
@@ -436,6 +450,7 @@ class Scheduler:
             if not self.quitting:
                 self.log(f"{source}: quitting: starting nothing new; exiting when the jobs are done")
             self.quitting = True  # -> QUIT
+            self._give_back_claimed()
         elif command == "term":
             if self.term_deadline is None:
                 self._terminate(source)
@@ -464,6 +479,7 @@ class Scheduler:
         grace = self.cfg.scheduler.term_grace
         self.log(f"{source}: terminating {len(self._live_jobs())} job(s) (SIGKILL after {grace:g} s)")
         self.term_deadline = self.mono() + grace
+        self._give_back_claimed()
         for job in self._live_jobs():
             job.extra["terminated"] = True
             self._signal_job(job, signal.SIGTERM)
@@ -488,7 +504,7 @@ class Scheduler:
                 return True
             # After SIGKILL, give up waiting for processes that won't die (D state) after 5 s.
             return bool(self.killed_hard and self.term_deadline is not None and self.mono() >= self.term_deadline)
-        if live or self.state.in_state(JobState.STARTING):
+        if live or self.state.in_state(JobState.STARTING, JobState.CLAIMED):
             return False
         if self.mode is Mode.QUIT:
             return True
@@ -503,7 +519,7 @@ class Scheduler:
         state = "terminated" if self.mode is Mode.TERM else "exited"
         with contextlib.suppress(PbqError):
             self._save_state(fsync=True)
-        self._write_views()
+        self._write_views(force=True)
         self.log(f"scheduler exits ({state}): {self.state.done} done, {self.state.failed} failed")
         self.log.flush()
         with contextlib.suppress(PbqError):
@@ -534,6 +550,7 @@ class Scheduler:
         """A job ended: record it (joblog, .error, log) or queue its line to go back."""
         end = when or self.clock()
         runtime = max(0.0, end - (job.started or end))
+        self.avg_runtime = runtime if self.avg_runtime is None else 0.8 * self.avg_runtime + 0.2 * runtime
         if job.evicting:
             job.requeue_front = True
             self.requeue_front.append(job)
@@ -606,11 +623,6 @@ class Scheduler:
                         self._put_back(t)
             except PbqError as err:
                 self._disk_problem(err)  # the jobs stay in the state file: retried next pass
-        if self.state_dirty:
-            try:
-                self._save_state()
-            except PbqError as err:
-                self._disk_problem(err)
 
     def _put_back(self, txn) -> None:
         front = [j for j in self.requeue_front]
@@ -634,7 +646,7 @@ class Scheduler:
             self._drop(job)
         self.requeue_front.clear()
         self.requeue_end.clear()
-        self._save_state()
+        self.state_dirty = True
 
     def _disk_problem(self, err: PbqError) -> None:
         msg = str(err)
@@ -806,7 +818,8 @@ class Scheduler:
             running=running,
             stopped_by_load=sum(1 for j in stopped if j.stopped_by != "user"),
             stopped_by_user=sum(1 for j in stopped if j.stopped_by == "user"),
-            pending=self.disk_error is None and self.empty_sig != self._jobfile_sig(),
+            pending=bool(self.state.in_state(JobState.CLAIMED))
+            or (self.disk_error is None and self.empty_sig != self._jobfile_sig()),
             hysteresis=self.cfg.scheduler.hysteresis,
             mem_available=self.mem_available,
             memfree=self.cfg.scheduler.memfree,
@@ -866,15 +879,27 @@ class Scheduler:
         return signal_group(job.pid, sig)
 
     def _start(self, n: int, now: float) -> None:
+        """Start ``n`` jobs: those taken ahead first, then fresh ones from the jobfile."""
+        claimed = self.state.in_state(JobState.CLAIMED)
+        if len(claimed) < n:
+            try:
+                claimed += self._take(n - len(claimed) + self._prefetch(n), now)
+            except PbqError as err:
+                self._disk_problem(err)
+        batch = claimed[:n]
+        if not batch:
+            return
+        for job in batch:
+            job.state = JobState.STARTING  # CLAIMED -> STARTING: from now on it may have run
         try:
-            jobs = self._take(n, now)
+            self._journal({"starting": [j.seq for j in batch]})
         except PbqError as err:
+            for job in batch:
+                job.state = JobState.CLAIMED
             self._disk_problem(err)
             return
-        if not jobs:
-            return
         failed = False
-        for job in jobs:
+        for job in batch:
             try:
                 self._spawn(job, now)
             except SpawnError as err:
@@ -889,13 +914,30 @@ class Scheduler:
                 self.requeue_front.append(job)
                 failed = True
         self.state_dirty = True
-        if failed:
-            self._flush_outcomes()
-        else:
+        started = [[j.seq, j.pid, j.pid_start, j.started] for j in batch if j.state is JobState.RUNNING]
+        if started:
             try:
-                self._save_state()
+                self._journal({"started": started})
             except PbqError as err:
                 self._disk_problem(err)
+        if failed:
+            self._flush_outcomes()
+
+    def _prefetch(self, n: int) -> int:
+        """How many lines to take ahead: about half a second of work when jobs are short,
+        so that a lock round trip and two fsyncs are shared by many jobs."""
+        if self.avg_runtime is None or self.avg_runtime >= 0.5 or self.mode is not Mode.RUN:
+            return 0
+        slots = max(1, math.ceil(self.limit))
+        return min(PREFETCH_MAX, math.ceil(slots * 0.5 / max(self.avg_runtime, 0.001)))
+
+    def _give_back_claimed(self) -> None:
+        """Lines taken ahead go back to the front of the jobfile (quit, term)."""
+        for job in self.state.in_state(JobState.CLAIMED):
+            job.requeue_front = True
+            self.requeue_front.append(job)
+        if self.requeue_front:
+            self._flush_outcomes()
 
     def _take(self, n: int, now: float) -> list[Job]:
         """Take up to ``n`` lines: write-ahead record (fsync), then commit in the jobfile."""
@@ -911,7 +953,7 @@ class Scheduler:
             retries = self.cfg.scheduler.retries > 0 and self.queue.retries_path.exists()
             jobs = []
             for pl in lines:
-                job = Job(seq=self.state.new_seq(), line=pl.line, op=op, state=JobState.STARTING)
+                job = Job(seq=self.state.new_seq(), line=pl.line, op=op, state=JobState.CLAIMED)
                 if retries:
                     job.tries = txn.retries_of(pl.line)
                 jobs.append(job)
@@ -973,12 +1015,61 @@ class Scheduler:
             return ()
 
     def _save_state(self, fsync: bool = False) -> None:
+        """Write a new snapshot of the host's state; the journal before it is obsolete."""
+        self.state.gen += 1
         atomic_write_json(self.files.state, self.state.to_json(), fsync=fsync)
         self.state_dirty = False
+        # Journal records of older generations are ignored; cut the file now and then.
+        self.journal_bytes_since_cut = self.journal_bytes_since_cut if self.journal_used else 0
+        if self.journal_used and self.journal_bytes_since_cut > 1 << 16:
+            with contextlib.suppress(OSError):
+                os.truncate(self.files.journal, 0)
+            self.journal_used = False
+            self.journal_bytes_since_cut = 0
 
-    def _write_views(self) -> None:
-        """``.running`` / ``.stopped``: exactly the job lines, rewritten when they change."""
-        running = [j for j in self.state.jobs if j.state in (JobState.RUNNING, JobState.STARTING)]
+    def _save_if_dirty(self) -> None:
+        if self.state_dirty:
+            try:
+                self._save_state()
+            except PbqError as err:
+                self._disk_problem(err)
+
+    def _journal(self, rec: dict) -> None:
+        """Put a fact on record before the next snapshot (one small append)."""
+        rec["g"] = self.state.gen
+        data = json.dumps(rec, separators=(",", ":")).encode() + b"\n"
+        append_bytes(self.files.journal, data)
+        self.journal_used = True
+        self.journal_bytes_since_cut += len(data)
+
+    def _replay_journal(self) -> None:
+        """Apply what the journal recorded after the last snapshot (crash recovery)."""
+        by_seq = {j.seq: j for j in self.state.jobs}
+        for rec in read_json_lines(self.files.journal):
+            if not isinstance(rec, dict) or rec.get("g") != self.state.gen:
+                continue  # from before the snapshot: already in it
+            for seq in rec.get("starting", []):
+                job = by_seq.get(seq)
+                if job is not None and job.state is JobState.CLAIMED:
+                    job.state = JobState.STARTING
+            for seq, pid, pid_start, started in rec.get("started", []):
+                job = by_seq.get(seq)
+                if job is not None and job.pid is None:
+                    job.pid, job.pid_start, job.started = pid, pid_start, started
+                    job.state = JobState.RUNNING
+
+    def _write_views(self, force: bool = False) -> None:
+        """``.running`` / ``.stopped``: exactly the job lines, rewritten when they change
+        (at most every VIEW_DEBOUNCE seconds while jobs churn; always at a tick and at exit)."""
+        mono = self.mono()
+        if not force and mono - self.views_written_at < VIEW_DEBOUNCE:
+            self.views_stale = True
+            return
+        self.views_written_at = mono
+        self.views_stale = False
+        # Lines taken ahead are listed with the running ones: `cat *.running *.stopped`
+        # must give back everything this host holds.
+        running = [j for j in self.state.jobs if j.state in (JobState.RUNNING, JobState.STARTING, JobState.CLAIMED)]
         stopped = self.state.in_state(JobState.STOPPED)
         for ext, jobs in (("running", running), ("stopped", stopped)):
             data = b"".join(j.line + b"\n" for j in jobs)
@@ -1011,6 +1102,7 @@ class Scheduler:
             "running": self._running_count(),
             "stopped": len(stopped),
             "stopped_by_user": sum(1 for j in stopped if j.stopped_by == "user"),
+            "claimed": len(self.state.in_state(JobState.CLAIMED)),
             "done": self.state.done,
             "failed": self.state.failed,
             "mem_available": self.mem_available,

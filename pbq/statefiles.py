@@ -29,6 +29,7 @@ HOST_EXTENSIONS = (
     "joblog",  # GNU Parallel --joblog TSV
     "status",  # JSON heartbeat, rewritten every tick
     "state",  # JSON write-ahead record of the host's jobs (the source of truth)
+    "journal",  # JSON lines: what changed since the last .state snapshot
     "control",  # JSON request left by `pbq control` for schedulers on other machines
     "exits",  # JSON lines: exit statuses of orphaned jobs, written by the keeper
     "history",  # JSON lines: one sample per minute, for `pbq report`
@@ -42,9 +43,13 @@ class HostFiles:
     def __init__(self, jobfile: Path, host: str) -> None:
         self.jobfile = jobfile
         self.host = host
+        self._paths: dict[str, Path] = {}
 
     def path(self, ext: str) -> Path:
-        return self.jobfile.with_name(f"{self.jobfile.name}.{self.host}.{ext}")
+        p = self._paths.get(ext)
+        if p is None:
+            p = self._paths[ext] = self.jobfile.with_name(f"{self.jobfile.name}.{self.host}.{ext}")
+        return p
 
     def __getattr__(self, ext: str) -> Path:
         if ext in HOST_EXTENSIONS:
@@ -145,7 +150,7 @@ def read_json(path: Path) -> Any | None:
         raise _describe_os_error(path, err, "read") from None
     try:
         return json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: garbage nested too deep
         return None
 
 

@@ -30,6 +30,10 @@ from pbqtest import (
 
 pytestmark = pytest.mark.timeout(120)
 
+# Where the load limit is not what a test is about, a roomy limit keeps other people's
+# load (these tests use the real sensors) from holding the jobs back.
+ROOMY = "* linux 8 8 0\n"
+
 
 def recorder_jobs(tmp: Path, ids: range, rec: str = "rec") -> list[str]:
     return [f"echo {i} >> {tmp / rec}" for i in ids]
@@ -88,7 +92,7 @@ def test_never_more_than_limit_jobs(tmp_path: Path) -> None:
 
 
 def test_stop_and_cont_reach_forked_children(tmp_path: Path) -> None:
-    hf = hostfile(tmp_path, "* linux 2 2 0\n")
+    hf = hostfile(tmp_path, ROOMY)
     config(tmp_path, FAST_CONFIG)
     jf = jobfile(tmp_path, ["sh -c 'sleep 60 & sleep 60 & wait'"])
     p = start_scheduler(hf, jf)
@@ -112,16 +116,17 @@ def test_stop_and_cont_reach_forked_children(tmp_path: Path) -> None:
 
 
 def test_quit_finishes_running_jobs_and_starts_no_more(tmp_path: Path) -> None:
-    hf = hostfile(tmp_path, "* linux 1 1 0\n")
+    hf = hostfile(tmp_path, ROOMY)
     config(tmp_path, FAST_CONFIG)
     flag = tmp_path / "go"
-    jf = jobfile(tmp_path, [f"sh -c 'while [ ! -e {flag} ]; do sleep 0.05; done; echo first >> {tmp_path / 'rec'}'", "echo second >> rec"])
+    jf = jobfile(tmp_path, [f"sh -c 'while [ ! -e {flag} ]; do sleep 0.05; done; echo first >> {tmp_path / 'rec'}'"])
     p = start_scheduler(hf, jf)
     wait_for(lambda: status(jf, "h1").get("running") == 1, what="first job running")
-    os.kill(p.pid, signal.SIGUSR2) if False else None  # the keeper forwards; use control below
     r = run_cmd("pbq", "control", hf, jf, "quit", timeout=40)
     assert r.returncode == 0, r.stdout + r.stderr
     assert status(jf, "h1")["state"] == "quitting"
+    r = run_cmd("jobfile-append", jf, "-", input=b"echo second >> rec\n")
+    assert r.returncode == 0
     flag.write_text("")
     assert wait_exit(p) == 0
     assert lines_of(tmp_path / "rec") == ["first"]
@@ -130,7 +135,7 @@ def test_quit_finishes_running_jobs_and_starts_no_more(tmp_path: Path) -> None:
 
 
 def test_term_kills_jobs_and_keeps_their_lines(tmp_path: Path) -> None:
-    hf = hostfile(tmp_path, "* linux 2 2 0\n")
+    hf = hostfile(tmp_path, ROOMY)
     config(tmp_path, FAST_CONFIG)
     jf = jobfile(tmp_path, ["sleep 61", "sh -c 'trap \"\" TERM; sleep 62'"])
     p = start_scheduler(hf, jf)
@@ -147,7 +152,7 @@ def test_term_kills_jobs_and_keeps_their_lines(tmp_path: Path) -> None:
 
 
 def test_kill_leaves_jobs_running_and_restart_adopts_them(tmp_path: Path) -> None:
-    hf = hostfile(tmp_path, "* linux 2 2 0\n")
+    hf = hostfile(tmp_path, ROOMY)
     config(tmp_path, FAST_CONFIG)
     flag = tmp_path / "go"
     jf = jobfile(tmp_path, [f"sh -c 'while [ ! -e {flag} ]; do sleep 0.05; done; exit 3'"])
@@ -180,7 +185,7 @@ def test_kill_leaves_jobs_running_and_restart_adopts_them(tmp_path: Path) -> Non
 
 
 def test_failed_and_missing_commands_land_in_error_and_joblog(tmp_path: Path) -> None:
-    hf = hostfile(tmp_path)
+    hf = hostfile(tmp_path, ROOMY)
     config(tmp_path, FAST_CONFIG)
     noexec = tmp_path / "noexec.sh"
     noexec.write_text("#!/bin/sh\necho hi\n")
@@ -202,7 +207,7 @@ def test_failed_and_missing_commands_land_in_error_and_joblog(tmp_path: Path) ->
 
 
 def test_environment_and_output_dir(tmp_path: Path) -> None:
-    hf = hostfile(tmp_path, "* sparc64 2 2 0\n")
+    hf = hostfile(tmp_path, "* sparc64 8 8 0\n")
     config(tmp_path, FAST_CONFIG)
     jf = jobfile(tmp_path, ["env", "sh -c 'echo oops >&2; exit 0'"])
     p = start_scheduler(hf, jf, "--exit-when-empty", "--output-dir", tmp_path / "out", host="node7")
@@ -227,7 +232,7 @@ def test_environment_and_output_dir(tmp_path: Path) -> None:
 
 
 def test_jobs_appended_while_running_are_picked_up(tmp_path: Path) -> None:
-    hf = hostfile(tmp_path)
+    hf = hostfile(tmp_path, ROOMY)
     config(tmp_path, FAST_CONFIG)
     jf = jobfile(tmp_path, [])
     p = start_scheduler(hf, jf)
@@ -245,10 +250,10 @@ def test_jobs_appended_while_running_are_picked_up(tmp_path: Path) -> None:
 
 
 def test_control_check_and_load(tmp_path: Path) -> None:
-    hf = hostfile(tmp_path, "* linux 2 2 0\n")
+    hf = hostfile(tmp_path, ROOMY)
     config(tmp_path, FAST_CONFIG)
     jf = jobfile(tmp_path, ["sleep 60"])
-    p = start_scheduler(hf, jf, host="alpha")
+    start_scheduler(hf, jf, host="alpha")
     wait_for(lambda: status(jf, "alpha").get("running") == 1, what="job running")
     r = run_cmd("pbq", "control", hf, jf, "check")
     assert r.returncode == 0, r.stderr
@@ -259,7 +264,7 @@ def test_control_check_and_load(tmp_path: Path) -> None:
     assert out[1].split()[0] == "alpha"
     r = run_cmd("pbq", "control", hf, jf, "load", "--json")
     rows = json.loads(r.stdout)
-    assert rows[0]["host"] == "alpha" and rows[0]["running"] == 1 and rows[0]["limit"] == 2
+    assert rows[0]["host"] == "alpha" and rows[0]["running"] == 1 and rows[0]["limit"] == 8
     r = run_cmd("pbq", "control", hf, jf, "check", "--json")
     assert json.loads(r.stdout)[0]["condition"] == "alive"
     # kill: the .pid stays behind and check reports the host dead
@@ -271,11 +276,10 @@ def test_control_check_and_load(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     assert "put 1 job(s) back" in r.stdout.decode()
     assert "sleep 60" in lines_of(jf)
-    p.wait(timeout=5) if False else None
 
 
 def test_second_scheduler_for_same_host_is_refused(tmp_path: Path) -> None:
-    hf = hostfile(tmp_path)
+    hf = hostfile(tmp_path, ROOMY)
     config(tmp_path, FAST_CONFIG)
     jf = jobfile(tmp_path, [])
     p = start_scheduler(hf, jf)
@@ -331,7 +335,7 @@ def test_unknown_control_command_is_a_usage_error(tmp_path: Path) -> None:
 
 
 def test_strange_lines_are_run_not_crashed_on(tmp_path: Path) -> None:
-    hf = hostfile(tmp_path)
+    hf = hostfile(tmp_path, ROOMY)
     config(tmp_path, FAST_CONFIG)
     long_arg = "x" * (1 << 20)
     data = b"echo caf\xe9 \xff\xfe >> rec\n" + f"true {long_arg}\n".encode() + f"echo {long_arg} > /dev/null\n".encode() + b"echo end >> rec\n"
@@ -347,7 +351,7 @@ def test_strange_lines_are_run_not_crashed_on(tmp_path: Path) -> None:
 
 
 def test_sigint_terminates_like_term(tmp_path: Path) -> None:
-    hf = hostfile(tmp_path)
+    hf = hostfile(tmp_path, ROOMY)
     config(tmp_path, FAST_CONFIG)
     jf = jobfile(tmp_path, ["sleep 63"])
     p = start_scheduler(hf, jf)
