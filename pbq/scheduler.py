@@ -684,12 +684,17 @@ class Scheduler:
 
     def _sense(self, now: float, mono: float) -> None:
         live = self._live_jobs()
-        sample = self.sensors.sessions([j.pid for j in live if j.pid])
-        for job in live:
-            if job.pid in sample.cpu_by_sid:
-                job.cpu_seconds = sample.cpu_by_sid[job.pid]
+        # Only running jobs use CPU: scan /proc for their sessions only when there are
+        # some (an idle or all-stopped scheduler reads almost nothing).  Stopped jobs keep
+        # their last figure, so the own-CPU total stays continuous.
+        running = [j.pid for j in live if j.pid and j.state is JobState.RUNNING]
+        if running:
+            sample = self.sensors.sessions(running)
+            for job in live:
+                if job.pid in sample.cpu_by_sid:
+                    job.cpu_seconds = sample.cpu_by_sid[job.pid]
         t = os.times()
-        own = sample.cpu_seconds + t.children_user + t.children_system + t.user + t.system + self.adopted_cpu
+        own = sum(j.cpu_seconds for j in live) + t.children_user + t.children_system + t.user + t.system + self.adopted_cpu
         self.foreign = self.sensors.foreign_load(own, mono)
         self.foreign_hist.append((mono, self.foreign))
         settle = self.cfg.scheduler.settle
