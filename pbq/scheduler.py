@@ -177,6 +177,8 @@ class Scheduler:
         self.signals: list[int] = []
         self.control_ack: str | None = None
         self.host_entry: Host | None = None
+        self.drm = None  # a DrmDriver on a cluster head node (hostfile drm=...)
+        self.usage_buf: list[tuple[bytes, int, float, float]] = []  # (line, maxrss, cpu, runtime)
         self.hostfile_mtime: float | None = None
         self.env_base = dict(os.environ)
         self.joblog_buf: list[str] = []
@@ -201,6 +203,11 @@ class Scheduler:
         self.host_entry = find_host(hosts, self.opts.host, str(self.opts.hostfile))
         with contextlib.suppress(OSError):
             self.hostfile_mtime = os.stat(self.opts.hostfile).st_mtime
+        if self.host_entry.drm and (self.drm is None or self.drm.host.fields != self.host_entry.fields):
+            from .drmhost import DrmDriver
+
+            log_dir = self.opts.output_dir or self.jobfile.with_name(f"{self.jobfile.name}.{self.opts.host}.drmlogs")
+            self.drm = DrmDriver(self.host_entry, self.cfg, Path.cwd(), log_dir, self.log)
 
     def startup(self) -> None:
         self.load_host()
@@ -290,6 +297,25 @@ class Scheduler:
                 continue  # its put-back committed: the line is in the jobfile again
             if job.state is JobState.CLAIMED:
                 keep.append(job)  # taken ahead, never started: it will run here
+                continue
+            if self.drm is not None:
+                if job.extra.get("terminated"):
+                    job.requeue_front = True
+                    back.append(job)
+                    self.log(f"job {self._id(job)} was cancelled by term: putting it back at the front")
+                    continue
+                if job.cluster_id is None:
+                    job.cluster_id = self.drm.find_submitted(self._id(job))
+                if job.cluster_id is not None:
+                    job.adopted = True
+                    if job.state is JobState.STARTING:
+                        job.state = JobState.RUNNING
+                    self.log(f"re-attached job {self._id(job)} to {self.drm.name} job {job.cluster_id}")
+                    keep.append(job)
+                else:
+                    job.requeue_front = True
+                    back.append(job)
+                    self.log(f"job {self._id(job)} was being submitted when the scheduler died: putting it back; POSSIBLE DUPLICATE: {line_to_text(job.line)}")
                 continue
             if job.pid is None:
                 # Taken, maybe started, but the pid was never recorded: look for it.
@@ -480,7 +506,16 @@ class Scheduler:
         self.log(f"{source}: terminating {len(self._live_jobs())} job(s) (SIGKILL after {grace:g} s)")
         self.term_deadline = self.mono() + grace
         self._give_back_claimed()
-        for job in self._live_jobs():
+        if self.drm is not None:
+            live = self._live_jobs()
+            for job in live:
+                job.extra["terminated"] = True
+            try:
+                self.drm.cancel(live)  # `term` cancels all of ours in the DRM
+                self.log(f"cancelled {len(live)} {self.drm.name} job(s)")
+            except PbqError as err:
+                self.log(f"could not cancel every {self.drm.name} job: {err}")
+        for job in self._live_jobs() if self.drm is None else []:
             job.extra["terminated"] = True
             self._signal_job(job, signal.SIGTERM)
             if job.state is JobState.STOPPED:
@@ -490,6 +525,8 @@ class Scheduler:
 
     def _done(self) -> bool:
         live = self._live_jobs()
+        if self.mode is Mode.TERM and self.drm is not None:
+            return True  # cancelled in the DRM: their lines go back when the host restarts
         if self.mode is Mode.TERM:
             # Done when no process of any job's session is left (a job's leader may die
             # of SIGTERM while what it started ignores it).  SIGKILL at the deadline.
@@ -514,6 +551,7 @@ class Scheduler:
 
     def _shutdown(self) -> None:
         self.spawner.close()
+        self._flush_usage()
         if self.opts.exit_when_empty and self.mode is Mode.RUN:
             self._compact_if_due(self.clock(), force=True)
         state = "terminated" if self.mode is Mode.TERM else "exited"
@@ -551,19 +589,23 @@ class Scheduler:
         end = when or self.clock()
         runtime = max(0.0, end - (job.started or end))
         self.avg_runtime = runtime if self.avg_runtime is None else 0.8 * self.avg_runtime + 0.2 * runtime
+        if out.exit_code != UNKNOWN_EXIT or out.maxrss:
+            self.usage_buf.append((job.line, out.maxrss, out.cpu_seconds, runtime))
         if job.evicting:
             job.requeue_front = True
             self.requeue_front.append(job)
             self.log(f"job {self._id(job)} killed to free memory: back at the front of the jobfile")
             return
+        host_col = f"{self.opts.host}:{job.cluster_id}" if job.cluster_id else self.opts.host
         self.joblog_buf.append(
-            joblog_row(job.seq, self.opts.host, job.started or end, runtime, out.exit_code, out.signal, job.line)
+            joblog_row(job.seq, host_col, job.started or end, runtime, out.exit_code, out.signal, job.line)
         )
         how = f"exit {out.exit_code}" if not out.signal else f"signal {out.signal}"
         if out.exit_code == UNKNOWN_EXIT and not out.signal:
             how = "outcome UNKNOWN"
         note = f" ({out.note})" if out.note else ""
-        self.log(f"finished {self._id(job)} pid {job.pid} {how} after {runtime:.1f}s{note}: {line_to_text(job.line)}")
+        who = f"pid {job.pid}" if job.pid else f"cluster id {job.cluster_id}" if job.cluster_id else "never started"
+        self.log(f"finished {self._id(job)} {who} {how} after {runtime:.1f}s{note}: {line_to_text(job.line)}")
         if out.ok:
             self.state.done += 1
             if job.tries:
@@ -664,8 +706,12 @@ class Scheduler:
         self._check_control_file()
         self._reload_hostfile()
         self._sense(now, mono)
-        self._poll_adopted(now, mono)
+        if self.drm is not None:
+            self._poll_drm(now, mono)
+        else:
+            self._poll_adopted(now, mono)
         self._flush_outcomes()
+        self._flush_usage()
         if self.disk_error is not None:
             self._retry_disk()
         self._compact_if_due(now)
@@ -683,6 +729,15 @@ class Scheduler:
             self._append_history(now)
 
     def _sense(self, now: float, mono: float) -> None:
+        if self.drm is not None:
+            # max/wday count our jobs queued or running in the resource manager.
+            self.foreign, self.active_users = 0.0, 0
+            self.work_time = self.cfg.schedule.calendar.is_work_time(datetime.fromtimestamp(now))
+            h = self.host_entry
+            assert h is not None
+            self.limit = load_limit(h.max, h.wday, 0, self.work_time, 0)
+            self.foreign_hist.clear()
+            return
         live = self._live_jobs()
         # Only running jobs use CPU: scan /proc for their sessions only when there are
         # some (an idle or all-stopped scheduler reads almost nothing).  Stopped jobs keep
@@ -825,7 +880,7 @@ class Scheduler:
             stopped_by_user=sum(1 for j in stopped if j.stopped_by == "user"),
             pending=bool(self.state.in_state(JobState.CLAIMED))
             or (self.disk_error is None and self.empty_sig != self._jobfile_sig()),
-            hysteresis=self.cfg.scheduler.hysteresis,
+            hysteresis=0.0 if self.drm is not None else self.cfg.scheduler.hysteresis,
             mem_available=self.mem_available,
             memfree=self.cfg.scheduler.memfree,
             since_evict=self.mono() - self.last_evict,
@@ -855,6 +910,12 @@ class Scheduler:
         return d
 
     def _stop(self, job: Job, by: str) -> None:
+        if self.drm is not None:
+            said = self.drm.stop([job])
+            job.state, job.stopped_by = JobState.STOPPED, by  # RUNNING -> STOPPED (held/suspended)
+            self.state_dirty = True
+            self.log(f"stopped {self._id(job)} ({self.drm.name} job {job.cluster_id}, {by}): {said}")
+            return
         if self._signal_job(job, signal.SIGSTOP):
             job.state = JobState.STOPPED  # RUNNING -> STOPPED (whole process group)
             job.stopped_by = by
@@ -862,6 +923,12 @@ class Scheduler:
             self.log(f"stopped {self._id(job)} pid {job.pid} ({by}: load {self.foreign + self._running_count() + 1:.2f}, limit {self.limit:g})")
 
     def _cont(self, job: Job) -> None:
+        if self.drm is not None:
+            said = self.drm.cont([job])
+            job.state, job.stopped_by = JobState.RUNNING, None  # STOPPED -> RUNNING (released/resumed)
+            self.state_dirty = True
+            self.log(f"continued {self._id(job)} ({self.drm.name} job {job.cluster_id}): {said}")
+            return
         if self._signal_job(job, signal.SIGCONT):
             job.state = JobState.RUNNING  # STOPPED -> RUNNING
             job.stopped_by = None
@@ -919,10 +986,11 @@ class Scheduler:
                 self.requeue_front.append(job)
                 failed = True
         self.state_dirty = True
-        started = [[j.seq, j.pid, j.pid_start, j.started] for j in batch if j.state is JobState.RUNNING]
-        if started:
+        started = [[j.seq, j.pid, j.pid_start, j.started] for j in batch if j.state is JobState.RUNNING and j.pid]
+        submitted = [[j.seq, j.cluster_id, j.started] for j in batch if j.state is JobState.RUNNING and j.cluster_id]
+        if started or submitted:
             try:
-                self._journal({"started": started})
+                self._journal({"started": started, "submitted": submitted})
             except PbqError as err:
                 self._disk_problem(err)
         if failed:
@@ -988,6 +1056,9 @@ class Scheduler:
             PBQ_JOB_ID=jid,
             PBQ_JOBFILE=str(self.jobfile),
         )
+        if self.drm is not None:
+            self._submit(job, jid, now)
+            return
         out = err = None
         if self.opts.output_dir is not None:
             out = self.opts.output_dir / f"{jid}.out"
@@ -999,6 +1070,72 @@ class Scheduler:
         job.state = JobState.RUNNING  # STARTING -> RUNNING
         self.by_pid[pid] = job
         self.log(f"started {jid} pid {pid}: {line_to_text(job.line)}")
+
+    def _submit(self, job: Job, jid: str, now: float) -> None:
+        """DRM host: submit instead of spawning.  A refusal is a failed job; a DRM that
+        does not answer puts the line back (OSError path of _start)."""
+        from .drm.base import DrmError, DrmUnavailable
+        from .drmhost import resources_for
+        from .predict import command_key, format_mem
+
+        assert self.drm is not None and self.host_entry is not None
+        predicted = None
+        if self.cfg.cluster.predict:
+            peak = self._usage_store().predict_mem(command_key(line_to_text(job.line)))
+            predicted = format_mem(peak) if peak else None
+        try:
+            res = resources_for(self.host_entry, self.cfg, predicted)
+            cid = self.drm.submit(job, jid, res)
+        except DrmUnavailable as err:
+            raise OSError(11, f"{self.drm.name} unavailable: {err}") from None
+        except DrmError as err:
+            raise SpawnError(126, str(err)) from None
+        except PbqError as err:
+            raise SpawnError(126, str(err)) from None
+        job.cluster_id = cid
+        job.started = now
+        job.state = JobState.RUNNING  # STARTING -> RUNNING (queued or running in the DRM)
+        job.extra["drm_state"] = "queued"
+        mem = f", mem {predicted} predicted" if predicted else ""
+        self.log(f"submitted {jid} as {self.drm.name} job {cid}{mem}: {line_to_text(job.line)}")
+
+    def _poll_drm(self, now: float, mono: float) -> None:
+        assert self.drm is not None
+        if not self.drm.poll_due(mono):
+            return
+        jobs = [j for j in self._live_jobs() if j.cluster_id]
+        for e in self.drm.poll(jobs, mono):
+            if e.job.extra.get("terminated"):
+                continue
+            code = UNKNOWN_EXIT if e.exit_code is None else e.exit_code
+            self._finish(e.job, Outcome(code, e.signal, e.cpu, e.maxrss, e.note), when=now)
+
+    def _usage_store(self):
+        from .predict import ResourceStore
+
+        return ResourceStore(self.jobfile.with_name(self.jobfile.name + ".usage"))
+
+    def _flush_usage(self) -> None:
+        """Peak memory and CPU time of finished jobs, for resource prediction."""
+        if not self.usage_buf:
+            return
+        from .predict import command_key
+
+        batch, self.usage_buf = self.usage_buf, []
+        store = self._usage_store()
+        try:
+            lines = [
+                json.dumps(
+                    {"key": command_key(line_to_text(line)), "peak_rss_bytes": rss or None,
+                     "cpu_seconds": round(cpu, 3), "runtime": round(rt, 3), "time": round(self.clock(), 3)},
+                    sort_keys=True,
+                )
+                for line, rss, cpu, rt in batch
+            ]
+            with store._lock:
+                append_bytes(store.path, ("\n".join(lines) + "\n").encode())
+        except (OSError, PbqError, ValueError):
+            pass
 
     # ---------------------------------------------------------------- files
 
@@ -1057,6 +1194,10 @@ class Scheduler:
                 job = by_seq.get(seq)
                 if job is not None and job.state is JobState.CLAIMED:
                     job.state = JobState.STARTING
+            for seq, cid, started in rec.get("submitted", []):
+                job = by_seq.get(seq)
+                if job is not None and job.cluster_id is None:
+                    job.cluster_id, job.started, job.state = cid, started, JobState.RUNNING
             for seq, pid, pid_start, started in rec.get("started", []):
                 job = by_seq.get(seq)
                 if job is not None and job.pid is None:
@@ -1114,7 +1255,7 @@ class Scheduler:
             "control_ack": self.control_ack,
             "error": self.disk_error,
             "started": self.started_at,
-            "drm": None,
+            "drm": self.drm.name if self.drm is not None else None,
         }
 
     def _write_status(self, now: float, state: str | None = None) -> None:
