@@ -95,7 +95,8 @@ def single(
     from .scheduler import Scheduler, SchedulerOptions
     from .statefiles import HostFiles
 
-    jobfile = jobfile.absolute()
+    # A symlinked jobfile is followed: compaction replaces the file it points to.
+    jobfile = jobfile.resolve() if jobfile.is_symlink() else jobfile.absolute()
     hostfile = hostfile.absolute()
     cfg = load_config(
         jobfile,

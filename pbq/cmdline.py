@@ -11,6 +11,7 @@ through ``$PATH``: no shell, no extra process, and the job's pid is the program'
 
 from __future__ import annotations
 
+import re
 import shlex
 
 UNQUOTED_SHELL_CHARS = frozenset("|&;<>()$`\\*?[]~{}#!\n")
@@ -19,8 +20,11 @@ SHELL_WORDS = frozenset(
     """if then else elif fi case esac for select while until do done in function time
     cd . source export unset set eval exec exit return shift ulimit umask alias unalias
     read readonly local trap wait times break continue type command builtin let declare
-    typeset hash jobs fg bg""".split()
+    typeset hash jobs fg bg : getopts""".split()
 )
+# The shell splits words on blanks only: space and tab -- not on \r (as shlex does) nor
+# on \v, \f and Unicode spaces such as U+00A0 (as str.split() does).
+BLANKS = " \t"
 
 
 def direct_words(line: str) -> list[str] | None:
@@ -42,7 +46,7 @@ def direct_words(line: str) -> list[str] | None:
     if quote is not None:
         return None  # unbalanced quotes: let the shell report it
     try:
-        words = shlex.split(line) if ("'" in line or '"' in line) else line.split()
+        words = _split(line)
     except ValueError:
         return None
     if not words:
@@ -50,6 +54,14 @@ def direct_words(line: str) -> list[str] | None:
     if words[0] in SHELL_WORDS or "=" in words[0]:
         return None
     return words
+
+
+def _split(line: str) -> list[str]:
+    if "'" not in line and '"' not in line:
+        return [w for w in re.split(f"[{BLANKS}]+", line) if w]
+    lex = shlex.shlex(line, posix=True)
+    lex.whitespace, lex.whitespace_split, lex.commenters = BLANKS, True, ""
+    return list(lex)
 
 
 def needs_shell(line: str) -> bool:

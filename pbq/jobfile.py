@@ -319,13 +319,11 @@ class Txn:
             mode = os.stat(self.q.jobfile).st_mode & 0o7777 if src is not None else 0o666
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
             try:
-                os.write(fd, prefix)
+                _write_all(fd, prefix)  # write(2) may write less than asked
                 if src is not None:
                     src.seek(self.state.offset)
                     while chunk := src.read(CHUNK * 16):
-                        view = memoryview(chunk)
-                        while view:
-                            view = view[os.write(fd, view) :]
+                        _write_all(fd, chunk)
                 os.fchmod(fd, mode)
                 if self.q.fsync:
                     os.fsync(fd)
@@ -391,8 +389,10 @@ class Txn:
             unlink_quietly(self.q.compact_tmp)  # written, never decided on: ignore
         size = self.size()
         s = self.state
-        rewritten = s.offset > size or size < s.size
-        if not rewritten and s.offset > 0 and s.mark and self._mark_at(s.offset) != s.mark:
+        # The consumed part must be unchanged: the bytes just before the offset are as
+        # recorded.  (Pending lines may be edited or deleted; that is no rewrite.)
+        rewritten = s.offset > size
+        if not rewritten and s.offset > 0 and self._mark_at(s.offset) != s.mark:
             rewritten = True
         if rewritten:
             self.q.log(
@@ -422,6 +422,12 @@ class Txn:
         else:
             return
         atomic_write_json(self.q.retries_path, data, fsync=self.q.fsync)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def line_key(line: bytes) -> str:

@@ -23,6 +23,7 @@ a live lock:
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import secrets
@@ -119,13 +120,25 @@ class SoftLock(QueueLock):
                 fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
             except FileExistsError:
                 pass
+            except PermissionError:
+                # sshfs reports a lost O_EXCL race as EPERM (SFTP has no "exists" error):
+                # contention if the lock file is there, a real permission problem if not.
+                if not self.path.exists():
+                    raise PbqError("cannot create lock file: permission denied", path=str(self.path)) from None
             except OSError as err:
                 raise PbqError(f"cannot create lock file: {err.strerror}", path=str(self.path)) from None
             else:
                 try:
-                    os.write(fd, body)
-                finally:
-                    os.close(fd)
+                    try:
+                        if os.write(fd, body) != len(body):
+                            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                    finally:
+                        os.close(fd)
+                except OSError as err:
+                    # Disk full: an empty lock file would block everyone for stale_after.
+                    with contextlib.suppress(OSError):
+                        os.unlink(self.path)
+                    raise PbqError(f"cannot write lock file: {err.strerror}", path=str(self.path)) from None
                 self._token = token
                 self._start_refresher()
                 return
@@ -222,7 +235,9 @@ class SoftLock(QueueLock):
         self._refresher.start()
 
     def _refresh_loop(self) -> None:
-        interval = max(self.stale_after / 6, 0.5)
+        # stale_after / 6 as documented; a floor above that (it was 0.5 s) let a waiter
+        # with a small stale_after break a live lock between two refreshes.
+        interval = max(self.stale_after / 6, 0.01)
         while not self._stop_refresh.wait(interval):
             with contextlib.suppress(OSError):
                 os.utime(self.path)

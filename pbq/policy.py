@@ -87,6 +87,8 @@ def decide(v: View) -> Decision:
     if excess > v.hysteresis + 1e-9:
         stop = min(v.running, math.ceil(excess - v.hysteresis - 1e-9))
         return Decision(stop=stop, evict=evict)
+    if evict:
+        return Decision(evict=evict)  # let memory settle before anything else moves
     room = math.floor(v.limit + v.hysteresis - (v.foreign_recent + v.running) + 1e-9)
     room = max(0, room)
     # Jobs the user stopped are continued by `cont` (mode RUN again) like load-stopped ones.
