@@ -336,5 +336,14 @@ def _toml(v: Any) -> str:
     return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+def _register_ops() -> None:
+    from .cli_ops import register
+
+    register(pbq)  # start, status, report, completion
+
+
+_register_ops()
+
+
 def pbq_main() -> None:
     pbq(prog_name="pbq")

@@ -1,0 +1,636 @@
+"""``pbq start`` and ``pbq status``: schedulers on many machines, and the queue at a glance.
+
+``start`` replaces PBQ's hand-written ``PBQStart`` rsh loop.  For every host it runs::
+
+    RSH HOST "sh -c 'cd DIR && setsid nohup PYTHON PBQ-SINGLE --host HOST [OPTIONS] \\
+              HOSTFILE JOBFILE >> JOBFILE.HOST.out 2>&1 < /dev/null &'"
+
+(the one place where pbq builds a shell string: every word is quoted with
+``shlex.quote``), or, for this machine itself, the same command directly as a process
+in a session of its own.  It then watches the shared files until the new scheduler's
+heartbeat (``JOBFILE.HOST.status`` with the pid of ``JOBFILE.HOST.pid``) appears, or its
+``.out`` says why it could not start.
+
+``status`` only reads shared files -- the jobfile and its queue record, and each host's
+``.status``, ``.pid`` and ``.joblog`` -- so it works from any machine that sees them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import re
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from .control import heartbeat_age, host_condition
+from .errors import PbqError
+from .hostfile import WILDCARD, find_host, load_hostfile, machine_name
+from .jobfile import JobQueue, is_job_line
+from .scheduler import read_pidfile
+from .statefiles import HostFiles, hosts_with, read_json
+
+RATE_WINDOW = 300.0  # seconds of finished jobs that the jobs/min figure looks at
+LIVE_CONDITIONS = ("alive", "stopped", "quitting", "terminating")
+DEFAULT_RSH = "ssh -o BatchMode=yes"
+
+# ------------------------------------------------------------------ hosts
+
+
+def hostfile_hosts(hostfile: Path) -> list[str]:
+    """Every host named in the hostfile (not ``*``), in the hostfile's order."""
+    return [h.name for h in load_hostfile(hostfile) if h.name != WILDCARD]
+
+
+def is_this_machine(host: str) -> bool:
+    """True when the hostfile name ``host`` is this machine (start it without a remote shell)."""
+    name = host.lower()
+    kernel = socket.gethostname().lower()
+    return name in (machine_name(), kernel, kernel.split(".", 1)[0])
+
+
+def hosts_to_start(hostfile: Path, hosts: Sequence[str]) -> list[str]:
+    """The hosts named (each checked against the hostfile), else every named host in it."""
+    entries = load_hostfile(hostfile)
+    if not hosts:
+        names = [h.name for h in entries if h.name != WILDCARD]
+        if not names:
+            raise PbqError(
+                "the hostfile names no hosts (only '*'); name the hosts to start: "
+                "pbq start HOSTFILE JOBFILE HOST...",
+                path=str(hostfile),
+            )
+        return names
+    out: list[str] = []
+    for host in hosts:
+        if host == WILDCARD or not host or "/" in host or host.startswith("."):
+            raise PbqError(f"cannot start a scheduler for host {host!r}")
+        find_host(entries, host, str(hostfile))  # unknown and no '*' entry: a clear error
+        if host not in out:
+            out.append(host)
+    return out
+
+
+# ------------------------------------------------------------------ start
+
+
+@dataclass
+class StartResult:
+    host: str
+    outcome: str  # "started", "already running" or "failed"
+    detail: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome != "failed"
+
+    def line(self) -> str:
+        if not self.detail:
+            return f"{self.host}: {self.outcome}"
+        if self.outcome == "failed":
+            return f"{self.host}: failed: {self.detail}"
+        return f"{self.host}: {self.outcome} ({self.detail})"
+
+
+def scheduler_command(remote_command: str | None = None) -> list[str]:
+    """How to run ``pbq-single``: ``--remote-command`` split into words, else this Python
+    with the ``pbq-single`` beside the running ``pbq`` (or the one on ``$PATH``)."""
+    if remote_command is not None:
+        words = shlex.split(remote_command)
+        if not words:
+            raise PbqError("--remote-command is empty")
+        return words
+    candidates = []
+    if sys.argv and sys.argv[0]:
+        candidates.append(Path(sys.argv[0]).absolute().parent / "pbq-single")
+    found = shutil.which("pbq-single")
+    if found:
+        candidates.append(Path(found))
+    for path in candidates:
+        if path.is_file():
+            return [sys.executable, str(path.absolute())]
+    raise PbqError("cannot find pbq-single beside pbq or on $PATH; say how to run it with --remote-command")
+
+
+def scheduler_argv(command: Sequence[str], host: str, hostfile: Path, jobfile: Path, options: Sequence[str]) -> list[str]:
+    return [*command, "--host", host, *options, str(hostfile), str(jobfile)]
+
+
+def remote_shell_line(argv: Sequence[str], jobfile: Path, host: str) -> str:
+    """The string the remote shell runs: start the scheduler detached, output to ``.out``.
+
+    Wrapped in ``sh -c`` so that it means the same under a csh or fish login shell."""
+    out = HostFiles(jobfile, host).out
+    inner = (
+        f"cd {shlex.quote(str(jobfile.parent))} && setsid nohup {shlex.join(argv)} "
+        f">> {shlex.quote(str(out))} 2>&1 < /dev/null &"
+    )
+    return f"sh -c {shlex.quote(inner)}"
+
+
+def _size(path: Path) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0
+
+
+def _read_from(path: Path, offset: int) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            return f.read(1 << 20).decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+def _identity(status: object) -> tuple | None:
+    if not isinstance(status, dict):
+        return None
+    return (status.get("pid"), status.get("start"), status.get("machine"))
+
+
+_REFUSED = ("is already running", "seems to run on machine")
+_FATAL_PREFIXES = ("pbq-single:", "nohup:", "setsid:", "sh:", "bash:")
+
+
+def out_verdict(text: str) -> tuple[str, str] | None:
+    """What a scheduler's fresh ``.out`` output says: ("already running"|"failed", why), or None."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    for ln in lines:
+        if any(r in ln for r in _REFUSED):
+            m = re.search(r"\(pid (\d+)", ln)
+            mach = re.search(r"on machine (\S+)", ln)
+            detail = f"pid {m.group(1)}" if m else ""
+            if mach:
+                detail += f" on {mach.group(1)}"
+            return "already running", detail.strip() or ln
+    for ln in lines:
+        if ln.startswith(_FATAL_PREFIXES) or "command not found" in ln or ": not found" in ln:
+            return "failed", ln.removeprefix("pbq-single: ")
+    if any(ln.startswith("Traceback") for ln in lines):
+        return "failed", lines[-1]
+    return None
+
+
+def _heartbeat(files: HostFiles, before: tuple | None) -> dict | None:
+    """The new scheduler's status once it has written one, else None."""
+    status = read_json(files.status)
+    if not isinstance(status, dict) or _identity(status) == before or "pid" not in status:
+        return None
+    info = read_pidfile(files.pid)
+    if info is not None and info["pid"] == status.get("pid"):
+        return status
+    if status.get("state") in ("exited", "terminated"):
+        return status  # started and already finished (e.g. --exit-when-empty on an empty queue)
+    return None
+
+
+def _describe_started(status: dict) -> str:
+    where = f"pid {status.get('pid')}"
+    if status.get("machine"):
+        where += f" on {status['machine']}"
+    if status.get("state") in ("exited", "terminated"):
+        where += f", already {status['state']}: {status.get('done', 0)} done, {status.get('failed', 0)} failed"
+    return where
+
+
+@dataclass
+class _Launch:
+    host: str
+    files: HostFiles
+    before: tuple | None
+    out_offset: int
+    proc: subprocess.Popen | None = None
+    local: bool = False
+    remote_ok: bool = False  # the remote shell returned 0
+
+
+def start_hosts(
+    hostfile: Path,
+    jobfile: Path,
+    hosts: Sequence[str],
+    *,
+    rsh: str = DEFAULT_RSH,
+    command: Sequence[str],
+    options: Sequence[str] = (),
+    timeout: float = 30.0,
+) -> list[StartResult]:
+    """Start a scheduler for each of ``hosts`` (unless one runs) and wait for its heartbeat."""
+    rsh_argv = shlex.split(rsh)
+    if not rsh_argv:
+        raise PbqError("--rsh is empty")
+    launches: dict[str, _Launch] = {}
+    results: dict[str, StartResult] = {}
+    for host in hosts:
+        files = HostFiles(jobfile, host)
+        cond = host_condition(jobfile, host)
+        if cond["condition"] in LIVE_CONDITIONS:
+            detail = f"pid {cond['pid']}" + (f" on {cond['machine']}" if cond.get("machine") else "")
+            if cond["condition"] != "alive":
+                detail += f", {cond['condition']}"
+            results[host] = StartResult(host, "already running", detail)
+            continue
+        launch = _Launch(host, files, _identity(read_json(files.status)), _size(files.out))
+        argv = scheduler_argv(command, host, hostfile, jobfile, options)
+        try:
+            if is_this_machine(host):
+                launch.local = True
+                fd = os.open(files.out, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o666)
+                try:
+                    launch.proc = subprocess.Popen(
+                        argv, cwd=jobfile.parent, stdin=subprocess.DEVNULL, stdout=fd,
+                        stderr=subprocess.STDOUT, start_new_session=True,
+                    )
+                finally:
+                    os.close(fd)
+            else:
+                launch.proc = subprocess.Popen(
+                    [*rsh_argv, host, remote_shell_line(argv, jobfile, host)],
+                    stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                    start_new_session=True,
+                )
+        except OSError as err:
+            what = argv[0] if launch.local else rsh_argv[0]
+            results[host] = StartResult(host, "failed", f"cannot run {what}: {err.strerror or err}")
+            continue
+        launches[host] = launch
+
+    deadline = time.monotonic() + timeout
+    waiting = dict(launches)
+    while waiting:
+        for host, la in list(waiting.items()):
+            verdict = _poll_launch(la)
+            if verdict is not None:
+                results[host] = verdict
+                del waiting[host]
+        if not waiting or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    for host, la in waiting.items():
+        why = f"no heartbeat within {timeout:g} s"
+        if not la.local and la.proc is not None and la.proc.poll() is None:
+            _stop_remote_shell(la.proc)
+            why = f"the remote shell did not return within {timeout:g} s"
+        said = _last_line(_read_from(la.files.out, la.out_offset))
+        if said:
+            why += f"; {la.files.out.name} says: {said}"
+        results[host] = StartResult(host, "failed", why)
+    for la in launches.values():
+        # Remote shells have returned or are stopped; a local scheduler lives on in its
+        # own session after pbq exits.
+        if not la.local and la.proc is not None and la.proc.poll() is None:
+            _stop_remote_shell(la.proc)
+    return [results[h] for h in hosts]
+
+
+def _last_line(text: str) -> str:
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return lines[-1][:300] if lines else ""
+
+
+def _stop_remote_shell(proc: subprocess.Popen) -> None:
+    with contextlib.suppress(OSError):
+        proc.kill()
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.communicate(timeout=5)
+
+
+def _poll_launch(la: _Launch) -> StartResult | None:
+    status = _heartbeat(la.files, la.before)
+    if status is not None:
+        return StartResult(la.host, "started", _describe_started(status))
+    proc = la.proc
+    assert proc is not None
+    if not la.local and not la.remote_ok:
+        rc = proc.poll()
+        if rc is None:
+            return None
+        _, err = proc.communicate()
+        if rc != 0:
+            msg = _last_line(err.decode("utf-8", "replace")) or f"exit status {rc}"
+            return StartResult(la.host, "failed", f"remote shell failed: {msg}")
+        la.remote_ok = True
+    verdict = out_verdict(_read_from(la.files.out, la.out_offset))
+    exited = la.local and proc.poll() is not None
+    if verdict is None and not exited:
+        return None
+    status = _heartbeat(la.files, la.before)  # it may have come up in between
+    if status is not None:
+        return StartResult(la.host, "started", _describe_started(status))
+    if verdict is not None:
+        return StartResult(la.host, verdict[0], verdict[1])
+    said = _last_line(_read_from(la.files.out, la.out_offset))
+    return StartResult(la.host, "failed", f"pbq-single exited with status {proc.returncode}" + (f": {said}" if said else ""))
+
+
+# ------------------------------------------------------------------ joblogs
+
+
+@dataclass(frozen=True)
+class JoblogRow:
+    seq: int
+    host: str
+    start: float
+    runtime: float
+    exitval: int
+    signal: int
+    command: str
+
+    @property
+    def end(self) -> float:
+        return self.start + self.runtime
+
+    @property
+    def failed(self) -> bool:
+        return self.exitval != 0 or self.signal != 0
+
+
+def parse_joblog_line(line: str) -> JoblogRow | None:
+    parts = line.rstrip("\r\n").split("\t", 8)
+    if len(parts) < 9 or parts[0] == "Seq":
+        return None
+    try:
+        return JoblogRow(int(parts[0]), parts[1], float(parts[2]), float(parts[3]), int(parts[6]), int(parts[7]), parts[8])
+    except ValueError:
+        return None
+
+
+def read_joblog(path: Path) -> list[JoblogRow]:
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return []
+    rows = (parse_joblog_line(ln) for ln in data.decode("utf-8", "replace").split("\n"))
+    return [r for r in rows if r is not None]
+
+
+def recent_joblog_rows(path: Path, since: float) -> list[JoblogRow]:
+    """Rows of ``path`` that ended at or after ``since``, reading only as much of the file's
+    end as needed (rows are appended as jobs end)."""
+    try:
+        f = open(path, "rb")  # noqa: SIM115 - closed below
+    except OSError:
+        return []
+    with f:
+        size = os.fstat(f.fileno()).st_size
+        chunk = 64 << 10
+        while True:
+            start = max(0, size - chunk)
+            f.seek(start)
+            data = f.read(size - start)
+            lines = data.decode("utf-8", "replace").split("\n")
+            if start > 0:
+                lines = lines[1:]  # probably cut
+            rows = [r for r in map(parse_joblog_line, lines) if r is not None]
+            if start == 0 or (rows and rows[0].end < since - 60):
+                return [r for r in rows if r.end >= since]
+            chunk *= 4
+
+
+def first_joblog_start(path: Path) -> float | None:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8192).decode("utf-8", "replace").split("\n")
+    except OSError:
+        return None
+    for ln in head[:-1] if len(head) > 1 else head:
+        row = parse_joblog_line(ln)
+        if row is not None:
+            return row.start
+    return None
+
+
+# ------------------------------------------------------------------ status
+
+
+def count_pending(jobfile: Path, lock: str = "flock", stale_lock_after: float = 30.0, lock_timeout: float = 1.0) -> tuple[int, bool]:
+    """Job lines left in the jobfile, and whether the count was made under the lock.
+
+    Takes the schedulers' lock briefly; when that is impossible (busy, read-only, a
+    broken file system) counts from the committed offset without it."""
+    if not jobfile.exists():
+        raise PbqError("no such jobfile", path=str(jobfile))
+    queue = JobQueue(jobfile, lock=lock, stale_lock_after=stale_lock_after)
+    try:
+        with queue.transaction(timeout=lock_timeout) as txn:
+            return txn.count_pending(), True
+    except PbqError:
+        return count_pending_lockfree(jobfile), False
+
+
+def status_hosts(jobfile: Path, hostfile: Path | None) -> list[str]:
+    """Hosts named in the hostfile, then any other host with files beside the jobfile."""
+    names = hostfile_hosts(hostfile) if hostfile is not None else []
+    extra = set(hosts_with(jobfile, "status")) | set(hosts_with(jobfile, "pid")) | set(hosts_with(jobfile, "joblog"))
+    return names + sorted(extra - set(names))
+
+
+def host_row(jobfile: Path, host: str, now: float) -> dict:
+    files = HostFiles(jobfile, host)
+    cond = host_condition(jobfile, host, now)
+    status = read_json(files.status)
+    status = status if isinstance(status, dict) else {}
+    condition = cond["condition"]
+    if condition == "not running":
+        last = status.get("state")
+        condition = last if last in ("exited", "terminated") else ("not started" if not status else "not running")
+    age = heartbeat_age(status, now)
+    return {
+        "host": host,
+        "state": condition,
+        "pid": cond.get("pid") or status.get("pid"),
+        "machine": cond.get("machine"),
+        "load": status.get("load"),
+        "foreign": status.get("foreign"),
+        "limit": status.get("limit"),
+        "running": status.get("running"),
+        "stopped": status.get("stopped"),
+        "done": status.get("done"),
+        "failed": status.get("failed"),
+        "active_users": status.get("active_users"),
+        "error": status.get("error"),
+        "heartbeat_age": None if age is None else round(age, 1),
+    }
+
+
+def _num(v: object) -> int:
+    try:
+        return int(v)  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        return 0
+
+
+def queue_status(
+    jobfile: Path,
+    hostfile: Path | None,
+    *,
+    lock: str = "flock",
+    stale_lock_after: float = 30.0,
+    use_lock: bool = True,
+    now: float | None = None,
+) -> dict:
+    """Everything ``pbq status`` shows, as plain data (also ``--json``)."""
+    now = time.time() if now is None else now
+    if use_lock:
+        pending, exact = count_pending(jobfile, lock, stale_lock_after)
+    else:
+        pending, exact = count_pending_lockfree(jobfile), False
+    rows = [host_row(jobfile, h, now) for h in status_hosts(jobfile, hostfile)]
+    live = [r for r in rows if r["state"] in (*LIVE_CONDITIONS, "stale")]
+    running = sum(_num(r["running"]) for r in live)
+    stopped = sum(_num(r["stopped"]) for r in live)
+    done = sum(_num(r["done"]) for r in rows)
+    failed = sum(_num(r["failed"]) for r in rows)
+    finished = 0
+    first: float | None = None
+    for host in (r["host"] for r in rows):
+        path = HostFiles(jobfile, host).joblog
+        finished += len(recent_joblog_rows(path, now - RATE_WINDOW))
+        start = first_joblog_start(path)
+        if start is not None:
+            first = start if first is None else min(first, start)
+    # Over the last 5 minutes, or since the first job started if that is more recent
+    # (but at least 10 s, so one early job does not read as a flood).
+    window = RATE_WINDOW if first is None else min(RATE_WINDOW, max(now - first, 10.0))
+    rate = finished / window * 60.0 if finished else 0.0
+    remaining = pending + running + stopped
+    eta = None
+    if remaining == 0:
+        eta = 0.0
+    elif rate > 0:
+        eta = remaining / rate * 60.0
+    total = done + failed + remaining
+    return {
+        "time": now,
+        "jobfile": str(jobfile),
+        "pending": pending,
+        "pending_under_lock": exact,
+        "running": running,
+        "stopped": stopped,
+        "done": done,
+        "failed": failed,
+        "total": total,
+        "progress": (done / total) if total else None,
+        "finished_last_5min": finished,
+        "jobs_per_min": round(rate, 2),
+        "remaining": remaining,
+        "eta_seconds": None if eta is None else round(eta, 1),
+        "hosts": rows,
+    }
+
+
+def count_pending_lockfree(jobfile: Path) -> int:
+    """Job lines after the committed offset, read without the lock (a compaction running
+    at that moment can make the count briefly wrong)."""
+    if not jobfile.exists():
+        raise PbqError("no such jobfile", path=str(jobfile))
+    offset = JobQueue(jobfile).peek_state().offset
+    try:
+        with open(jobfile, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            f.seek(offset if offset <= size else 0)
+            data = f.read()
+    except OSError as err:
+        raise PbqError(f"cannot read the jobfile: {err.strerror}", path=str(jobfile)) from None
+    return sum(1 for ln in data.split(b"\n") if is_job_line(ln))
+
+
+# ------------------------------------------------------------------ text
+
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None or not math.isfinite(seconds):
+        return "-"
+    s = max(0.0, seconds)
+    if s < 10:
+        return f"{s:.1f}s"
+    if s < 60:
+        return f"{s:.0f}s"
+    if s < 3600:
+        m, sec = divmod(int(round(s)), 60)
+        return f"{m}m{sec:02d}s" if m < 10 else f"{m}m"
+    if s < 86400:
+        h, rest = divmod(int(round(s)), 3600)
+        return f"{h}h{rest // 60:02d}m"
+    d, rest = divmod(int(round(s)), 86400)
+    return f"{d}d{rest // 3600:02d}h"
+
+
+def progress_bar(done: int, failed: int, total: int, width: int = 50) -> str:
+    """``[#####!!......]`` -- # done, ! failed, . still to do."""
+    if total <= 0:
+        return "[" + " " * width + "]"
+    n_done = min(width, int(width * done / total))
+    n_failed = int(width * (done + failed) / total) - n_done
+    if failed and n_failed == 0 and n_done < width:
+        n_failed = 1  # a failure is always visible
+    n_failed = min(n_failed, width - n_done)
+    return "[" + "#" * n_done + "!" * n_failed + "." * (width - n_done - n_failed) + "]"
+
+
+def _cell(v: object) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.2f}"
+    return str(v)
+
+
+def table(rows: Iterable[Sequence[str]]) -> str:
+    rows = list(rows)
+    if not rows:
+        return ""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
+
+
+HOST_COLUMNS = (
+    ("host", "HOST"), ("state", "STATE"), ("load", "LOAD"), ("foreign", "FOREIGN"), ("limit", "LIMIT"),
+    ("running", "RUNNING"), ("stopped", "STOPPED"), ("done", "DONE"), ("failed", "FAILED"),
+    ("heartbeat_age", "HEARTBEAT"),
+)
+
+
+def format_status(st: dict, bar_width: int = 50) -> str:
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(st["time"]))
+    lines = [f"{st['jobfile']}  ({when})"]
+    pend = str(st["pending"]) + ("" if st["pending_under_lock"] else "*")
+    lines.append(
+        f"pending {pend}   running {st['running']}   stopped {st['stopped']}   "
+        f"done {st['done']}   failed {st['failed']}"
+    )
+    rate = st["jobs_per_min"]
+    if st["remaining"] == 0:
+        eta = "nothing left to do"
+    elif st["eta_seconds"] is None:
+        eta = "ETA unknown (no job finished in the last 5 min)"
+    else:
+        at = time.strftime("%H:%M", time.localtime(st["time"] + st["eta_seconds"]))
+        eta = f"ETA {format_duration(st['eta_seconds'])} (about {at})"
+    lines.append(f"{rate:.3g} jobs/min over the last 5 min   {eta}")
+    total = st["total"]
+    pct = f"{100 * (st['done'] + st['failed']) / total:.0f}%" if total else "-"
+    lines.append(f"{progress_bar(st['done'], st['failed'], total, bar_width)} {pct} finished")
+    if not st["pending_under_lock"]:
+        lines.append("* counted without the lock (the lock was busy)")
+    lines.append("")
+    body = [[title for _, title in HOST_COLUMNS]]
+    for r in st["hosts"]:
+        cells = [_cell(r.get(k)) for k, _ in HOST_COLUMNS[:-1]]
+        age = r.get("heartbeat_age")
+        cells.append("-" if age is None else format_duration(age))
+        body.append(cells)
+    lines.append(table(body) if st["hosts"] else "(no scheduler has written any file for this jobfile yet)")
+    for r in st["hosts"]:
+        if r.get("error"):
+            lines.append(f"{r['host']}: ERROR: {r['error']}")
+    return "\n".join(lines)
