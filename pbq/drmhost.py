@@ -146,8 +146,8 @@ class DrmDriver:
             else:
                 ended.append(Ended(job, code, note=f"{self.name} job {job.cluster_id}"))
             if usage is not None:
-                ended[-1].maxrss = int(getattr(usage, "maxrss_bytes", 0) or 0)
-                ended[-1].cpu = float(getattr(usage, "cpu_seconds", 0.0) or 0.0)
+                ended[-1].maxrss = int(usage.peak_rss_bytes or 0)
+                ended[-1].cpu = float(usage.cpu_seconds or 0.0)
         return ended
 
     # -- control -----------------------------------------------------------------
@@ -166,6 +166,14 @@ class DrmDriver:
             return self.backend.cont(ids)
         except DrmError as err:
             return f"could not continue: {err}"
+
+    def forget(self, cluster_ids: list[str]) -> None:
+        """Remove the finished jobs' scripts, exit-code files and tickets."""
+        for cid in cluster_ids:
+            try:
+                self.backend.forget(cid, self.workspace)
+            except (OSError, PbqError):
+                pass
 
     def cancel(self, jobs: list[Job]) -> None:
         ids = [str(j.cluster_id) for j in jobs if j.cluster_id]

@@ -62,6 +62,7 @@ from .statefiles import (
 )
 
 PREFETCH_MAX = 16
+SUBMIT_TRIES = 3  # a line the DRM refuses this many times in a row is a failed job
 VIEW_DEBOUNCE = 0.05  # seconds  # most lines a host takes ahead of its free slots
 UNKNOWN_EXIT = -1  # joblog Exitval of a job whose outcome cannot be known
 ADOPTED_EXIT_WAIT = 5.0  # seconds to wait for the keeper's record of an adopted job's exit
@@ -178,6 +179,10 @@ class Scheduler:
         self.control_ack: str | None = None
         self.host_entry: Host | None = None
         self.drm = None  # a DrmDriver on a cluster head node (hostfile drm=...)
+        self.submit_failures: dict[bytes, tuple[int, float]] = {}  # line -> (tries, first failure)
+        self.last_submit_ok = -math.inf
+        self.hold_starts_until = -math.inf
+        self.forget_ids: list[str] = []
         self.usage_buf: list[tuple[bytes, int, float, float]] = []  # (line, maxrss, cpu, runtime)
         self.hostfile_mtime: float | None = None
         self.env_base = dict(os.environ)
@@ -878,8 +883,11 @@ class Scheduler:
             running=running,
             stopped_by_load=sum(1 for j in stopped if j.stopped_by != "user"),
             stopped_by_user=sum(1 for j in stopped if j.stopped_by == "user"),
-            pending=bool(self.state.in_state(JobState.CLAIMED))
-            or (self.disk_error is None and self.empty_sig != self._jobfile_sig()),
+            pending=self.mono() >= self.hold_starts_until
+            and (
+                bool(self.state.in_state(JobState.CLAIMED))
+                or (self.disk_error is None and self.empty_sig != self._jobfile_sig())
+            ),
             hysteresis=0.0 if self.drm is not None else self.cfg.scheduler.hysteresis,
             mem_available=self.mem_available,
             memfree=self.cfg.scheduler.memfree,
@@ -1086,12 +1094,22 @@ class Scheduler:
         try:
             res = resources_for(self.host_entry, self.cfg, predicted)
             cid = self.drm.submit(job, jid, res)
-        except DrmUnavailable as err:
-            raise OSError(11, f"{self.drm.name} unavailable: {err}") from None
         except DrmError as err:
-            raise SpawnError(126, str(err)) from None
+            # The DRM may be down (or refuse this one job): put the line back and wait a
+            # poll interval; only a line refused SUBMIT_TRIES times in a row is a failed job.
+            tries, first = self.submit_failures.get(job.line, (0, self.mono()))
+            self.submit_failures[job.line] = (tries + 1, first)
+            self.hold_starts_until = self.mono() + self.drm.poll_interval
+            # Refused, not down: other submissions went through since this line first failed.
+            refused = self.last_submit_ok > first and not isinstance(err, DrmUnavailable)
+            if tries + 1 >= SUBMIT_TRIES and refused:
+                del self.submit_failures[job.line]
+                raise SpawnError(126, str(err)) from None
+            raise OSError(11, f"{self.drm.name} did not take it ({err}); retrying in {self.drm.poll_interval:g} s") from None
         except PbqError as err:
             raise SpawnError(126, str(err)) from None
+        self.submit_failures.pop(job.line, None)
+        self.last_submit_ok = self.mono()
         job.cluster_id = cid
         job.started = now
         job.state = JobState.RUNNING  # STARTING -> RUNNING (queued or running in the DRM)
@@ -1103,12 +1121,16 @@ class Scheduler:
         assert self.drm is not None
         if not self.drm.poll_due(mono):
             return
+        if self.forget_ids:  # recorded (and snapshotted) in an earlier pass
+            self.drm.forget(self.forget_ids)
+            self.forget_ids = []
         jobs = [j for j in self._live_jobs() if j.cluster_id]
         for e in self.drm.poll(jobs, mono):
             if e.job.extra.get("terminated"):
                 continue
             code = UNKNOWN_EXIT if e.exit_code is None else e.exit_code
             self._finish(e.job, Outcome(code, e.signal, e.cpu, e.maxrss, e.note), when=now)
+            self.forget_ids.append(str(e.job.cluster_id))
 
     def _usage_store(self):
         from .predict import ResourceStore

@@ -88,5 +88,5 @@ tb_dead() { ! tb_alive "$1"; }
 tb_lock() {
     mkdir -p "$TB_STATE" || tb_die "cannot create state dir $TB_STATE"
     exec 9>"$TB_STATE/.lock"
-    flock -w 600 9 || tb_die "another $TB_NAME command holds $TB_STATE/.lock"
+    flock -w 120 9 || tb_die "another $TB_NAME command holds $TB_STATE/.lock"
 }

@@ -138,3 +138,11 @@ def wait_exit(p: subprocess.Popen, timeout: float = 30.0) -> int:
         return p.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         raise AssertionError(f"scheduler pid {p.pid} did not exit within {timeout:g}s") from None
+
+
+def text_of(path: Path) -> str:
+    """The file's text, or "" while it does not exist yet (for polling)."""
+    try:
+        return path.read_text(errors="surrogateescape")
+    except FileNotFoundError:
+        return ""

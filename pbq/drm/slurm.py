@@ -1,0 +1,182 @@
+"""Slurm: argv builders and output parsers (no commands are run here).
+
+* submit: ``sbatch --parsable -J NAME -o LOG -D WS -c CPU [--mem=NM] [-t D-HH:MM:SS] [-p Q] SCRIPT``
+  (Slurm has no virtual-memory request: ``vmem`` is not passed).
+* status: one ``squeue -h -t all -j ID,ID,... -o '%i|%T|%r'``; ids it does not list (purged after
+  MinJobAge, or the whole call failing with "Invalid job id specified" when every id is unknown)
+  are asked one by one with ``scontrol -o show job ID``; "Invalid job id" there = left the queue.
+* exit code: ``scontrol -o show job ID`` ``ExitCode=RC:SIG``; once purged, ``sacct`` (works only
+  with accounting storage or ``sacct -c`` job completion files).
+* hold/release: ``scontrol hold|release ID`` (pending jobs); suspend/resume: ``scontrol
+  suspend|resume ID`` (running jobs only); cancel: ``scancel ID``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from pbq.drm.base import (
+    ClusterState,
+    DrmError,
+    JobStatus,
+    Resources,
+    failure_code,
+    signal_code,
+    to_mb,
+)
+
+SYSTEM = "slurm"
+
+_QUEUED = {"PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_FED", "RESV_DEL_HOLD_PENDING"}
+_HELD = {"REQUEUE_HOLD", "SPECIAL_EXIT", "RESV_DEL_HOLD"}
+_RUNNING = {"RUNNING", "RESIZING"}
+_SUSPENDED = {"SUSPENDED", "STOPPED"}
+_EXITING = {"COMPLETING", "SIGNALING", "STAGE_OUT", "POWER_UP_NODE", "UPDATE_DB"}
+_KILLED = {"CANCELLED", "TIMEOUT", "PREEMPTED", "DEADLINE", "REVOKED"}
+_FAILED = {"FAILED", "NODE_FAIL", "BOOT_FAIL", "OUT_OF_MEMORY"}
+_HOLD_REASONS = {"JobHeldUser", "JobHeldAdmin"}
+
+UNKNOWN_JOB = "Invalid job id specified"
+
+
+def slurm_walltime(seconds: int) -> str:
+    days, rest = divmod(int(seconds), 86400)
+    h, rest = divmod(rest, 3600)
+    m, s = divmod(rest, 60)
+    return f"{days}-{h:02d}:{m:02d}:{s:02d}"
+
+
+def submit_argv(
+    script: str, *, job_name: str, log_file: str, workspace: str, resources: Resources
+) -> list[str]:
+    # sbatch expands %j, %x ... in file names: "%%" is a literal "%".
+    log = log_file.replace("%", "%%")
+    argv = ["sbatch", "--parsable", "-J", job_name, "-o", log, "-D", workspace]
+    argv += ["-c", str(resources.cpu)]
+    if resources.mem_bytes is not None:
+        argv.append(f"--mem={to_mb(resources.mem_bytes)}M")
+    if resources.walltime_seconds is not None:
+        argv += ["-t", slurm_walltime(resources.walltime_seconds)]
+    if resources.queue:
+        argv += ["-p", resources.queue]
+    argv.append(script)
+    return argv
+
+
+def parse_submit(stdout: str) -> str:
+    """``sbatch --parsable`` prints ``ID`` or ``ID;CLUSTER``."""
+    first = stdout.strip().splitlines()[0] if stdout.strip() else ""
+    job_id = first.split(";", 1)[0].strip()
+    if not job_id.isdigit():
+        raise DrmError(f"sbatch printed no job id: {stdout.strip()[:200]!r}")
+    return job_id
+
+
+def status_argv(job_ids: Sequence[str]) -> list[str]:
+    return ["squeue", "-h", "-t", "all", "-j", ",".join(job_ids), "-o", "%i|%T|%r"]
+
+
+def job_argv(job_id: str) -> list[str]:
+    return ["scontrol", "-o", "show", "job", str(job_id)]
+
+
+def sacct_argv(job_id: str) -> list[str]:
+    return ["sacct", "-n", "-P", "-X", "-j", str(job_id), "-o", "JobID,State,ExitCode"]
+
+
+def hold_argv(job_id: str) -> list[str]:
+    return ["scontrol", "hold", str(job_id)]
+
+
+def release_argv(job_id: str) -> list[str]:
+    return ["scontrol", "release", str(job_id)]
+
+
+def suspend_argv(job_id: str) -> list[str]:
+    return ["scontrol", "suspend", str(job_id)]
+
+
+def resume_argv(job_id: str) -> list[str]:
+    return ["scontrol", "resume", str(job_id)]
+
+
+def cancel_argv(job_id: str) -> list[str]:
+    return ["scancel", str(job_id)]
+
+
+def parse_exit_code(text: str) -> int | None:
+    """``ExitCode=RC:SIG`` -> RC, or 128+SIG when a signal ended the job."""
+    m = re.fullmatch(r"\s*(\d+):(\d+)\s*", text or "")
+    if not m:
+        return None
+    rc, sig = int(m.group(1)), int(m.group(2))
+    return signal_code(sig) if sig else rc
+
+
+def status_of(state: str, reason: str = "", exit_code: str = "") -> JobStatus:
+    """One Slurm state word (``CANCELLED by 0`` is read as ``CANCELLED``) -> JobStatus."""
+    word = state.split()[0].rstrip("+") if state.split() else ""
+    if word == "PENDING" and reason in _HOLD_REASONS:
+        return JobStatus(ClusterState.HELD, None, word)
+    if word in _QUEUED:
+        return JobStatus(ClusterState.QUEUED, None, word)
+    if word in _HELD:
+        return JobStatus(ClusterState.HELD, None, word)
+    if word in _RUNNING:
+        return JobStatus(ClusterState.RUNNING, None, word)
+    if word in _SUSPENDED:
+        return JobStatus(ClusterState.SUSPENDED, None, word)
+    if word in _EXITING:
+        return JobStatus(ClusterState.EXITING, None, word)
+    code = parse_exit_code(exit_code) if exit_code else None
+    if word == "COMPLETED":
+        return JobStatus(ClusterState.DONE, 0 if code is None else code, word)
+    if word in _KILLED or word in _FAILED:
+        if code is None and not exit_code:
+            return JobStatus(ClusterState.DONE, None, word)
+        return JobStatus(ClusterState.DONE, failure_code(code, word in _KILLED), word)
+    return JobStatus(ClusterState.UNKNOWN, None, word)
+
+
+def parse_squeue(stdout: str) -> dict[str, JobStatus]:
+    """``squeue -h -o '%i|%T|%r'`` lines -> {id: JobStatus}. Exit codes are not shown there."""
+    result: dict[str, JobStatus] = {}
+    for line in stdout.splitlines():
+        parts = line.strip().split("|")
+        if len(parts) < 2 or not parts[0]:
+            continue
+        reason = parts[2].strip() if len(parts) > 2 else ""
+        result[parts[0].strip()] = status_of(parts[1].strip(), reason)
+    return result
+
+
+def parse_show_job(stdout: str) -> dict[str, str]:
+    """``scontrol -o show job`` (one line of Key=Value) -> dict. Values never hold spaces except
+    the last keys (Command=, WorkDir=...), which are not needed here."""
+    fields: dict[str, str] = {}
+    for token in stdout.strip().split():
+        if "=" in token:
+            key, value = token.split("=", 1)
+            fields.setdefault(key, value)
+    return fields
+
+
+def status_from_show_job(stdout: str) -> JobStatus:
+    f = parse_show_job(stdout)
+    if "JobState" not in f:
+        return JobStatus(ClusterState.UNKNOWN, None, stdout.strip()[:40])
+    return status_of(f["JobState"], f.get("Reason", ""), f.get("ExitCode", ""))
+
+
+def status_from_sacct(stdout: str) -> JobStatus | None:
+    """``sacct -n -P -X -o JobID,State,ExitCode`` -> the last record, None when empty."""
+    rows = [line.split("|") for line in stdout.splitlines() if line.count("|") >= 2]
+    if not rows:
+        return None
+    _, state, code = rows[-1][:3]
+    return status_of(state, "", code)
+
+
+def is_unknown_job(text: str) -> bool:
+    return UNKNOWN_JOB in text

@@ -1,0 +1,4 @@
+#!/bin/sh
+${directives}
+# Torque/PBS job script written by pbq.
+${body}

@@ -1,0 +1,206 @@
+"""Memory prediction from earlier runs of the same kind of command (BioQueue's headline feature,
+kept simple and predictable).
+
+**Key of a command.** Commands that differ only in their inputs and option values share a key:
+
+1. The command line is split like the shell does (quotes, ``|``, ``&&``, ``;``, ``>``...). Only
+   the first simple command counts: everything from the first ``|``, ``||``, ``&&``, ``;`` or
+   ``&`` on is ignored. Redirections (``>``, ``>>``, ``<``, ``2>`` ...) and their targets are
+   dropped. Leading ``NAME=value`` environment assignments are skipped.
+2. The program is the basename of the first word (``/usr/bin/bwa`` -> ``bwa``).
+3. The first argument after the program is kept when it is a sub-command word (a letter, then
+   letters, digits, ``_`` or ``-``: ``bwa mem``, ``samtools sort``), or, when the program is an
+   interpreter (``sh bash python python3 perl Rscript ruby node``), its basename (the script:
+   ``python3 /x/align.py`` -> ``python3 align.py``).
+4. Then every later word that starts with ``-`` (but is not ``-`` alone), with an ``=value`` part
+   cut off (``--threads=8`` -> ``--threads``), in command-line order. The words that follow
+   options (their values) and every other argument (inputs, outputs) are left out.
+
+So ``bwa mem -t 8 ref.fa a.fq > a.sam`` and ``bwa mem -t 16 ref.fa b.fq > b.sam`` both have the
+key ``bwa mem -t``.
+
+**Store.** A JSON-lines file (path chosen by the caller) with one record per finished run:
+``{"key", "peak_rss_bytes", "cpu_seconds", "runtime", "time"}``, appended under a lock
+(``<file>.lock``, filelock) so several schedulers can share it. Unreadable lines are skipped.
+
+**Prediction.** With at least :data:`MIN_RUNS` (3) earlier runs of a key that measured their peak
+memory: 1.2 × the largest peak, rounded up to a whole megabyte; else None (no prediction).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shlex
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from filelock import FileLock
+
+MIN_RUNS = 3
+MARGIN = 1.2
+MB = 1 << 20
+INTERPRETERS = frozenset({"sh", "bash", "python", "python3", "perl", "Rscript", "ruby", "node"})
+
+_CONTROL = {"|", "||", "&&", ";", "&", ";;", "|&", "(", ")"}
+_REDIRECT_RE = re.compile(r"^\d*(>|>>|<|<<|<<<|>&|<&|&>|&>>|>\|)$")
+_ASSIGN_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
+_SUBCOMMAND_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
+
+
+def _words(command: str) -> list[str]:
+    lexer = shlex.shlex(command, posix=True, punctuation_chars=True)
+    lexer.whitespace_split = True
+    try:
+        return list(lexer)
+    except ValueError:  # unbalanced quotes: fall back to plain words
+        return command.split()
+
+
+def command_key(command: str) -> str:
+    """The key of COMMAND (see the module docstring); "" for an empty command."""
+    words: list[str] = []
+    raw = _words(command)
+    i = 0
+    while i < len(raw):
+        word = raw[i]
+        if word in _CONTROL:
+            break
+        if _REDIRECT_RE.match(word) or (
+            word.isdigit() and i + 1 < len(raw) and _REDIRECT_RE.match(raw[i + 1])
+        ):
+            # "2>" may come as "2" ">" from the lexer: skip the fd, the operator and its target.
+            i += 2 if not word.isdigit() else 3
+            continue
+        words.append(word)
+        i += 1
+    while words and _ASSIGN_RE.match(words[0]):
+        words.pop(0)
+    if not words:
+        return ""
+    program = os.path.basename(words[0].rstrip("/")) or words[0]
+    key = [program]
+    rest = words[1:]
+    if rest and not rest[0].startswith("-"):
+        first = rest[0]
+        if program in INTERPRETERS:
+            key.append(os.path.basename(first))
+            rest = rest[1:]
+        elif _SUBCOMMAND_RE.match(first):
+            key.append(first)
+            rest = rest[1:]
+    key += [w.split("=", 1)[0] for w in rest if w.startswith("-") and w != "-"]
+    return " ".join(key)
+
+
+def predict_from_peaks(peaks: Iterable[int | None]) -> int | None:
+    """1.2 × the largest peak (bytes), rounded up to whole MB, given >= 3 measured peaks."""
+    measured = [p for p in peaks if p is not None and p > 0]
+    if len(measured) < MIN_RUNS:
+        return None
+    return math.ceil(MARGIN * max(measured) / MB) * MB
+
+
+def format_mem(nbytes: int) -> str:
+    """Bytes -> whole megabytes, rounded up, as a size pbq's resources accept: ``"1234M"``."""
+    return f"{max(1, math.ceil(nbytes / MB))}M"
+
+
+@dataclass(frozen=True)
+class Run:
+    key: str
+    peak_rss_bytes: int | None
+    cpu_seconds: float | None
+    runtime: float | None
+    time: float = 0.0
+
+
+class ResourceStore:
+    """Finished runs in a JSON-lines file; safe to share between processes."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._lock = FileLock(f"{self.path}.lock")
+
+    def record(
+        self,
+        key: str,
+        peak_rss_bytes: int | None,
+        cpu_seconds: float | None,
+        runtime: float | None,
+    ) -> None:
+        """Append one finished run of KEY (None where it was not measured)."""
+        line = json.dumps(
+            {
+                "key": key,
+                "peak_rss_bytes": peak_rss_bytes,
+                "cpu_seconds": cpu_seconds,
+                "runtime": runtime,
+                "time": round(time.time(), 3),
+            },
+            sort_keys=True,
+        )
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._lock, open(self.path, "a", encoding="utf-8") as f:
+            f.write(line + "\n")
+
+    def runs(self, key: str | None = None) -> list[Run]:
+        """Every recorded run (of KEY only, when given), oldest first."""
+        try:
+            with self._lock:
+                text = self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return []
+        result = []
+        for line in text.splitlines():
+            try:
+                data = json.loads(line)
+                run = Run(
+                    str(data["key"]),
+                    _opt_int(data.get("peak_rss_bytes")),
+                    _opt_float(data.get("cpu_seconds")),
+                    _opt_float(data.get("runtime")),
+                    float(data.get("time") or 0.0),
+                )
+            except (ValueError, TypeError, KeyError):
+                continue
+            if key is None or run.key == key:
+                result.append(run)
+        return result
+
+    def predict_mem(self, key: str) -> int | None:
+        """Predicted peak memory of KEY in bytes (see :func:`predict_from_peaks`)."""
+        return predict_from_peaks(r.peak_rss_bytes for r in self.runs(key))
+
+    def predict_mem_for(self, command: str) -> int | None:
+        return self.predict_mem(command_key(command))
+
+
+def _opt_int(value: object) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(value)
+    return int(value)
+
+
+def _opt_float(value: object) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(value)
+    return float(value)
+
+
+__all__: Sequence[str] = (
+    "MIN_RUNS",
+    "ResourceStore",
+    "Run",
+    "command_key",
+    "format_mem",
+    "predict_from_peaks",
+)
