@@ -197,6 +197,7 @@ class Scheduler:
         self.views_stale = False
         self.started_at = clock()
         self.disk_error: str | None = None
+        self.input_error: str | None = None  # the jobfile became unsafe (e.g. world-writable)
         self._wake_r = self._wake_w = -1
 
     # ---------------------------------------------------------------- set-up
@@ -297,6 +298,10 @@ class Scheduler:
                     self.log(f"job {self._id(job)} was never taken (crash while taking): left in the jobfile")
                 else:
                     back.append(job)  # a put-back that never committed: do it now
+                    self.log(
+                        f"job {self._id(job)} was being put back when the scheduler died: putting it "
+                        f"back now (POSSIBLE DUPLICATE if it had run): {line_to_text(job.line)}"
+                    )
                 continue
             if job.state is JobState.REQUEUE:
                 continue  # its put-back committed: the line is in the jobfile again
@@ -370,6 +375,7 @@ class Scheduler:
                 job.state, job.op = JobState.REQUEUE, op
             self.state.jobs.extend(back)
             self._save_state(fsync=True)
+            self.log.flush()  # the log names every put-back before it commits
             front = [j.line for j in back if j.requeue_front]
             end = [j.line for j in back if not j.requeue_front]
             if front:
@@ -645,20 +651,21 @@ class Scheduler:
     def _flush_outcomes(self, txn=None) -> None:
         """Write what ended this pass: joblog and .error first, then the put-backs, then
         the state (so a crash in between repeats a record rather than losing a job)."""
+        # The buffers are cleared only once written: on a full disk they wait for the next try.
         if self.joblog_buf:
             rows = "".join(self.joblog_buf).encode("utf-8", "surrogateescape")
-            self.joblog_buf.clear()
             try:
                 if not self.files.joblog.exists():
                     rows = JOBLOG_HEADER.encode() + rows
                 append_bytes(self.files.joblog, rows)
+                self.joblog_buf.clear()
             except PbqError as err:
                 self._disk_problem(err)
         if self.error_buf:
             data = b"".join(line + b"\n" for line in self.error_buf)
-            self.error_buf.clear()
             try:
                 append_bytes(self.files.error, data)
+                self.error_buf.clear()
             except PbqError as err:
                 self._disk_problem(err)
         if self.requeue_front or self.requeue_end:
@@ -680,6 +687,7 @@ class Scheduler:
             for job in front + end:
                 job.state, job.op = JobState.REQUEUE, op
             self._save_state(fsync=True)  # write-ahead: the put-back is on record first
+            self.log.flush()
             for job in end:
                 txn.set_retries(job.line, job.tries)
             if front:
@@ -1022,6 +1030,18 @@ class Scheduler:
 
     def _take(self, n: int, now: float) -> list[Job]:
         """Take up to ``n`` lines: write-ahead record (fsync), then commit in the jobfile."""
+        try:
+            # Its mode may have changed since start-up: whoever can write it runs commands as us.
+            check_input_file(self.jobfile, "jobfile", self.opts.allow_group_write)
+        except PbqError as err:
+            if self.input_error != str(err):
+                self.log(f"ERROR: {err}; taking no jobs from it until that is fixed")
+                sys.stderr.write(f"pbq-single: {err}\n")
+            self.input_error = str(err)
+            return []
+        if self.input_error is not None:
+            self.log("the jobfile is safe again: taking jobs")
+            self.input_error = None
         with self.queue.transaction() as txn:
             lines, end = txn.take(n)
             if not lines:
@@ -1181,7 +1201,11 @@ class Scheduler:
     def _save_state(self, fsync: bool = False) -> None:
         """Write a new snapshot of the host's state; the journal before it is obsolete."""
         self.state.gen += 1
-        atomic_write_json(self.files.state, self.state.to_json(), fsync=fsync)
+        try:
+            atomic_write_json(self.files.state, self.state.to_json(), fsync=fsync)
+        except PbqError:
+            self.state.gen -= 1  # the journal must keep following the snapshot on disk
+            raise
         self.state_dirty = False
         # Journal records of older generations are ignored; cut the file now and then.
         self.journal_bytes_since_cut = self.journal_bytes_since_cut if self.journal_used else 0
