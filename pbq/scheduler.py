@@ -197,6 +197,7 @@ class Scheduler:
         self.views_stale = False
         self.started_at = clock()
         self.disk_error: str | None = None
+        self.disk_errors_said: set[str] = set()
         self.input_error: str | None = None  # the jobfile became unsafe (e.g. world-writable)
         self._wake_r = self._wake_w = -1
 
@@ -554,6 +555,8 @@ class Scheduler:
             return bool(self.killed_hard and self.term_deadline is not None and self.mono() >= self.term_deadline)
         if live or self.state.in_state(JobState.STARTING, JobState.CLAIMED):
             return False
+        if self.joblog_buf or self.error_buf or self.requeue_front or self.requeue_end:
+            return False  # outcomes not written yet (full disk): wait for them
         if self.mode is Mode.QUIT:
             return True
         if self.opts.exit_when_empty and self.mode is Mode.RUN:
@@ -562,6 +565,7 @@ class Scheduler:
 
     def _shutdown(self) -> None:
         self.spawner.close()
+        self._flush_outcomes()
         self._flush_usage()
         if self.opts.exit_when_empty and self.mode is Mode.RUN:
             self._compact_if_due(self.clock(), force=True)
@@ -705,7 +709,8 @@ class Scheduler:
 
     def _disk_problem(self, err: PbqError) -> None:
         msg = str(err)
-        if msg != self.disk_error:
+        if msg not in self.disk_errors_said:  # each message once per episode, not every tick
+            self.disk_errors_said.add(msg)
             self.log(f"ERROR: {msg}; not taking new jobs until it is fixed")
             sys.stderr.write(f"pbq-single: {msg}\n")
         self.disk_error = msg
@@ -872,7 +877,11 @@ class Scheduler:
     def _retry_disk(self) -> None:
         try:
             self._save_state()
+            self._flush_outcomes()
+            if self.joblog_buf or self.error_buf:
+                return
             self.disk_error = None
+            self.disk_errors_said.clear()
             self.log("file system writable again: resuming")
         except PbqError:
             pass
@@ -892,10 +901,8 @@ class Scheduler:
             stopped_by_load=sum(1 for j in stopped if j.stopped_by != "user"),
             stopped_by_user=sum(1 for j in stopped if j.stopped_by == "user"),
             pending=self.mono() >= self.hold_starts_until
-            and (
-                bool(self.state.in_state(JobState.CLAIMED))
-                or (self.disk_error is None and self.empty_sig != self._jobfile_sig())
-            ),
+            and self.disk_error is None
+            and (bool(self.state.in_state(JobState.CLAIMED)) or self.empty_sig != self._jobfile_sig()),
             hysteresis=0.0 if self.drm is not None else self.cfg.scheduler.hysteresis,
             mem_available=self.mem_available,
             memfree=self.cfg.scheduler.memfree,

@@ -155,19 +155,27 @@ def read_json(path: Path) -> Any | None:
 
 
 def append_bytes(path: Path, data: bytes, *, fsync: bool = False, mode: int = 0o666) -> None:
-    """Append ``data`` to ``path`` with one O_APPEND write (creating it)."""
+    """Append ``data`` to ``path`` (creating it), all or nothing.
+
+    A write cut short (disk full) is undone, so a retry never leaves half a line glued
+    to a whole one.  Meant for files with one writer (a host's own files).
+    """
     try:
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, mode)
     except OSError as err:
         raise _describe_os_error(path, err, "append to") from None
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        if fsync:
-            os.fsync(fd)
-    except OSError as err:
-        raise _describe_os_error(path, err, "append to") from None
+        size0 = os.fstat(fd).st_size
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            if fsync:
+                os.fsync(fd)
+        except OSError as err:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, size0)
+            raise _describe_os_error(path, err, "append to") from None
     finally:
         os.close(fd)
 
