@@ -46,6 +46,7 @@ from .sensors import (
     boot_id,
     pids_with_env,
     process_cmdline,
+    process_parent,
     process_start,
     process_state,
     same_process,
@@ -198,6 +199,7 @@ class Scheduler:
         self.started_at = clock()
         self.disk_error: str | None = None
         self.disk_errors_said: set[str] = set()
+        self.old_pidinfo: dict | None = None  # the previous run's .pid, read at start-up
         self.input_error: str | None = None  # the jobfile became unsafe (e.g. world-writable)
         self._wake_r = self._wake_w = -1
 
@@ -248,6 +250,7 @@ class Scheduler:
         Runs under the jobfile lock so two schedulers starting at once can't both win.
         """
         info = read_pidfile(self.files.pid)
+        self.old_pidinfo = info
         if info is not None:
             pid = info["pid"]
             if is_local(info):
@@ -344,8 +347,11 @@ class Scheduler:
                     continue
             if job.evicting and not same_process(job.pid, job.pid_start):
                 back.append(job)
+                self.log(f"job {self._id(job)} was killed to free memory: putting it back at the front")
                 continue
-            if same_process(job.pid, job.pid_start):
+            if same_process(job.pid, job.pid_start) or self._ending(job):
+                # Alive -- or a zombie that its keeper is about to reap and record: adopt it,
+                # and _poll_adopted waits for the keeper's record of its exit.
                 job.adopted = True
                 st = process_state(job.pid)
                 job.state = JobState.STOPPED if st == "T" else JobState.RUNNING
@@ -357,6 +363,13 @@ class Scheduler:
             if exits is None:
                 exits = self._read_exits()
             rec = exits.get((job.pid, _round(job.pid_start)))
+            if rec is None and not job.extra.get("terminated") and self._old_keeper_alive():
+                # The keeper may have reaped it a moment ago: give it time to write the record.
+                deadline = time.monotonic() + 2.0
+                while rec is None and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                    exits = self._read_exits()
+                    rec = exits.get((job.pid, _round(job.pid_start)))
             if rec is not None and not job.extra.get("terminated"):
                 keep.append(job)
                 self._finish(job, self._outcome_from_record(rec), when=rec.get("time"))
@@ -388,6 +401,27 @@ class Scheduler:
             gone = {id(j) for j in back}
             self.state.jobs = [j for j in self.state.jobs if id(j) not in gone]
         self._flush_outcomes(txn)
+
+    def _ending(self, job: Job) -> bool:
+        """The job's process has ended and waits to be reaped by the previous run's keeper,
+        which is alive and will record its exit status."""
+        if job.pid is None or process_state(job.pid) != "Z" or process_start(job.pid) != job.pid_start:
+            return False
+        try:
+            keeper = int((self.old_pidinfo or {}).get("keeper") or 0)
+        except ValueError:
+            return False
+        return process_parent(job.pid) == keeper and self._old_keeper_alive()
+
+    def _old_keeper_alive(self) -> bool:
+        info = self.old_pidinfo
+        if not info or not is_local(info):
+            return False
+        try:
+            keeper = int(info.get("keeper") or 0)
+        except ValueError:
+            return False
+        return keeper > 1 and process_state(keeper) not in (None, "Z") and "pbq" in " ".join(process_cmdline(keeper))
 
     # ---------------------------------------------------------------- the loop
 

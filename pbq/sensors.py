@@ -88,6 +88,13 @@ def process_state(pid: int) -> str | None:
             return None
 
 
+def process_parent(pid: int) -> int | None:
+    try:
+        return psutil.Process(pid).ppid()
+    except (psutil.NoSuchProcess, psutil.AccessDenied, OSError):
+        return None
+
+
 def process_cmdline(pid: int) -> list[str]:
     try:
         return psutil.Process(pid).cmdline()

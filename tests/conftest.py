@@ -9,7 +9,6 @@ never leaves schedulers or jobs behind.
 from __future__ import annotations
 
 import os
-import signal
 import sys
 import warnings
 from pathlib import Path
@@ -19,30 +18,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-
-def processes_mentioning(text: str) -> list[psutil.Process]:
-    me = os.getpid()
-    found = []
-    for p in psutil.process_iter(["pid", "cmdline"]):
-        if p.pid == me:
-            continue
-        try:
-            cmd = " ".join(p.info["cmdline"] or [])
-            if text in cmd or any(text in v for v in p.environ().values()):
-                found.append(p)
-        except (psutil.NoSuchProcess, psutil.AccessDenied, OSError):
-            continue
-    return found
-
-
-def kill_all(procs: list[psutil.Process]) -> None:
-    for p in procs:
-        for sig in (signal.SIGKILL, signal.SIGCONT):
-            try:
-                p.send_signal(sig)
-            except (psutil.NoSuchProcess, psutil.AccessDenied):
-                pass
-    psutil.wait_procs(procs, timeout=5)
+from pbqtest import kill_all, processes_mentioning  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

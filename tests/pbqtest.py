@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = ROOT / "bin"
@@ -146,3 +149,28 @@ def text_of(path: Path) -> str:
         return path.read_text(errors="surrogateescape")
     except FileNotFoundError:
         return ""
+
+
+def processes_mentioning(text: str) -> list[psutil.Process]:
+    me = os.getpid()
+    found = []
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        if p.pid == me:
+            continue
+        try:
+            cmd = " ".join(p.info["cmdline"] or [])
+            if text in cmd or any(text in v for v in p.environ().values()):
+                found.append(p)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, OSError):
+            continue
+    return found
+
+
+def kill_all(procs: list[psutil.Process]) -> None:
+    for p in procs:
+        for sig in (signal.SIGKILL, signal.SIGCONT):
+            try:
+                p.send_signal(sig)
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                pass
+    psutil.wait_procs(procs, timeout=5)

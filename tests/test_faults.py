@@ -26,7 +26,6 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import kill_all, processes_mentioning
 from pbqtest import (
     BIN,
     FAST_CONFIG,
@@ -36,8 +35,10 @@ from pbqtest import (
     hostfile,
     hostfile_path,
     jobfile,
+    kill_all,
     lines_of,
     proc_state,
+    processes_mentioning,
     run_cmd,
     start_scheduler,
     status,

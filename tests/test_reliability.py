@@ -22,7 +22,6 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import kill_all, processes_mentioning
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pbqtest import (
@@ -32,8 +31,10 @@ from pbqtest import (
     hostfile,
     hostfile_path,
     jobfile,
+    kill_all,
     lines_of,
     proc_state,
+    processes_mentioning,
     run_cmd,
     start_scheduler,
     status,

@@ -14,14 +14,15 @@ from pathlib import Path
 
 import pytest
 import sshinfra
-from conftest import kill_all, processes_mentioning
 from pbqtest import (
     FAST_CONFIG,
     config,
     hostfile,
     hostfile_path,
     jobfile,
+    kill_all,
     lines_of,
+    processes_mentioning,
     run_cmd,
     start_scheduler,
     status,
