@@ -432,10 +432,11 @@ class Scheduler:
         except BaseException:
             self.spawner.close()
             raise
-        self.tick(self.clock())
         try:
-            while not self.step():
-                pass
+            # The first pass runs at once (not one interval later): a short queue starts now.
+            done = self.pass_once(self.clock())
+            while not done:
+                done = self.step()
         finally:
             self._shutdown()
         return self.exit_code
