@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import json
 import os
 import secrets
@@ -69,15 +70,39 @@ class QueueLock:
 class FlockLock(QueueLock):
     def __init__(self, path: Path) -> None:
         self.path = path
-        # A short poll keeps waiters close to FIFO without burning CPU; fallback_to_soft is
-        # off because silently mixing lock kinds between hosts would lose mutual exclusion.
+        self._fd: int | None = None
+        # For waits with a deadline; fallback_to_soft is off because silently mixing lock
+        # kinds between hosts would lose mutual exclusion.
         self._lock = filelock.FileLock(
             str(path), poll_interval=0.002, fallback_to_soft=False, thread_local=False
         )
 
     def acquire(self, timeout: float | None = None) -> None:
+        if timeout is None:
+            # A plain blocking flock: the kernel queues the waiters and wakes the next one at
+            # once (filelock polls, which makes many schedulers convoy on a busy jobfile).
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+            except OSError as err:
+                raise PbqError(f"cannot open the lock file: {err.strerror}", path=str(self.path)) from None
+            try:
+                while True:
+                    try:
+                        fcntl.flock(fd, fcntl.LOCK_EX)
+                        break
+                    except InterruptedError:
+                        continue
+            except OSError as err:
+                os.close(fd)
+                raise PbqError(
+                    f"cannot lock ({err.strerror or err}); on a file system without working "
+                    "flock use --lock soft",
+                    path=str(self.path),
+                ) from None
+            self._fd = fd
+            return
         try:
-            self._lock.acquire(timeout=-1 if timeout is None else timeout)
+            self._lock.acquire(timeout=timeout)
         except filelock.Timeout:
             raise PbqError(f"timed out after {timeout:g} s waiting for the lock", path=str(self.path)) from None
         except OSError as err:
@@ -88,6 +113,10 @@ class FlockLock(QueueLock):
             ) from None
 
     def release(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)  # closing the only descriptor releases the flock
+            return
         self._lock.release()
 
 
