@@ -101,7 +101,9 @@ class Spawner:
         stderr: Path | None = None,
     ) -> int:
         """Start ``argv``; return its pid.  Raises SpawnError (127 not found, 126 cannot run)."""
-        return self._pool.submit(self._spawn, argv, env, stdout, stderr).result()
+        pid = self._pool.submit(self._spawn, argv, env, stdout, stderr).result()
+        set_autogroup_nice(pid, self.nice)
+        return pid
 
     @staticmethod
     def _spawn(argv: list[bytes], env: dict[str, str], stdout: Path | None, stderr: Path | None) -> int:
@@ -134,6 +136,23 @@ class Spawner:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False)
+
+
+def set_autogroup_nice(pid: int, nice: int) -> None:
+    """Give a new job's session the jobs' niceness as a scheduling group too.
+
+    With ``kernel.sched_autogroup_enabled`` (the default on many distributions) every
+    session is its own scheduling group and groups share the CPU equally whatever their
+    processes' nice values: a nice-19 job in a session of its own would take as much CPU as
+    another user's nice-0 process.  The group's niceness applies to every process of the
+    session, including the ones the job starts later.  Where autogroup is off or absent
+    this does nothing.
+    """
+    try:
+        with open(f"/proc/{pid}/autogroup", "w") as f:
+            f.write(str(nice))
+    except OSError:
+        pass
 
 
 def _raise(code: int, message: str) -> int:
