@@ -108,6 +108,35 @@ class HostState:
         self.next_seq += 1
         return seq
 
+    def apply_journal(self, records: list) -> None:
+        """Apply what ``JOBFILE.HOST.journal`` recorded after this snapshot (crash recovery).
+
+        Records of other generations are ignored: older ones are already in the snapshot.
+        """
+        by_seq = {j.seq: j for j in self.jobs}
+        for rec in records:
+            if not isinstance(rec, dict) or rec.get("g") != self.gen:
+                continue
+            for seq in rec.get("starting", []):
+                job = by_seq.get(seq)
+                if job is not None and job.state is JobState.CLAIMED:
+                    job.state = JobState.STARTING
+            for seq, cid, started in rec.get("submitted", []):
+                job = by_seq.get(seq)
+                if job is not None and job.cluster_id is None:
+                    job.cluster_id, job.started, job.state = cid, started, JobState.RUNNING
+            for seq, pid, pid_start, started in rec.get("started", []):
+                job = by_seq.get(seq)
+                if job is not None and job.pid is None:
+                    job.pid, job.pid_start, job.started = pid, pid_start, started
+                    job.state = JobState.RUNNING
+            ended = set(rec.get("ended", []))
+            if ended:
+                self.jobs = [j for j in self.jobs if j.seq not in ended]
+                by_seq = {j.seq: j for j in self.jobs}
+            if "done" in rec:
+                self.done, self.failed = int(rec["done"]), int(rec["failed"])
+
     def in_state(self, *states: JobState) -> list[Job]:
         return [j for j in self.jobs if j.state in states]
 

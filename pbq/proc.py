@@ -3,9 +3,8 @@
 Jobs are started with ``posix_spawn`` (no fork of the Python interpreter) in a session
 of their own (so the job's pid is its session and process-group id, and every process it
 starts is signalled with it), with stdin from /dev/null and the signal dispositions reset.
-Niceness: on Linux the nice value is per thread and a spawned child inherits the calling
-thread's, so jobs are spawned from one helper thread that runs at the jobs' niceness while
-the scheduler itself stays at normal priority and reacts promptly.
+Niceness: set on the new process right after ``posix_spawn`` returns (see ``Spawner``), and
+on its session's scheduling group (autogroup), where the kernel has those.
 
 The keeper: ``pbq-single`` forks once at start.  The parent (the keeper) becomes a child
 subreaper and waits; the child is the scheduler.  If the scheduler dies (``pbq control
@@ -22,10 +21,8 @@ import errno
 import json
 import os
 import signal
-import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,20 +75,16 @@ class Exit:
 
 
 class Spawner:
-    """Starts jobs from a thread running at the jobs' niceness."""
+    """Starts jobs at the jobs' niceness, as a process and as a scheduling group.
+
+    ``posix_spawn`` returns once the child has exec'd; its niceness is set right then, long
+    before the new program can start children of its own (the dynamic loader alone takes
+    far longer than the one system call in between).  The scheduler itself keeps its normal
+    priority, so it reacts promptly on a busy machine.
+    """
 
     def __init__(self, nice: int = 19) -> None:
         self.nice = nice
-        self._pool = ThreadPoolExecutor(max_workers=1, initializer=self._lower_priority)
-
-    def _lower_priority(self) -> None:
-        try:
-            tid = threading.get_native_id()
-            cur = os.getpriority(os.PRIO_PROCESS, tid)
-            if self.nice > cur:
-                os.setpriority(os.PRIO_PROCESS, tid, self.nice)
-        except OSError:
-            pass
 
     def spawn(
         self,
@@ -101,8 +94,13 @@ class Spawner:
         stderr: Path | None = None,
     ) -> int:
         """Start ``argv``; return its pid.  Raises SpawnError (127 not found, 126 cannot run)."""
-        pid = self._pool.submit(self._spawn, argv, env, stdout, stderr).result()
-        set_autogroup_nice(pid, self.nice)
+        pid = self._spawn(argv, env, stdout, stderr)
+        if self.nice:
+            try:
+                os.setpriority(os.PRIO_PROCESS, pid, self.nice)
+            except OSError:
+                pass
+            set_autogroup_nice(pid, self.nice)
         return pid
 
     @staticmethod
@@ -135,7 +133,7 @@ class Spawner:
             return _raise(126, f"cannot run: {err.strerror}")
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False)
+        pass
 
 
 def set_autogroup_nice(pid: int, nice: int) -> None:

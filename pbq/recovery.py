@@ -24,6 +24,7 @@ from .statefiles import (
     atomic_write_json,
     hosts_with,
     read_json,
+    read_json_lines,
     unlink_quietly,
 )
 
@@ -78,6 +79,8 @@ def recover_hosts(jobfile: Path, hosts: list[str], cfg: Config, stale_after: flo
                 unlink_quietly(files.pid)
                 continue
             state = HostState.from_json(host, raw)
+            state.apply_journal(read_json_lines(files.journal))  # what ended after the snapshot
+            state.gen += 1  # the snapshots written below supersede that journal
             committed = txn.state.ops.get(host, 0)
             back = [
                 j

@@ -64,7 +64,8 @@ from .statefiles import (
 
 PREFETCH_MAX = 16
 SUBMIT_TRIES = 3  # a line the DRM refuses this many times in a row is a failed job
-VIEW_DEBOUNCE = 0.05  # seconds  # most lines a host takes ahead of its free slots
+VIEW_DEBOUNCE = 0.05  # seconds
+SNAPSHOT_EVERY = 0.5  # seconds between state snapshots while jobs churn (the journal fills in)  # most lines a host takes ahead of its free slots
 UNKNOWN_EXIT = -1  # joblog Exitval of a job whose outcome cannot be known
 ADOPTED_EXIT_WAIT = 5.0  # seconds to wait for the keeper's record of an adopted job's exit
 
@@ -196,6 +197,8 @@ class Scheduler:
         self.journal_bytes_since_cut = 1 << 20  # so the first snapshot cuts it
         self.views_written_at = -math.inf
         self.views_stale = False
+        self.ended_seqs: list[int] = []  # dropped since the last snapshot (journaled)
+        self.next_snapshot = -math.inf
         self.started_at = clock()
         self.disk_error: str | None = None
         self.disk_errors_said: set[str] = set()
@@ -683,6 +686,7 @@ class Scheduler:
 
     def _drop(self, job: Job) -> None:
         self.state.jobs = [j for j in self.state.jobs if j is not job]
+        self.ended_seqs.append(job.seq)
         if job.pid is not None:
             self.by_pid.pop(job.pid, None)
         self.state_dirty = True
@@ -768,6 +772,8 @@ class Scheduler:
         if self.disk_error is not None:
             self._retry_disk()
         self._compact_if_due(now)
+        if self.state_dirty:
+            self.next_snapshot = -math.inf  # at least one snapshot per tick
         self._write_status(now)
         if mono >= self.next_load_log:
             self.next_load_log = mono + self.cfg.log.load_every
@@ -1249,6 +1255,8 @@ class Scheduler:
             self.state.gen -= 1  # the journal must keep following the snapshot on disk
             raise
         self.state_dirty = False
+        self.ended_seqs = []
+        self.next_snapshot = self.mono() + SNAPSHOT_EVERY
         # Journal records of older generations are ignored; cut the file now and then.
         self.journal_bytes_since_cut = self.journal_bytes_since_cut if self.journal_used else 0
         if self.journal_used and self.journal_bytes_since_cut > 1 << 16:
@@ -1258,11 +1266,18 @@ class Scheduler:
             self.journal_bytes_since_cut = 0
 
     def _save_if_dirty(self) -> None:
-        if self.state_dirty:
-            try:
+        """End of a pass: a snapshot at most every SNAPSHOT_EVERY seconds; in between, the
+        jobs that ended go to the journal (a small append instead of a rewrite)."""
+        if not self.state_dirty:
+            return
+        try:
+            if self.mono() >= self.next_snapshot:
                 self._save_state()
-            except PbqError as err:
-                self._disk_problem(err)
+            elif self.ended_seqs:
+                self._journal({"ended": self.ended_seqs, "done": self.state.done, "failed": self.state.failed})
+                self.ended_seqs = []
+        except PbqError as err:
+            self._disk_problem(err)
 
     def _journal(self, rec: dict) -> None:
         """Put a fact on record before the next snapshot (one small append)."""
@@ -1274,23 +1289,7 @@ class Scheduler:
 
     def _replay_journal(self) -> None:
         """Apply what the journal recorded after the last snapshot (crash recovery)."""
-        by_seq = {j.seq: j for j in self.state.jobs}
-        for rec in read_json_lines(self.files.journal):
-            if not isinstance(rec, dict) or rec.get("g") != self.state.gen:
-                continue  # from before the snapshot: already in it
-            for seq in rec.get("starting", []):
-                job = by_seq.get(seq)
-                if job is not None and job.state is JobState.CLAIMED:
-                    job.state = JobState.STARTING
-            for seq, cid, started in rec.get("submitted", []):
-                job = by_seq.get(seq)
-                if job is not None and job.cluster_id is None:
-                    job.cluster_id, job.started, job.state = cid, started, JobState.RUNNING
-            for seq, pid, pid_start, started in rec.get("started", []):
-                job = by_seq.get(seq)
-                if job is not None and job.pid is None:
-                    job.pid, job.pid_start, job.started = pid, pid_start, started
-                    job.state = JobState.RUNNING
+        self.state.apply_journal(read_json_lines(self.files.journal))
 
     def _write_views(self, force: bool = False) -> None:
         """``.running`` / ``.stopped``: exactly the job lines, rewritten when they change

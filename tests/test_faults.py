@@ -453,7 +453,8 @@ def test_failed_snapshot_then_sigkill_keeps_every_start_on_record(tmp_path: Path
     possible duplicate), not start them again silently."""
     hf = hostfile(tmp_path, "* linux 2 2 0\n")
     config(tmp_path, FAST_CONFIG)
-    lines = [rec_line(tmp_path, i) for i in range(40)]
+    # jobs of ~50 ms, so the run lasts several snapshot periods with lines taken ahead
+    lines = [f"sh -c 'sleep 0.05; {rec_line(tmp_path, i)}'" for i in range(40)]
     jf = jobfile(tmp_path, lines)
     actions = [
         # snapshots written while lines taken ahead are held fail for a while, as on a full disk
