@@ -168,6 +168,30 @@ def signal_group(pgid: int, sig: int) -> bool:
         return False
 
 
+def peek_exit(pid: int) -> tuple[int | None, int] | None:
+    """How child ``pid`` ended -- (exit code or None, signal) -- without reaping it, or None
+    while it runs.  The zombie stays until ``collect(pid)``: if the scheduler dies in
+    between, the keeper inherits it and records its exit status."""
+    try:
+        info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except (ChildProcessError, InterruptedError):
+        return None
+    if info is None or info.si_pid == 0:
+        return None
+    if info.si_code == os.CLD_EXITED:
+        return (info.si_status, 0)
+    return (None, info.si_status)  # CLD_KILLED / CLD_DUMPED: the signal
+
+
+def collect(pid: int) -> Exit | None:
+    """Reap child ``pid`` (after peek_exit) and return its resource usage."""
+    try:
+        _, status, ru = os.wait4(pid, 0)
+    except ChildProcessError:
+        return None
+    return Exit(pid, status, ru.ru_utime + ru.ru_stime, ru.ru_maxrss * 1024)
+
+
 def reap() -> list[Exit]:
     """Collect every child that has ended, without blocking."""
     out = []

@@ -39,7 +39,7 @@ from .hostlog import JOBLOG_HEADER, HostLog, joblog_row
 from .jobfile import JobQueue
 from .model import HostState, Job, JobState
 from .policy import Decision, Mode, View, decide, load_limit
-from .proc import Spawner, SpawnError, reap, signal_group
+from .proc import Spawner, SpawnError, collect, peek_exit, signal_group
 from .safety import check_input_file, control_file_trusted
 from .sensors import (
     Sensors,
@@ -622,27 +622,40 @@ class Scheduler:
     # ---------------------------------------------------------------- reaping
 
     def _reap(self, now: float) -> None:
-        ended = reap()
-        if not ended:
-            return
-        for ex in ended:
-            job = self.by_pid.pop(ex.pid, None)
-            if job is None:
-                continue
+        """Record the jobs that ended, then reap them.
+
+        Outcomes are written (joblog, .error, journal) while the ended processes are still
+        zombies; only then are they reaped.  A scheduler killed in between leaves them to the
+        keeper, which records their exit status: nothing finished is run again.
+        """
+        ended = []
+        for pid, job in list(self.by_pid.items()):
+            how = peek_exit(pid)
+            if how is not None:
+                ended.append((pid, job, how))
+        for pid, job, (code, sig) in ended:
+            del self.by_pid[pid]
             if self.mode is Mode.TERM or job.extra.get("terminated"):
                 job.extra["reaped"] = True  # stays listed: it goes back to the jobfile on restart
                 continue
-            code = ex.exit_code
-            sig = ex.signal or 0
-            self._finish(job, Outcome(-1 if code is None else code, sig, ex.cpu_seconds, ex.maxrss_bytes), when=now)
-        self._flush_outcomes()
+            self._finish(job, Outcome(-1 if code is None else code, sig), when=now, record_usage=False)
+        if ended:
+            self._flush_outcomes()
+            self._save_if_dirty()  # the ends are on record (journal or snapshot) before reaping
+        for pid, job, _how in ended:
+            ex = collect(pid)
+            if ex is not None and job.started is not None and not job.extra.get("terminated"):
+                self.usage_buf.append((job.line, ex.maxrss_bytes, ex.cpu_seconds, max(0.0, now - job.started)))
+        # No catch-all wait(-1) here: the scheduler's only children are its jobs (DRM
+        # commands are waited for by subprocess), and a job that ends right now is peeked
+        # at on the next pass -- SIGCHLD wakes it.
 
-    def _finish(self, job: Job, out: Outcome, when: float | None = None) -> None:
+    def _finish(self, job: Job, out: Outcome, when: float | None = None, record_usage: bool = True) -> None:
         """A job ended: record it (joblog, .error, log) or queue its line to go back."""
         end = when or self.clock()
         runtime = max(0.0, end - (job.started or end))
         self.avg_runtime = runtime if self.avg_runtime is None else 0.8 * self.avg_runtime + 0.2 * runtime
-        if out.exit_code != UNKNOWN_EXIT or out.maxrss:
+        if record_usage and (out.exit_code != UNKNOWN_EXIT or out.maxrss):
             self.usage_buf.append((job.line, out.maxrss, out.cpu_seconds, runtime))
         if job.evicting:
             job.requeue_front = True

@@ -421,6 +421,22 @@ KILL_POINTS = [
 ]
 
 
+@pytest.mark.parametrize("nth", [1, 2, 3])
+def test_sigkill_after_an_outcome_is_written_runs_nothing_again(tmp_path: Path, nth: int) -> None:
+    """Ended jobs are reaped only after their outcome is on record: a scheduler killed right
+    after writing a joblog row leaves the zombies to its keeper, and the restart runs every
+    job exactly once, with no put-back in the log."""
+    hf = hostfile(tmp_path, "* linux 2 2 0\n")
+    config(tmp_path, FAST_CONFIG)
+    jf = jobfile(tmp_path, [f"sh -c 'sleep 0.1; {rec_line(tmp_path, i)}'" for i in range(8)])
+    r = run_with_kill(hf, jf, "pbq.scheduler:append_bytes", "after", nth, "str(a[0]).endswith('.joblog')")
+    assert r.returncode == 128 + signal.SIGKILL, f"kill point not reached: {r.returncode} {r.stderr!r}"
+    r = run_single(hf, jf)
+    assert r.returncode == 0, r.stderr
+    assert recorded(tmp_path) == Counter(range(8))
+    assert "putting it back" not in log_text(jf, "h1")
+
+
 @pytest.mark.parametrize(("target", "when", "nth", "cond"), [p[1:] for p in KILL_POINTS], ids=[p[0] for p in KILL_POINTS])
 def test_sigkill_at_exact_point_loses_nothing(tmp_path: Path, target: str, when: str, nth: int, cond: str) -> None:
     hf = hostfile(tmp_path, "* linux 4 4 0\n")
