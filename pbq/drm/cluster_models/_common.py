@@ -15,6 +15,7 @@ import logging
 import os
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from types import ModuleType
 
 from pbq.drm.base import (
     ClusterState,
@@ -35,8 +36,39 @@ from pbq.errors import PbqError
 log = logging.getLogger("pbq.drm")
 
 
+ARGV_BUILDERS = ("hold_argv", "release_argv", "suspend_argv", "resume_argv", "cancel_argv")
+
+
 class PluginCore:
     system = ""
+    #: the system's module of pure argv builders and parsers (``pbq.drm.slurm`` ...): its
+    #: SYSTEM name and its hold/release/suspend/resume/cancel builders are taken from it.
+    builders: ModuleType | None = None
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        mod = cls.__dict__.get("builders")
+        if mod is None:
+            return
+        cls.system = mod.SYSTEM
+        for name in ARGV_BUILDERS:
+            fn = getattr(mod, name, None)
+            if fn is not None and name not in cls.__dict__:
+                setattr(cls, name, staticmethod(fn))
+
+    def submit_script(
+        self, script: Path, job_name: str, log_file: Path, workspace: Path, resources: Resources, tool: str
+    ) -> str:
+        """Submit a job script whose options are all on the command line; the cluster id."""
+        assert self.builders is not None
+        argv = self.builders.submit_argv(
+            str(script),
+            job_name=job_name,
+            log_file=str(log_file),
+            workspace=str(workspace),
+            resources=resources,
+        )
+        return self.builders.parse_submit(self.run_ok(argv, tool).stdout)
 
     def __init__(self) -> None:
         self.runner = CommandRunner()

@@ -19,12 +19,7 @@ from pbq.drm.cluster_models._common import PluginCore, last_error_getter, protoc
 
 
 class LsfCore(PluginCore):
-    system = drm.SYSTEM
-    hold_argv = staticmethod(drm.hold_argv)
-    release_argv = staticmethod(drm.release_argv)
-    suspend_argv = staticmethod(drm.suspend_argv)
-    resume_argv = staticmethod(drm.resume_argv)
-    cancel_argv = staticmethod(drm.cancel_argv)
+    builders = drm
 
     def submit(
         self,
@@ -36,14 +31,7 @@ class LsfCore(PluginCore):
         resources: Resources,
     ) -> str:
         script = self.write_job_script(files, command, job_name, workspace)
-        argv = drm.submit_argv(
-            str(script),
-            job_name=job_name,
-            log_file=str(log_file),
-            workspace=str(workspace),
-            resources=resources,
-        )
-        return drm.parse_submit(self.run_ok(argv, "bsub").stdout)
+        return self.submit_script(script, job_name, log_file, workspace, resources, "bsub")
 
     def statuses(self, job_ids: Sequence[str]) -> dict[str, JobStatus]:
         ids = [str(i) for i in job_ids]

@@ -32,12 +32,7 @@ def current_user() -> str:
 
 
 class SgeCore(PluginCore):
-    system = drm.SYSTEM
-    hold_argv = staticmethod(drm.hold_argv)
-    release_argv = staticmethod(drm.release_argv)
-    suspend_argv = staticmethod(drm.suspend_argv)
-    resume_argv = staticmethod(drm.resume_argv)
-    cancel_argv = staticmethod(drm.cancel_argv)
+    builders = drm
 
     def submit(
         self,
@@ -57,14 +52,7 @@ class SgeCore(PluginCore):
             log.warning("sge: %s", note)
             notes.append(f"# pbq: {note}")
         script = self.write_job_script(files, command, job_name, workspace, notes)
-        argv = drm.submit_argv(
-            str(script),
-            job_name=job_name,
-            log_file=str(log_file),
-            workspace=str(workspace),
-            resources=resources,
-        )
-        return drm.parse_submit(self.run_ok(argv, "qsub").stdout)
+        return self.submit_script(script, job_name, log_file, workspace, resources, "qsub")
 
     def statuses(self, job_ids: Sequence[str]) -> dict[str, JobStatus]:
         result = self.run(drm.status_argv(current_user()))

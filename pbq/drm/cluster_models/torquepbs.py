@@ -19,12 +19,7 @@ from pbq.drm.cluster_models._common import PluginCore, last_error_getter, protoc
 
 
 class TorqueCore(PluginCore):
-    system = drm.SYSTEM
-    hold_argv = staticmethod(drm.hold_argv)
-    release_argv = staticmethod(drm.release_argv)
-    suspend_argv = staticmethod(drm.suspend_argv)
-    resume_argv = staticmethod(drm.resume_argv)
-    cancel_argv = staticmethod(drm.cancel_argv)
+    builders = drm
 
     def submit(
         self,
