@@ -90,10 +90,8 @@ def single(
 ) -> None:
     """Run the jobs of JOBFILE on this machine, within the load limit that HOSTFILE sets."""
     from .hostfile import find_host, load_hostfile, machine_name
-    from .proc import run_with_keeper
+    from .host.loop import Scheduler, SchedulerOptions
     from .safety import check_input_file
-    from .scheduler import Scheduler, SchedulerOptions
-    from .statefiles import HostFiles
 
     # A symlinked jobfile is followed: compaction replaces the file it points to.
     jobfile = jobfile.resolve() if jobfile.is_symlink() else jobfile.absolute()
@@ -132,17 +130,12 @@ def single(
         lock=cfg.jobfile.lock,
         echo_log=verbose,
     )
-    files = HostFiles(jobfile, host)
-
-    def main() -> int:
-        try:
-            return Scheduler(opts).run()
-        except PbqError as err:
-            click.echo(f"pbq-single: {err}", err=True)
-            return err.exit_code
-
-    sys.stdout.flush()
-    sys.exit(run_with_keeper(lambda: files.exits, main))
+    try:
+        code = Scheduler(opts).run()
+    except PbqError as err:
+        click.echo(f"pbq-single: {err}", err=True)
+        code = err.exit_code
+    sys.exit(code)
 
 
 def single_main() -> None:

@@ -98,3 +98,31 @@ def decide(v: View) -> Decision:
     if v.mode is Mode.RUN and v.pending and not low_memory:
         start = room - cont
     return Decision(cont=cont, start=start, evict=evict)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """What ``choose`` needs to know of one of the host's jobs."""
+
+    seq: int
+    started: float  # wall-clock start (0 when unknown)
+    stopped: bool
+
+
+@dataclass(frozen=True)
+class Choice:
+    stop: tuple[int, ...] = ()  # seqs, newest first: the oldest is nearest to done
+    cont: tuple[int, ...] = ()  # oldest stopped first
+    evict: tuple[int, ...] = ()  # newest first
+    start: int = 0
+
+
+def choose(jobs: list[Candidate], d: Decision) -> Choice:
+    """Which jobs the decision's counts apply to.  Order: (start time, seq)."""
+    ordered = sorted(jobs, key=lambda j: (j.started, j.seq))
+    evict = tuple(j.seq for j in ordered[len(ordered) - d.evict :]) if d.evict else ()
+    running = [j for j in ordered if not j.stopped and j.seq not in evict]
+    stop = tuple(j.seq for j in reversed(running[len(running) - d.stop :])) if d.stop else ()
+    stopped = [j for j in ordered if j.stopped and j.seq not in evict]
+    cont = tuple(j.seq for j in stopped[: d.cont])
+    return Choice(stop=stop, cont=cont, evict=evict, start=d.start)

@@ -174,3 +174,14 @@ def kill_all(procs: list[psutil.Process]) -> None:
             except (psutil.NoSuchProcess, psutil.AccessDenied):
                 pass
     psutil.wait_procs(procs, timeout=5)
+
+
+def runner_of(scheduler_pid: int) -> int | None:
+    """The job runner started by a scheduler (its child whose command line says so)."""
+    try:
+        for child in psutil.Process(scheduler_pid).children():
+            if "#pbq-runner" in " ".join(child.cmdline()) and child.status() != psutil.STATUS_ZOMBIE:
+                return child.pid
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None
+    return None

@@ -191,7 +191,7 @@ def _scenario(name: str, tmp: Path) -> tuple[Path, Counter[int], list[str]]:
         write_queue(jf, offset=len(P) + len(rest[0]) + 1, ops={"h1": 5, "h2": 3})
         write_state(jf, "h1", [job(1, rest[0], 5, "running", dead_pid(), FAKE_START)], 6)
         must_log = [rest[0]]
-    elif name == "exit-recorded-by-keeper":
+    elif name == "exit-recorded-by-runner":
         jobfile(tmp, P + R)
         write_queue(jf, offset=len(P) + len(rest[0]) + 1, ops={"h1": 5, "h2": 3})
         pid = dead_pid()
@@ -270,7 +270,7 @@ SCENARIOS = [
     "committed-claim",
     "committed-start-unknown",
     "running-gone",
-    "exit-recorded-by-keeper",
+    "exit-recorded-by-runner",
     "compaction-decided",
     "compaction-renamed",
     "compaction-undecided",
@@ -287,7 +287,7 @@ SCENARIOS = [
 
 def _needs_claimed(name: str) -> None:
     if "claim" in name:
-        from pbq.model import JobState
+        from pbq.host.jobs import JobState
 
         if not any(s.value == "claimed" for s in JobState):
             pytest.skip("this pbq has no 'claimed' job state")
@@ -311,7 +311,7 @@ def test_crash_state_runs_every_line_exactly_once(tmp_path: Path, name: str) -> 
         assert seqs[line] == min(seqs.values()), "put back at the FRONT: taken before the other lines"
     lines_run = Counter(r[8] for r in joblog_rows(jf, "h1"))
     for i, n in expect.items():
-        assert lines_run[rec_line(tmp_path, i)] == (n or (1 if name == "exit-recorded-by-keeper" else 0))
+        assert lines_run[rec_line(tmp_path, i)] == (n or (1 if name == "exit-recorded-by-runner" else 0))
     assert lines_of(hostfile_path(jf, "h1", "error")) == []
     assert not (tmp_path / "rec").exists() or 77 not in got  # a torn/undecided line never runs
     assert not (tmp_path / ".jobfile.compact.tmp").exists()
@@ -412,12 +412,12 @@ KILL_POINTS = [
     # (id, target, when, nth, cond)
     ("take-written-ahead", "pbq.jobfile:Txn.commit_take", "before", 2, ""),
     ("take-committed", "pbq.jobfile:Txn.commit_take", "after", 2, ""),
-    ("before-spawn", "pbq.scheduler:Scheduler._spawn", "before", 3, ""),
-    ("after-spawn", "pbq.scheduler:Scheduler._spawn", "after", 3, ""),
+    ("before-spawn", "pbq.host.local:LocalExecutor.start", "before", 3, ""),
+    ("after-spawn", "pbq.host.local:LocalExecutor.start", "after", 3, ""),
     ("compaction-decided", "pbq.jobfile:Txn._finish_replace", "before", 1, ""),
     ("compaction-renamed", "pbq.jobfile:fsync_dir", "before", 1, ""),
-    ("joblog-written", "pbq.scheduler:append_bytes", "after", 2, "str(a[0]).endswith('.joblog')"),
-    ("error-written", "pbq.scheduler:append_bytes", "after", 1, "str(a[0]).endswith('.error')"),
+    ("joblog-written", "pbq.host.ledger:append_bytes", "after", 2, "str(a[0]).endswith('.joblog')"),
+    ("error-written", "pbq.host.ledger:append_bytes", "after", 1, "str(a[0]).endswith('.error')"),
 ]
 
 
@@ -429,8 +429,8 @@ def test_sigkill_after_an_outcome_is_written_runs_nothing_again(tmp_path: Path, 
     hf = hostfile(tmp_path, "* linux 2 2 0\n")
     config(tmp_path, FAST_CONFIG)
     jf = jobfile(tmp_path, [f"sh -c 'sleep 0.1; {rec_line(tmp_path, i)}'" for i in range(8)])
-    r = run_with_kill(hf, jf, "pbq.scheduler:append_bytes", "after", nth, "str(a[0]).endswith('.joblog')")
-    assert r.returncode == 128 + signal.SIGKILL, f"kill point not reached: {r.returncode} {r.stderr!r}"
+    r = run_with_kill(hf, jf, "pbq.host.ledger:append_bytes", "after", nth, "str(a[0]).endswith('.joblog')")
+    assert r.returncode == -signal.SIGKILL, f"kill point not reached: {r.returncode} {r.stderr!r}"
     r = run_single(hf, jf)
     assert r.returncode == 0, r.stderr
     assert recorded(tmp_path) == Counter(range(8))
@@ -446,7 +446,7 @@ def test_sigkill_at_exact_point_loses_nothing(tmp_path: Path, target: str, when:
         lines.insert(3, "sh -c 'exit 7'")
     jf = jobfile(tmp_path, lines)
     r = run_with_kill(hf, jf, target, when, nth, cond)
-    assert r.returncode == 128 + signal.SIGKILL, f"kill point not reached: {r.returncode} {r.stderr!r}"
+    assert r.returncode == -signal.SIGKILL, f"kill point not reached: {r.returncode} {r.stderr!r}"
     r = run_single(hf, jf)
     assert r.returncode == 0, r.stderr
     got = recorded(tmp_path)
@@ -474,14 +474,14 @@ def test_failed_snapshot_then_sigkill_keeps_every_start_on_record(tmp_path: Path
     jf = jobfile(tmp_path, lines)
     actions = [
         # snapshots written while lines taken ahead are held fail for a while, as on a full disk
-        {"target": "pbq.scheduler:atomic_write_json", "when": "fail", "nth": 1, "times": 3,
+        {"target": "pbq.host.ledger:atomic_write_json", "when": "fail", "nth": 1, "times": 3,
          "cond": "str(a[0]).endswith('.state') and not k.get('fsync') and any(j['state'] == 'claimed' for j in a[1]['jobs'])"},
         # ... and the scheduler dies right after it has journaled the start of more jobs
-        {"target": "pbq.scheduler:append_bytes", "when": "after", "nth": 1,
+        {"target": "pbq.host.ledger:append_bytes", "when": "after", "nth": 1,
          "cond": "str(a[0]).endswith('.journal') and b'started' in a[1]"},
     ]
     r = run_injected(hf, jf, actions)
-    assert r.returncode == 128 + signal.SIGKILL, f"kill point not reached: {r.returncode} {r.stderr!r}"
+    assert r.returncode == -signal.SIGKILL, f"kill point not reached: {r.returncode} {r.stderr!r}"
     r = run_single(hf, jf)
     assert r.returncode == 0, r.stderr
     got = recorded(tmp_path)
@@ -498,7 +498,7 @@ def test_sigkill_during_recovery_putback_still_logs_it(tmp_path: Path, when: str
     config(tmp_path, FAST_CONFIG)
     jf, expect, must_log = _scenario("running-gone", tmp_path)
     r = run_with_kill(hf, jf, "pbq.jobfile:Txn.prepend", when, 1)
-    assert r.returncode == 128 + signal.SIGKILL, r.stderr
+    assert r.returncode == -signal.SIGKILL, r.stderr
     r = run_single(hf, jf)
     assert r.returncode == 0, r.stderr
     assert recorded(tmp_path) == expect

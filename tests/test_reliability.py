@@ -36,6 +36,7 @@ from pbqtest import (
     proc_state,
     processes_mentioning,
     run_cmd,
+    runner_of,
     start_scheduler,
     status,
     wait_exit,
@@ -68,15 +69,9 @@ def sched_pid(jf: Path, host: str) -> int | None:
         return None
 
 
-def scheduler_of(keeper: subprocess.Popen) -> int | None:
-    """The scheduler process under a keeper (the keeper's child running pbq-single)."""
-    try:
-        for child in psutil.Process(keeper.pid).children():
-            if any("pbq-single" in part for part in child.cmdline()) and child.status() != psutil.STATUS_ZOMBIE:
-                return child.pid
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
-        return None
-    return None
+def scheduler_of(p: subprocess.Popen) -> int | None:
+    """The scheduler: the process started as pbq-single, while it runs."""
+    return p.pid if p.poll() is None else None
 
 
 def log_bytes(jf: Path, host: str) -> bytes:
@@ -234,8 +229,8 @@ def test_sigkill_rounds_lose_nothing_and_admit_every_duplicate(tmp_path: Path) -
     next_id = 300
     jf = jobfile(tmp_path, _kill_round_jobs(tmp_path, range(next_id)))
     hosts = ["ka", "kb"]
-    keepers: dict[str, subprocess.Popen] = {h: start_scheduler(hf, jf, host=h) for h in hosts}
-    old_keepers: list[subprocess.Popen] = []
+    scheds: dict[str, subprocess.Popen] = {h: start_scheduler(hf, jf, host=h) for h in hosts}
+    old_runners: list[int] = []
     stop = threading.Event()
     append_errors: list[str] = []
 
@@ -260,22 +255,22 @@ def test_sigkill_rounds_lose_nothing_and_admit_every_duplicate(tmp_path: Path) -
     try:
         for rnd_no in range(rounds):
             host = rnd.choice(hosts)
-            keeper = keepers[host]
-            pid = wait_for(lambda k=keeper: scheduler_of(k), timeout=20, what=f"scheduler of {host} forked")
+            sched = scheds[host]
+            pid = sched.pid
             # Kill at a random instant: while jobs run, lines are claimed, the jobfile is
             # compacted -- or while a restarted scheduler is still recovering.
             time.sleep(rnd.uniform(0.0, 0.6))
+            runner = runner_of(pid)
             kill_both = rnd_no % 4 == 3  # a crash of the whole machine's pbq: orphan exits are lost
             if kill_both:
                 both_rounds += 1
-                kill_quietly(keeper.pid)
+                if runner is not None:
+                    kill_quietly(runner)
             kill_quietly(pid)
-            wait_for(lambda p=pid: not alive(p), timeout=10, what=f"scheduler {pid} gone")
-            if kill_both:
-                keeper.wait(timeout=10)
-            else:
-                old_keepers.append(keeper)  # it lives on until its orphans are reaped
-            keepers[host] = start_scheduler(hf, jf, host=host)
+            sched.wait(timeout=10)
+            if runner is not None and not kill_both:
+                old_runners.append(runner)  # it lives on until its jobs are reaped
+            scheds[host] = start_scheduler(hf, jf, host=host)
     finally:
         stop.set()
         t.join(timeout=60)
@@ -283,16 +278,17 @@ def test_sigkill_rounds_lose_nothing_and_admit_every_duplicate(tmp_path: Path) -
     assert both_rounds >= 4
     # Let the last schedulers finish what they have, then drain what is left.
     for host in hosts:
-        wait_for(lambda h=host: status(jf, h).get("pid") == scheduler_of(keepers[h]) == sched_pid(jf, h),
+        wait_for(lambda h=host: status(jf, h).get("pid") == scheduler_of(scheds[h]) == sched_pid(jf, h),
                  timeout=20, what=f"scheduler of {host} up")
     r = run_cmd("pbq", "control", hf, jf, "quit", timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
     for host in hosts:
-        wait_exit(keepers[host], 60)
+        wait_exit(scheds[host], 60)
     drain(hf, jf, hosts)
     drain(hf, jf, hosts)  # a put-back by the second host's recovery is run by itself; check again
-    for k in old_keepers:
-        wait_exit(k, 30)  # each old keeper leaves once its orphans are reaped
+    for runner in old_runners:
+        # each old runner leaves once its jobs are reaped
+        wait_for(lambda r=runner: not alive(r), timeout=30, what=f"old runner {runner} gone")
 
     total = range(next_id)
     got = recorded(rec)
@@ -304,14 +300,14 @@ def test_sigkill_rounds_lose_nothing_and_admit_every_duplicate(tmp_path: Path) -
     assert pending_job_lines(jf) == []
     for host in hosts:
         assert host_jobs(jf, host) == []
-        # Only a job whose outcome could not be known (its keeper was killed too) may be in
+        # Only a job whose outcome could not be known (its runner was killed too) may be in
         # .error here, and the .log must say so.
         log = hostfile_path(jf, host, "log").read_text(errors="replace")
         unknown = {ln.split(": ", 1)[1] for ln in log.splitlines() if "outcome UNKNOWN" in ln}
         errors = lines_of(hostfile_path(jf, host, "error"))
         assert set(errors) <= unknown, f"seed {seed}: failed without reason: {set(errors) - unknown}"
         if errors:
-            assert both_rounds > 0, f"seed {seed}: unknown outcomes although no keeper was killed"
+            assert both_rounds > 0, f"seed {seed}: unknown outcomes although no runner was killed"
 
 
 def _log_lines_about(jf: Path, hosts: list[str], ids: dict[int, int]) -> str:
@@ -343,12 +339,15 @@ def test_kill_then_restart_adopts_stops_continues_and_records_exits(tmp_path: Pa
     old = sched_pid(jf, "h1")
     by_id = running_jobs(jf)
     pids = {lines[i]: by_id[f"h1.{i + 1}"] for i in range(3)}
+    runner = runner_of(p.pid)
+    assert runner is not None
     r = run_cmd("pbq", "control", hf, jf, "kill", timeout=40)
     assert r.returncode == 0, r.stdout + r.stderr
-    wait_for(lambda: old is not None and not alive(old), what="scheduler gone")
+    wait_exit(p, 10)  # the process started as pbq-single is the scheduler: it is gone
+    assert old == p.pid
     assert all(alive(pid) for pid in pids.values()), "kill must leave the jobs running"
-    assert p.poll() is None, "the keeper stays while the jobs it keeps run"
-    # Job 1 ends while no scheduler runs: only the keeper sees its exit status.
+    assert alive(runner), "the job runner stays while its jobs run"
+    # Job 1 ends while no scheduler runs: only the runner sees its exit status.
     flags[1].write_text("")
     wait_for(lambda: not alive(pids[lines[1]]), what="job 1 ended")
     p2 = start_scheduler(hf, jf)
@@ -362,7 +361,8 @@ def test_kill_then_restart_adopts_stops_continues_and_records_exits(tmp_path: Pa
     assert r.returncode == 0, r.stdout + r.stderr
     for i in (0, 2):
         wait_for(lambda i=i: proc_state(pids[lines[i]]) == "T", what=f"adopted job {i} stopped")
-    assert sorted(lines_of(hostfile_path(jf, "h1", "stopped"))) == sorted([lines[0], lines[2]])
+    wait_for(lambda: sorted(lines_of(hostfile_path(jf, "h1", "stopped"))) == sorted([lines[0], lines[2]]),
+             what=".stopped lists the two")
     r = run_cmd("pbq", "control", hf, jf, "cont", timeout=40)
     assert r.returncode == 0, r.stdout + r.stderr
     for i in (0, 2):
@@ -379,7 +379,7 @@ def test_kill_then_restart_adopts_stops_continues_and_records_exits(tmp_path: Pa
     assert (st["done"], st["failed"]) == (1, 2)
     r = run_cmd("pbq", "control", hf, jf, "quit", timeout=40)
     assert wait_exit(p2) == 0
-    wait_exit(p, 10)  # the old keeper leaves once its orphans are reaped
+    wait_for(lambda: not alive(runner), timeout=10, what="the old runner leaves once its jobs are reaped")
     assert sorted(lines_of(rec)) == ["start0", "start1", "start2"], "no job ran twice"
 
 
@@ -388,7 +388,7 @@ def test_kill_then_restart_adopts_stops_continues_and_records_exits(tmp_path: Pa
 
 @pytest.mark.parametrize("boot", ["same-boot", "new-boot"])
 def test_simulated_reboot_requeues_gone_jobs_once(tmp_path: Path, boot: str) -> None:
-    """Power loss: scheduler, keeper and jobs all die; on restart the ``.pid`` names a pid
+    """Power loss: scheduler, runner and jobs all die; on restart the ``.pid`` names a pid
     that now belongs to an unrelated process, and a job's pid was reused too."""
     hf = hostfile(tmp_path, "* linux 50 50 0\n")
     config(tmp_path, FAST_CONFIG)
@@ -404,15 +404,17 @@ def test_simulated_reboot_requeues_gone_jobs_once(tmp_path: Path, boot: str) -> 
     jobs = running_jobs(jf)
     sched = sched_pid(jf, "h1")
     # The crash: everything dies at once.
+    runner = runner_of(p.pid)
+    assert sched == p.pid and runner is not None
+    kill_quietly(runner)
     kill_quietly(p.pid)
-    kill_quietly(sched)
     for pid in jobs.values():
         try:
             os.killpg(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
     p.wait(timeout=10)
-    for pid in [sched, *jobs.values()]:
+    for pid in [sched, runner, *jobs.values()]:
         wait_for(lambda pid=pid: not alive(pid), timeout=10, what=f"pid {pid} gone")
     # After the "reboot" the pids are someone else's: unrelated processes that must not
     # be mistaken for the scheduler or for a job (and must not be signalled).

@@ -14,7 +14,7 @@ import pytest
 from pbqtest import hostfile, jobfile, lines_of, proc_state, wait_for
 
 from pbq.config import load_config
-from pbq.scheduler import Scheduler, SchedulerOptions
+from pbq.host.loop import Scheduler, SchedulerOptions
 from pbq.sensors import Sensors
 
 pytestmark = pytest.mark.timeout(60)
@@ -75,7 +75,7 @@ def tick(s: Scheduler, clock: Clock, seconds: float = 1.0) -> None:
 
 
 def states(s: Scheduler) -> dict[int, str]:
-    return {j.seq: j.state.value for j in s.state.jobs}
+    return {j.seq: j.state.value for j in list(s.book)}
 
 
 def finish(s: Scheduler, clock: Clock) -> None:
@@ -93,7 +93,7 @@ def test_foreign_load_stops_newest_first_and_continues_after_settle(tmp_path: Pa
     try:
         tick(s, clock)
         assert states(s) == {1: "running", 2: "running"}
-        pids = {j.seq: j.pid for j in s.state.jobs}
+        pids = {j.seq: j.pid for j in list(s.book)}
         sensors.foreign = 1.0  # load 3.0 > 2 + 0.5: stop one, the newest
         tick(s, clock)
         assert states(s) == {1: "running", 2: "stopped"}
@@ -162,7 +162,7 @@ def test_memfree_starts_nothing_when_low_and_evicts_when_very_low(tmp_path: Path
         sensors.mem = 2 << 30
         tick(s, clock)
         assert states(s) == {1: "running", 2: "running"}
-        victim = next(j.pid for j in s.state.jobs if j.seq == 2)
+        victim = next(j.pid for j in list(s.book) if j.seq == 2)
         sensors.mem = 400 << 20  # below half: kill the newest, put its line back in front
         tick(s, clock)
         wait_for(lambda: proc_state(victim) in (None, "Z"), what="evicted job killed")
@@ -184,7 +184,7 @@ def test_stop_command_stops_everything_and_cont_resumes(tmp_path: Path) -> None:
         assert states(s) == {1: "stopped", 2: "stopped"}
         assert s.status(clock.wall)["state"] == "stopped"
         tick(s, clock, 5)
-        assert len(s.state.jobs) == 2  # nothing starts while stopped
+        assert len(list(s.book)) == 2  # nothing starts while stopped
         s._command("cont", "test")
         tick(s, clock)
         assert states(s) == {1: "running", 2: "running"}

@@ -1,0 +1,97 @@
+"""What the loop asks of whatever runs the jobs: processes here, or a resource manager.
+
+The loop owns the :class:`~pbq.host.jobs.JobBook` and changes states; an executor only acts
+and reports.  ``LocalExecutor`` (``local.py``) runs jobs through the job runner;
+``DrmExecutor`` (``drm.py``) submits them to Slurm, Grid Engine, Torque, HTCondor or LSF.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from .jobs import Job, Outcome
+from .recovery import Probe
+
+
+@dataclass
+class Started:
+    job: Job
+    pid: int | None = None
+    pid_start: float | None = None
+    cluster_id: str | None = None
+    note: str = ""  # for the log line
+    when: float | None = None  # when it started, if not now
+
+
+@dataclass
+class NotStarted:
+    job: Job
+    outcome: Outcome | None  # a failed job (command not found...), or None: try again later
+    message: str
+
+
+@dataclass
+class Ended:
+    job: Job
+    outcome: Outcome
+    when: float
+
+
+EnvFor = Callable[[Job], dict[str, str]]
+
+
+class Executor(Protocol):
+    name: str
+    # Slack between policy and executor: a DRM host counts its own jobs in its limit only.
+    counts_foreign_load: bool
+
+    def fileno(self) -> int | None:
+        """A descriptor that becomes readable when something happened, or None."""
+
+    def has_news(self) -> bool:
+        """Something already read waits for ``events``: do not sleep."""
+
+    def accepting(self, mono: float) -> bool:
+        """False while starts are held back (a DRM that refused a submission)."""
+
+    def start(self, jobs: list[Job], env_for: EnvFor, now: float) -> list[Started | NotStarted]:
+        """Start (or submit) these jobs; one answer each."""
+
+    def events(self, now: float) -> list[Ended]:
+        """Jobs that ended since the last call (cheap: no polling of the machine)."""
+
+    def usage(self) -> list[tuple[Job, float, int]]:
+        """(job, CPU seconds, peak RSS bytes) of jobs that ended, once known."""
+
+    def recorded(self, ended: list[Ended]) -> None:
+        """These ends are on the ledger now: whoever kept them may forget them."""
+
+    def poll(self, live: list[Job], now: float, mono: float) -> list[Ended]:
+        """Once per tick: ends that only polling finds (adopted jobs, cluster jobs)."""
+
+    def stop(self, job: Job) -> str | None:
+        """Stop the job; a note for the log, or None when it could not be stopped."""
+
+    def cont(self, job: Job) -> str | None: ...
+
+    def kill(self, job: Job) -> bool:
+        """End it now, whole (eviction): SIGKILL here, cancel in a DRM."""
+
+    def terminate(self, jobs: list[Job]) -> str:
+        """`term`: SIGTERM (SIGKILL after the grace period, see ``finish_term``), or cancel."""
+
+    def term_finished(self, jobs: list[Job], hard: bool) -> bool:
+        """True when nothing of these jobs runs any more; ``hard``: SIGKILL what is left."""
+
+    def own_cpu_seconds(self, live: list[Job]) -> float:
+        """CPU seconds used so far by the scheduler, its helpers and its jobs (continuous)."""
+
+    def probe(self, jobs: list[Job]) -> dict[int, Probe]:
+        """Before recovery, outside the jobfile lock: what became of each saved job."""
+
+    def adopt(self, jobs: list[Job]) -> None:
+        """Jobs of an earlier run to be watched from now on."""
+
+    def close(self) -> None: ...

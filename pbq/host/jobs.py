@@ -1,0 +1,303 @@
+"""The jobs one host holds, and the only code that changes their state.
+
+Every state that must survive a crash is a state of :class:`JobState` -- no flag on the side
+says "running but terminated".  The edges (each is one method of :class:`JobBook`, which
+refuses any other)::
+
+    (jobfile line) --take--> CLAIMED --start--> STARTING --started--> RUNNING <--stop/cont--> STOPPED
+                                |                  |                     |  \\                  /
+                                |                  |                     |   +-- evict/term --+
+                                |                  |                     v         v
+                                |                  |                EVICTING   TERMINATING --gone--> TERMINATED
+                                |                  |                     |         |                    |
+                                +------------------+---------------------+---------+--------------------+
+                                                   |  put back (front: crash, eviction, term, quit;
+                                                   v            end: a retry)
+                                     REQUEUE_FRONT / REQUEUE_END --committed--> (gone: the line is pending again)
+
+    STARTING/RUNNING/STOPPED --ended--> (gone: joblog/.error written)
+                                    \\-> SETTLING (its retry count is cleared under the next lock) --> (gone)
+
+A put-back carries the operation number under which it is written ahead (``putback_op``);
+until then it is ``None`` and a restart puts the line back itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from ..statefiles import line_to_text, text_to_line
+
+UNKNOWN_EXIT = -1  # joblog Exitval of a job whose outcome cannot be known
+
+
+class JobState(StrEnum):
+    CLAIMED = "claimed"  # taken from the jobfile, not started yet (short jobs are taken ahead)
+    STARTING = "starting"  # being started: if the scheduler dies now, it may have run
+    RUNNING = "running"
+    STOPPED = "stopped"  # stopped by the load policy or by the user (``stopped_by``)
+    EVICTING = "evicting"  # killed to free memory: its line goes back to the front
+    TERMINATING = "terminating"  # `term` signalled it: its line goes back when the host restarts
+    TERMINATED = "terminated"  # ... and its processes are gone
+    SETTLING = "settling"  # outcome on record; its retry count is cleared under the next lock
+    REQUEUE_FRONT = "requeue_front"  # its line is being put back at the front
+    REQUEUE_END = "requeue_end"  # its line is being put back at the end (a retry)
+
+
+LIVE = (JobState.RUNNING, JobState.STOPPED, JobState.EVICTING, JobState.TERMINATING)
+REQUEUE = (JobState.REQUEUE_FRONT, JobState.REQUEUE_END)
+# States whose process may still run (it must be watched, signalled on term, adopted).
+WATCHED = LIVE
+
+
+class IllegalTransition(RuntimeError):
+    """A state change the diagram does not allow: a bug, never a user error."""
+
+
+@dataclass
+class Outcome:
+    exit_code: int  # UNKNOWN_EXIT when unknown
+    signal: int = 0
+    cpu_seconds: float = 0.0
+    maxrss: int = 0
+    note: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0 and self.signal == 0
+
+
+@dataclass
+class Job:
+    seq: int  # per-host sequence number: the job id is HOST.seq
+    line: bytes
+    op: int  # the operation that took it
+    state: JobState = JobState.CLAIMED
+    pid: int | None = None  # session (and process group) id of a local job
+    pid_start: float | None = None  # process start time: pid + start time name the process
+    started: float | None = None  # wall-clock start
+    stopped_by: str | None = None  # "load" or "user" while STOPPED
+    tries: int = 0  # earlier failed attempts of this line
+    cluster_id: str | None = None  # on a DRM host: the resource manager's job id
+    putback_op: int | None = None  # REQUEUE_*: the operation that puts the line back
+    cpu_seconds: float = 0.0  # last CPU sample (not saved)
+
+    def to_json(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"seq": self.seq, "line": line_to_text(self.line), "op": self.op,
+                             "state": self.state.value}
+        for key in ("pid", "pid_start", "started", "stopped_by", "cluster_id", "putback_op"):
+            value = getattr(self, key)
+            if value is not None:
+                d[key] = value
+        if self.tries:
+            d["tries"] = self.tries
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Job:
+        """A saved job; also reads the first release's flags (``evicting``, ``extra``,
+        ``requeue_front``), so a queue can be upgraded while jobs run."""
+        raw_state = str(d.get("state", "starting"))
+        extra = d.get("extra") or {}
+        op = int(d["op"])
+        putback = d.get("putback_op")
+        if raw_state == "requeue":  # first release: one state, the op was the put-back's
+            state = JobState.REQUEUE_FRONT if d.get("requeue_front", True) else JobState.REQUEUE_END
+            putback = op
+        else:
+            state = JobState(raw_state)
+        if isinstance(extra, dict) and state in LIVE + (JobState.STARTING,):
+            if extra.get("terminated"):
+                state = JobState.TERMINATED if extra.get("reaped") else JobState.TERMINATING
+            elif extra.get("done_only"):
+                state = JobState.SETTLING
+        if d.get("evicting") and state in (JobState.RUNNING, JobState.STOPPED):
+            state = JobState.EVICTING
+        return cls(
+            seq=int(d["seq"]),
+            line=text_to_line(str(d["line"])),
+            op=op,
+            state=state,
+            pid=_opt_int(d.get("pid")),
+            pid_start=_opt_float(d.get("pid_start")),
+            started=_opt_float(d.get("started")),
+            stopped_by=d.get("stopped_by"),
+            tries=int(d.get("tries", 0) or 0),
+            cluster_id=None if d.get("cluster_id") is None else str(d["cluster_id"]),
+            putback_op=_opt_int(putback),
+        )
+
+
+def _opt_int(v: object) -> int | None:
+    return None if v is None else int(v)  # type: ignore[call-overload]
+
+
+def _opt_float(v: object) -> float | None:
+    return None if v is None else float(v)  # type: ignore[arg-type]
+
+
+@dataclass
+class Counters:
+    """Numbers a host keeps across restarts."""
+
+    next_seq: int = 1
+    next_op: int = 1
+    done: int = 0
+    failed: int = 0
+
+
+@dataclass
+class JobBook:
+    """The host's jobs.  Every state change goes through one method here, guarded."""
+
+    host: str
+    counters: Counters = field(default_factory=Counters)
+    _jobs: dict[int, Job] = field(default_factory=dict)  # by seq, in the order taken
+    changed: bool = False  # something changed since the ledger last saw the book
+
+    # -- queries --------------------------------------------------------------
+
+    def __iter__(self) -> Iterator[Job]:
+        return iter(list(self._jobs.values()))
+
+    def __len__(self) -> int:
+        return len(self._jobs)
+
+    def get(self, seq: int) -> Job | None:
+        return self._jobs.get(seq)
+
+    def in_state(self, *states: JobState) -> list[Job]:
+        return [j for j in self._jobs.values() if j.state in states]
+
+    def live(self) -> list[Job]:
+        return self.in_state(*LIVE)
+
+    def running_count(self) -> int:
+        """Jobs that use a slot now (being started counts: it will run at once)."""
+        return sum(1 for j in self._jobs.values() if j.state in (JobState.RUNNING, JobState.STARTING))
+
+    def job_id(self, job: Job) -> str:
+        return f"{self.host}.{job.seq}"
+
+    def new_op(self) -> int:
+        op = self.counters.next_op
+        self.counters.next_op += 1
+        return op
+
+    # -- transitions ------------------------------------------------------------
+
+    def _move(self, job: Job, to: JobState, allowed: Iterable[JobState]) -> None:
+        if self._jobs.get(job.seq) is not job or job.state not in allowed:
+            raise IllegalTransition(f"job {self.job_id(job)}: {job.state.value} -> {to.value}")
+        job.state = to
+        self.changed = True
+
+    def claim(self, line: bytes, op: int, tries: int = 0) -> Job:
+        # (jobfile line) -> CLAIMED
+        job = Job(seq=self.counters.next_seq, line=line, op=op, tries=tries)
+        self.counters.next_seq += 1
+        self._jobs[job.seq] = job
+        self.changed = True
+        return job
+
+    def unclaim(self, jobs: Iterable[Job]) -> None:
+        """Undo takes whose commit failed: the lines are still pending."""
+        for job in jobs:
+            self._move(job, job.state, (JobState.CLAIMED,))  # CLAIMED -> (never taken)
+            del self._jobs[job.seq]
+
+    def starting(self, job: Job) -> None:
+        self._move(job, JobState.STARTING, (JobState.CLAIMED,))  # CLAIMED -> STARTING
+
+    def unstart(self, job: Job) -> None:
+        self._move(job, JobState.CLAIMED, (JobState.STARTING,))  # STARTING -> CLAIMED (not on record)
+
+    def started(self, job: Job, now: float, pid: int | None = None, pid_start: float | None = None,
+                cluster_id: str | None = None) -> None:
+        self._move(job, JobState.RUNNING, (JobState.STARTING,))  # STARTING -> RUNNING
+        job.pid, job.pid_start, job.cluster_id, job.started = pid, pid_start, cluster_id, now
+
+    def adopt(self, job: Job, stopped: bool) -> None:
+        """A job of an earlier run whose process (or cluster job) still exists."""
+        to = JobState.STOPPED if stopped else JobState.RUNNING
+        if job.state in (JobState.EVICTING, JobState.TERMINATING):
+            return  # EVICTING/TERMINATING stay: their end decides where the line goes
+        self._move(job, to, (JobState.STARTING, JobState.RUNNING, JobState.STOPPED))
+        if stopped and not job.stopped_by:
+            job.stopped_by = "load"
+        if not stopped:
+            job.stopped_by = None
+
+    def stop(self, job: Job, by: str) -> None:
+        self._move(job, JobState.STOPPED, (JobState.RUNNING,))  # RUNNING -> STOPPED
+        job.stopped_by = by
+
+    def cont(self, job: Job) -> None:
+        self._move(job, JobState.RUNNING, (JobState.STOPPED,))  # STOPPED -> RUNNING
+        job.stopped_by = None
+
+    def release_user_stops(self) -> None:
+        """`cont`: jobs the user stopped are the load policy's to continue now."""
+        for job in self.in_state(JobState.STOPPED):
+            if job.stopped_by == "user":
+                job.stopped_by = "load"
+                self.changed = True
+
+    def evicting(self, job: Job) -> None:
+        self._move(job, JobState.EVICTING, (JobState.RUNNING, JobState.STOPPED))  # -> EVICTING
+
+    def terminating(self, job: Job) -> None:
+        # RUNNING/STOPPED/STARTING -> TERMINATING
+        self._move(job, JobState.TERMINATING, (JobState.RUNNING, JobState.STOPPED, JobState.STARTING))
+
+    def terminated(self, job: Job) -> None:
+        self._move(job, JobState.TERMINATED, (JobState.TERMINATING,))  # TERMINATING -> TERMINATED
+        job.pid = None
+
+    def requeue(self, job: Job, front: bool) -> None:
+        """Its line is to go back into the jobfile (written ahead by the ledger)."""
+        if front:
+            # CLAIMED/STARTING/live/TERMINATED -> REQUEUE_FRONT
+            self._move(job, JobState.REQUEUE_FRONT, (JobState.CLAIMED, JobState.STARTING,
+                                                      JobState.TERMINATED, *LIVE))
+        else:
+            # STARTING/RUNNING/STOPPED -> REQUEUE_END (a retry)
+            self._move(job, JobState.REQUEUE_END, (JobState.STARTING, JobState.RUNNING, JobState.STOPPED))
+        job.putback_op = None
+
+    def settling(self, job: Job) -> None:
+        # ended with a retry count to clear: STARTING/RUNNING/STOPPED -> SETTLING
+        self._move(job, JobState.SETTLING, (JobState.STARTING, JobState.RUNNING, JobState.STOPPED))
+
+    def drop(self, job: Job) -> None:
+        """The job leaves the book: its outcome is written, or its line is pending again."""
+        if self._jobs.get(job.seq) is not job:
+            raise IllegalTransition(f"job {self.job_id(job)} is not in the book")
+        del self._jobs[job.seq]
+        self.changed = True
+
+    # -- persistence (the ledger decides when) ------------------------------------
+
+    def to_json(self) -> dict[str, Any]:
+        c = self.counters
+        return {"next_seq": c.next_seq, "next_op": c.next_op, "done": c.done, "failed": c.failed,
+                "jobs": [j.to_json() for j in self._jobs.values()]}
+
+    @classmethod
+    def from_json(cls, host: str, d: object) -> JobBook:
+        book = cls(host)
+        if not isinstance(d, dict):
+            return book
+        book.counters = Counters(int(d.get("next_seq", 1)), int(d.get("next_op", 1)),
+                                 int(d.get("done", 0)), int(d.get("failed", 0)))
+        for raw in d.get("jobs", []):
+            job = Job.from_json(raw)
+            book._jobs[job.seq] = job
+        return book
+
+    def restore(self, job: Job) -> None:
+        """Put a job read from the ledger into the book (start-up only)."""
+        self._jobs[job.seq] = job

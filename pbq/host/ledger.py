@@ -1,0 +1,247 @@
+"""The host's write-ahead record: what it holds must be on disk before the jobfile gives
+its line away, and a job leaves it only once its outcome is written or its line is back.
+
+``JOBFILE.HOST.state`` is a snapshot of the :class:`JobBook`, replaced whole (temp file +
+rename) at most every ``SNAPSHOT_EVERY`` seconds while jobs churn; in between, the few facts
+that must be on record before the next snapshot (jobs being started, their pids, jobs that
+ended) are appended to ``JOBFILE.HOST.journal``, tagged with the snapshot generation they
+follow.  Outcomes go out in a fixed order -- joblog and ``.error`` first, then put-backs,
+then the state -- so a crash in between repeats a record rather than losing a job.  On a
+full disk the buffers keep what could not be written and the host takes nothing new.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+from ..errors import PbqError
+from ..hostlog import JOBLOG_HEADER
+from ..jobfile import JobQueue, Txn
+from ..statefiles import HostFiles, append_bytes, atomic_write_json, read_json, read_json_lines
+from .jobs import Job, JobBook, JobState
+
+SNAPSHOT_EVERY = 0.5  # seconds between state snapshots while jobs churn (the journal fills in)
+JOURNAL_CUT = 1 << 16  # bytes of obsolete journal records before the file is emptied
+STATE_FORMAT = 2  # 1: the first release (flags in "extra"); 2: every state a JobState
+
+
+class Log(Protocol):
+    def __call__(self, message: str, when: float | None = None) -> None: ...
+    def flush(self) -> None: ...
+
+
+def check_format(obj: object, path: Path, current: int) -> None:
+    """Refuse a record written by a newer, incompatible pbq: a half-upgraded fleet must
+    never rewrite what it does not understand."""
+    if isinstance(obj, dict):
+        fmt = obj.get("format", 1)
+        if isinstance(fmt, int) and fmt > current:
+            raise PbqError(
+                f"written by a newer pbq (format {fmt}, this one reads up to {current}); "
+                "upgrade pbq on this machine",
+                path=str(path),
+            )
+
+
+class Ledger:
+    def __init__(self, files: HostFiles, book: JobBook, log: Log, fsync: bool,
+                 mono: Callable[[], float]) -> None:
+        self.files = files
+        self.book = book
+        self.log = log
+        self.fsync = fsync
+        self.mono = mono
+        self.gen = 0  # snapshot generation: journal records of another generation are obsolete
+        self.ended_seqs: list[int] = []  # dropped since the last snapshot (journaled)
+        self.next_snapshot = -float("inf")
+        self.journal_used = True  # an old journal may exist: its records are of older generations
+        self.journal_bytes = 1 << 20  # so the first snapshot cuts it
+        self.joblog_rows: list[str] = []
+        self.error_lines: list[bytes] = []
+        self.disk_error: str | None = None
+        self._said: set[str] = set()
+
+    # -- start-up -------------------------------------------------------------
+
+    def load(self) -> JobBook:
+        """The book as the last run left it: the snapshot plus the journal after it."""
+        raw = read_json(self.files.state)
+        check_format(raw, self.files.state, STATE_FORMAT)
+        self.book = JobBook.from_json(self.book.host, raw)
+        self.gen = int(raw.get("gen", 0)) if isinstance(raw, dict) else 0
+        self.replay(read_json_lines(self.files.journal))
+        return self.book
+
+    def replay(self, records: list[Any]) -> None:
+        """Apply the journal's records of the snapshot's generation (crash recovery)."""
+        book = self.book
+        for rec in records:
+            if not isinstance(rec, dict) or rec.get("g") != self.gen:
+                continue
+            for seq in rec.get("starting", []):
+                job = book.get(seq)
+                if job is not None and job.state is JobState.CLAIMED:
+                    book.starting(job)
+            for seq, cid, started in rec.get("submitted", []):
+                job = book.get(seq)
+                if job is not None and job.state is JobState.STARTING:
+                    book.started(job, started, cluster_id=cid)
+            for seq, pid, pid_start, started in rec.get("started", []):
+                job = book.get(seq)
+                if job is not None and job.state is JobState.STARTING:
+                    book.started(job, started, pid=pid, pid_start=pid_start)
+            for seq in rec.get("ended", []):
+                job = book.get(seq)
+                if job is not None:
+                    book.drop(job)
+            if "done" in rec:
+                book.counters.done, book.counters.failed = int(rec["done"]), int(rec["failed"])
+
+    # -- snapshot and journal -----------------------------------------------------
+
+    def save(self, fsync: bool = False) -> None:
+        """Write a new snapshot; the journal before it is obsolete."""
+        self.gen += 1
+        doc = {"format": STATE_FORMAT, "host": self.book.host, "gen": self.gen, **self.book.to_json()}
+        try:
+            atomic_write_json(self.files.state, doc, fsync=fsync)
+        except PbqError:
+            self.gen -= 1  # the journal must keep following the snapshot on disk
+            raise
+        self.book.changed = False
+        self.ended_seqs = []
+        self.next_snapshot = self.mono() + SNAPSHOT_EVERY
+        if not self.journal_used:
+            self.journal_bytes = 0
+        elif self.journal_bytes > JOURNAL_CUT:
+            with contextlib.suppress(OSError):
+                os.truncate(self.files.journal, 0)
+            self.journal_used = False
+            self.journal_bytes = 0
+
+    def save_if_changed(self) -> None:
+        """End of a pass: a snapshot at most every SNAPSHOT_EVERY seconds; in between, the
+        jobs that ended go to the journal (a small append instead of a rewrite)."""
+        if not self.book.changed:
+            return
+        try:
+            if self.mono() >= self.next_snapshot:
+                self.save()
+            elif self.ended_seqs:
+                c = self.book.counters
+                self.journal({"ended": self.ended_seqs, "done": c.done, "failed": c.failed})
+                self.ended_seqs = []
+        except PbqError as err:
+            self.disk_problem(err)
+
+    def snapshot_soon(self) -> None:
+        self.next_snapshot = -float("inf")
+
+    def journal(self, rec: dict[str, Any]) -> None:
+        """Put a fact on record before the next snapshot (one small append)."""
+        rec["g"] = self.gen
+        data = json.dumps(rec, separators=(",", ":")).encode() + b"\n"
+        append_bytes(self.files.journal, data)
+        self.journal_used = True
+        self.journal_bytes += len(data)
+
+    def drop(self, job: Job) -> None:
+        self.book.drop(job)
+        self.ended_seqs.append(job.seq)
+
+    # -- outcomes -------------------------------------------------------------------
+
+    def record(self, row: str | None = None, error_line: bytes | None = None) -> None:
+        if row is not None:
+            self.joblog_rows.append(row)
+        if error_line is not None:
+            self.error_lines.append(error_line)
+
+    def pending(self) -> bool:
+        """Outcomes or put-backs not written yet (a full disk): the host must not exit."""
+        return bool(self.joblog_rows or self.error_lines
+                    or self.book.in_state(JobState.REQUEUE_FRONT, JobState.REQUEUE_END, JobState.SETTLING))
+
+    def flush(self, queue: JobQueue, txn: Txn | None = None) -> int:
+        """Write what ended: joblog and .error first, then put-backs.  Returns how many lines
+        went back into the jobfile.  Buffers are cleared only once written."""
+        if self.joblog_rows:
+            rows = "".join(self.joblog_rows).encode("utf-8", "surrogateescape")
+            try:
+                if not self.files.joblog.exists():
+                    rows = JOBLOG_HEADER.encode() + rows
+                append_bytes(self.files.joblog, rows)
+                self.joblog_rows.clear()
+            except PbqError as err:
+                self.disk_problem(err)
+        if self.error_lines:
+            try:
+                append_bytes(self.files.error, b"".join(line + b"\n" for line in self.error_lines))
+                self.error_lines.clear()
+            except PbqError as err:
+                self.disk_problem(err)
+        if not self.book.in_state(JobState.REQUEUE_FRONT, JobState.REQUEUE_END, JobState.SETTLING):
+            return 0
+        try:
+            if txn is not None:
+                return self.put_back(txn)
+            with queue.transaction() as t:
+                return self.put_back(t)
+        except PbqError as err:
+            self.disk_problem(err)  # the jobs stay in the book: retried next pass
+            return 0
+
+    def put_back(self, txn: Txn) -> int:
+        """Under the jobfile lock: lines back into the jobfile, retry counts cleared.
+
+        The put-back is written ahead (state, fsync'ed) under a new operation number, so a
+        crash before the jobfile's commit record redoes it and one after it does not."""
+        front = [j for j in self.book.in_state(JobState.REQUEUE_FRONT) if j.putback_op is None]
+        end = [j for j in self.book.in_state(JobState.REQUEUE_END) if j.putback_op is None]
+        settling = self.book.in_state(JobState.SETTLING)
+        host = self.book.host
+        if front or end:
+            op = self.book.new_op()
+            for job in front + end:
+                job.putback_op = op
+            self.save(fsync=True)
+            self.log.flush()  # the log names every put-back before it commits
+            for job in end:
+                txn.set_retries(job.line, job.tries)
+            if front:
+                txn.prepend([j.line for j in front], host, op)
+            if end:
+                txn.append([j.line for j in end], host, op)
+        for job in settling:
+            txn.set_retries(job.line, 0)
+        for job in front + end + settling:
+            self.drop(job)
+        return len(front) + len(end)
+
+    # -- a full disk ------------------------------------------------------------------
+
+    def disk_problem(self, err: PbqError) -> None:
+        msg = str(err)
+        if msg not in self._said:  # each message once per episode, not every tick
+            self._said.add(msg)
+            self.log(f"ERROR: {msg}; not taking new jobs until it is fixed")
+            sys.stderr.write(f"pbq-single: {msg}\n")
+        self.disk_error = msg
+
+    def retry_disk(self, queue: JobQueue) -> None:
+        try:
+            self.save()
+        except PbqError:
+            return
+        self.flush(queue)
+        if self.joblog_rows or self.error_lines:
+            return
+        self.disk_error = None
+        self._said.clear()
+        self.log("file system writable again: resuming")

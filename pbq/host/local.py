@@ -1,0 +1,478 @@
+"""Jobs as processes on this machine, started by the job runner (``runner.py``).
+
+The scheduler is a child subreaper: if the runner dies, its jobs become the scheduler's
+children, which it notices at once (end of file on the runner's socket, SIGCHLD), reaps
+with their real statuses, and a new runner starts the next jobs.  Jobs of an earlier run of
+this host (adopted after a restart) are nobody's children here: their end is noticed by
+polling, and their exit status is the old runner's record in ``JOBFILE.HOST.exits``.
+
+Every job is a session (and process group) of its own: ``stop``/``cont``/``term`` signal
+the whole group, and ``term`` waits until no process of the job's session is left.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import select
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ..sensors import (
+    Sensors,
+    pids_with_env,
+    process_cmdline,
+    process_environ,
+    process_parent,
+    process_start,
+    process_state,
+    same_process,
+)
+from ..sidefiles import ExitRecord, read_exit_records
+from .executor import Ended, EnvFor, NotStarted, Started
+from .jobs import UNKNOWN_EXIT, Job, JobState, Outcome
+from .ledger import Log
+from .recovery import Probe
+from .runner import Reader, encode
+
+PR_SET_CHILD_SUBREAPER = 36
+ADOPTED_EXIT_WAIT = 5.0  # seconds to wait for the old runner's record of an adopted job's end
+RECORD_WAIT = 2.0  # at start-up, seconds to wait for a live old runner to record an end
+START_REPLY_WAIT = 30.0  # seconds the runner has to answer a start request
+PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent.parent)
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def set_subreaper() -> bool:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return bool(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
+    except (OSError, AttributeError):
+        return False
+
+
+def signal_group(pgid: int, sig: int) -> bool:
+    """Send ``sig`` to a job's whole process group; False if the group is gone."""
+    try:
+        os.killpg(pgid, sig)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False
+
+
+def outcome_of(status: int, cpu: float = 0.0, maxrss: int = 0, note: str = "") -> Outcome:
+    if os.WIFEXITED(status):
+        return Outcome(os.WEXITSTATUS(status), 0, cpu, maxrss, note)
+    if os.WIFSIGNALED(status):
+        return Outcome(UNKNOWN_EXIT, os.WTERMSIG(status), cpu, maxrss, note)
+    return Outcome(UNKNOWN_EXIT, note="unreadable exit status")
+
+
+def _own_cpu(pid: int) -> float:
+    """utime + stime of one process (not of its children)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read()
+        fields = raw[raw.rindex(b")") + 2 :].split()
+        return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+class LocalExecutor:
+    name = "local"
+    counts_foreign_load = True
+
+    def __init__(self, host: str, jobfile: Path, exits: Path, nice: int, output_dir: Path | None,
+                 log: Log, sensors: Sensors, old_runner: int | None = None) -> None:
+        self.host = host
+        self.jobfile = jobfile
+        self.exits = exits
+        self.nice = nice
+        self.output_dir = output_dir
+        self.log = log
+        self.sensors = sensors
+        self.old_runner = old_runner  # the previous run's runner, which may still record ends
+        self.subreaper = False  # set by the loop's run(): tests drive passes in their own process
+        self.runner_pid: int | None = None
+        self.sock: socket.socket | None = None
+        self.reader = Reader()
+        self.inbox: list[tuple[Any, ...]] = []
+        self.by_pid: dict[int, Job] = {}  # jobs whose end the runner will report
+        self.orphans: dict[int, Job] = {}  # jobs of a dead runner: our children now
+        self.adopted: dict[int, Job] = {}  # by seq: jobs of an earlier run, polled
+        self.gone_since: dict[int, float] = {}
+        self.awaiting_usage: dict[int, Job] = {}
+        self.usage_done: list[tuple[Job, float, int]] = []
+        self.unacked: list[int] = []
+        self.finished_cpu = 0.0  # CPU seconds of ended jobs (and dead runners)
+        self.on_runner_started: Callable[[int], None] | None = None  # the loop records its pid
+
+    # -- the runner ---------------------------------------------------------------
+
+    def fileno(self) -> int | None:
+        return self.sock.fileno() if self.sock is not None else None
+
+    def accepting(self, mono: float) -> bool:
+        return True
+
+    def has_news(self) -> bool:
+        return bool(self.inbox)  # read while waiting for a start's answer
+
+    def _start_runner(self) -> None:
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        os.set_inheritable(theirs.fileno(), True)
+        code = (f"#pbq-runner\nimport sys; sys.path.insert(0, {PACKAGE_ROOT!r})\n"
+                "from pbq.host.runner import main; sys.exit(main())")
+        argv = [sys.executable, "-c", code, str(theirs.fileno()), str(self.exits), str(self.nice)]
+        try:
+            self.runner_pid = os.posix_spawn(sys.executable, argv, os.environ, setsid=True,
+                                             file_actions=[(os.POSIX_SPAWN_OPEN, 0, "/dev/null",
+                                                            os.O_RDONLY, 0)])
+        finally:
+            theirs.close()
+        mine.setblocking(False)
+        self.sock = mine
+        self.reader = Reader()
+        if self.on_runner_started is not None:
+            self.on_runner_started(self.runner_pid)
+
+    def _send(self, msg: tuple[Any, ...]) -> bool:
+        if self.sock is None:
+            return False
+        data = encode(msg)
+        self.sock.setblocking(True)
+        try:
+            self.sock.sendall(data)
+            return True
+        except OSError:
+            return False
+        finally:
+            if self.sock is not None:
+                self.sock.setblocking(False)
+
+    def _drain(self) -> bool:
+        """Read what the runner sent; False on end of file (the runner is gone)."""
+        assert self.sock is not None
+        while True:
+            try:
+                data = self.sock.recv(1 << 16)
+            except (BlockingIOError, InterruptedError):
+                return True
+            except OSError:
+                return False
+            if not data:
+                return False
+            self.inbox.extend(self.reader.feed(data))
+
+    def _runner_gone(self) -> None:
+        """The runner died: its jobs are our children now (we are their subreaper)."""
+        if self.sock is not None:
+            with contextlib.suppress(OSError):
+                self.sock.close()
+        self.sock = None
+        pid, self.runner_pid = self.runner_pid, None
+        if pid is not None:
+            with contextlib.suppress(ChildProcessError):
+                _, status, ru = os.wait4(pid, 0)
+                self.finished_cpu += ru.ru_utime + ru.ru_stime
+        self.orphans.update(self.by_pid)
+        if self.by_pid:
+            self.log(f"the job runner (pid {pid}) died: {len(self.by_pid)} job(s) run on, reaped "
+                     "by the scheduler; a new runner starts the next jobs")
+        self.by_pid.clear()
+        self.unacked.clear()  # their records are ours now (the ledger holds them)
+
+    # -- starting -------------------------------------------------------------------
+
+    def start(self, jobs: list[Job], env_for: EnvFor, now: float) -> list[Started | NotStarted]:
+        if self.sock is None:
+            self._start_runner()
+        envs = {}
+        for job in jobs:
+            envs[job.seq] = env_for(job)
+            out = err = None
+            if self.output_dir is not None:
+                jid = envs[job.seq]["PBQ_JOB_ID"]
+                out, err = str(self.output_dir / f"{jid}.out"), str(self.output_dir / f"{jid}.err")
+            from ..cmdline import job_argv
+
+            if not self._send(("start", job.seq, job_argv(job.line), envs[job.seq], out, err)):
+                break
+        return self._start_replies(jobs, envs)
+
+    def _start_replies(self, jobs: list[Job], envs: dict[int, dict[str, str]]) -> list[Started | NotStarted]:
+        """Wait for the runner's answer to each start request (the other messages wait)."""
+        want = {j.seq: j for j in jobs}
+        answers: dict[int, Started | NotStarted] = {}
+        deadline = time.monotonic() + START_REPLY_WAIT
+        alive = True
+        while want.keys() - answers.keys() and alive and time.monotonic() < deadline:
+            assert self.sock is not None
+            with contextlib.suppress(InterruptedError):
+                select.select([self.sock], [], [], max(0.0, deadline - time.monotonic()))
+            alive = self._drain()
+            keep = []
+            for msg in self.inbox:
+                kind, seq = msg[0], msg[1]
+                if kind == "started" and seq in want:
+                    job = want[seq]
+                    self.by_pid[msg[2]] = job
+                    answers[seq] = Started(job, pid=msg[2], pid_start=msg[3], when=msg[4])
+                elif kind == "failed" and seq in want:
+                    answers[seq] = NotStarted(want[seq], Outcome(msg[2], note=msg[3]), msg[3])
+                elif kind == "again" and seq in want:
+                    answers[seq] = NotStarted(want[seq], None, f"cannot start processes ({msg[2]})")
+                else:
+                    keep.append(msg)
+            self.inbox = keep
+        for seq, job in want.items():
+            if seq not in answers:
+                answers[seq] = self._lost_start(job, envs[seq])
+        if not alive:
+            self._runner_gone()
+        return [answers[j.seq] for j in jobs]
+
+    def _lost_start(self, job: Job, env: dict[str, str]) -> Started | NotStarted:
+        """The runner died (or hung) before answering: did the job start?"""
+        found = self.find_job(env["PBQ_JOB_ID"])
+        if found:
+            self.orphans[found[0]] = job
+            return Started(job, pid=found[0], pid_start=process_start(found[0]))
+        return NotStarted(job, None, "the job runner did not answer")
+
+    # -- ends -----------------------------------------------------------------------
+
+    def events(self, now: float) -> list[Ended]:
+        ended: list[Ended] = []
+        if self.sock is not None and not self._drain():
+            self._runner_gone()
+        for msg in self.inbox:
+            if msg[0] == "exited":
+                job = self.by_pid.pop(msg[1], None)
+                if job is not None:
+                    ended.append(Ended(job, outcome_of(msg[2]), msg[3]))
+                    self.awaiting_usage[msg[1]] = job
+                    self.unacked.append(msg[1])
+            elif msg[0] == "usage":
+                job = self.awaiting_usage.pop(msg[1], None)
+                self.finished_cpu += msg[2]
+                if job is not None:
+                    self.usage_done.append((job, msg[2], msg[3]))
+        self.inbox = []
+        ended += self._reap_children(now)
+        return ended
+
+    def _reap_children(self, now: float) -> list[Ended]:
+        """Our own children: a dead runner, its orphaned jobs, and -- as a subreaper --
+        whatever daemons jobs left behind (reaped and forgotten)."""
+        ended: list[Ended] = []
+        known = ([self.runner_pid] if self.runner_pid else []) + list(self.orphans)
+        for pid in known:
+            with contextlib.suppress(ChildProcessError, InterruptedError):
+                got, status, ru = os.wait4(pid, os.WNOHANG)
+                if got:
+                    ended += self._child_ended(got, status, ru, now)
+        while self.subreaper:
+            try:
+                got, status, ru = os.wait4(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            except InterruptedError:
+                continue
+            if got == 0:
+                break
+            ended += self._child_ended(got, status, ru, now)
+        return ended
+
+    def _child_ended(self, pid: int, status: int, ru: Any, now: float) -> list[Ended]:
+        cpu, maxrss = ru.ru_utime + ru.ru_stime, ru.ru_maxrss * 1024
+        if pid == self.runner_pid:
+            self.runner_pid = None  # reaped here; _runner_gone must not wait for it
+            self.finished_cpu += cpu
+            ended = self.events(now) if self.sock is not None else []
+            self._runner_gone()
+            return ended
+        job = self.orphans.pop(pid, None)
+        if job is None:
+            return []  # a daemon some job left behind
+        self.finished_cpu += cpu
+        return [Ended(job, outcome_of(status, cpu, maxrss), now)]
+
+    def usage(self) -> list[tuple[Job, float, int]]:
+        out, self.usage_done = self.usage_done, []
+        return out
+
+    def recorded(self, ended: list[Ended]) -> None:
+        if self.unacked and self.sock is not None:
+            self._send(("ack", self.unacked))
+        self.unacked = []
+
+    def poll(self, live: list[Job], now: float, mono: float) -> list[Ended]:
+        """Adopted jobs are not our children: notice their end by polling, and take their
+        exit status from the old runner's record (``.exits``)."""
+        ended: list[Ended] = []
+        records: dict[tuple[int, float | None], ExitRecord] | None = None
+        for seq, job in list(self.adopted.items()):
+            if self.adopted_alive(job):
+                continue
+            if records is None:
+                records = read_exit_records(self.exits)
+            rec = records.get((job.pid or 0, _round(job.pid_start)))
+            if rec is not None:
+                ended.append(Ended(job, outcome_of(rec.status, rec.cpu, rec.maxrss,
+                                                   "exit status recorded by the job runner"), rec.time))
+            elif mono - self.gone_since.setdefault(seq, mono) >= ADOPTED_EXIT_WAIT:
+                ended.append(Ended(job, Outcome(UNKNOWN_EXIT, note="adopted job ended with no recorded "
+                                                "exit status"), now))
+            else:
+                continue
+            self.finished_cpu += job.cpu_seconds
+            del self.adopted[seq]
+            self.gone_since.pop(seq, None)
+        return ended
+
+    def adopted_alive(self, job: Job) -> bool:
+        return job.pid is not None and same_process(job.pid, job.pid_start)
+
+    # -- signals ----------------------------------------------------------------------
+
+    def _signal(self, job: Job, sig: int) -> bool:
+        if job.pid is None:
+            return False
+        if job.seq in self.adopted and not self.adopted_alive(job):
+            return False  # never signal a pid we did not verify: it may be someone else's now
+        return signal_group(job.pid, sig)
+
+    def stop(self, job: Job) -> str | None:
+        return f"pid {job.pid}" if self._signal(job, signal.SIGSTOP) else None
+
+    def cont(self, job: Job) -> str | None:
+        return f"pid {job.pid}" if self._signal(job, signal.SIGCONT) else None
+
+    def kill(self, job: Job) -> bool:
+        done = self._signal(job, signal.SIGKILL)
+        self._signal(job, signal.SIGCONT)
+        return done
+
+    def terminate(self, jobs: list[Job]) -> str:
+        for job in jobs:
+            self._signal(job, signal.SIGTERM)
+            if job.state is JobState.STOPPED or job.stopped_by:
+                self._signal(job, signal.SIGCONT)  # a stopped process can't act on SIGTERM
+        return f"SIGTERM to {len(jobs)} job(s)"
+
+    def term_finished(self, jobs: list[Job], hard: bool) -> bool:
+        """Done when no process of any job's session is left (a job's leader may die of
+        SIGTERM while what it started ignores it)."""
+        sids = [j.pid for j in jobs if j.pid]
+        members = self.sensors.sessions(sids).members if sids else {}
+        if hard:
+            for sid in members:
+                signal_group(sid, signal.SIGKILL)
+        return not members
+
+    def own_cpu_seconds(self, live: list[Job]) -> float:
+        # Only running jobs use CPU: scan /proc for their sessions only when there are some
+        # (an idle or all-stopped scheduler reads almost nothing).  Stopped jobs keep their
+        # last figure, so the total stays continuous.
+        running = [j.pid for j in live if j.pid and j.state is JobState.RUNNING]
+        if running:
+            sample = self.sensors.sessions(running)
+            for job in live:
+                if job.pid in sample.cpu_by_sid:
+                    job.cpu_seconds = sample.cpu_by_sid[job.pid]
+        t = os.times()
+        runner = _own_cpu(self.runner_pid) if self.runner_pid else 0.0
+        return sum(j.cpu_seconds for j in live) + t.user + t.system + runner + self.finished_cpu
+
+    # -- recovery ------------------------------------------------------------------------
+
+    def old_runner_alive(self) -> bool:
+        pid = self.old_runner
+        return bool(pid and pid > 1 and process_state(pid) not in (None, "Z")
+                    and "pbq" in " ".join(process_cmdline(pid)))
+
+    def probe(self, jobs: list[Job]) -> dict[int, Probe]:
+        """Before the lock: which saved jobs live, and how the gone ones ended.  A job whose
+        end the old runner may still be writing is given ``RECORD_WAIT`` seconds (here, with
+        no lock held)."""
+        records = read_exit_records(self.exits)
+        out: dict[int, Probe] = {}
+        waiting: list[Job] = []
+        for job in jobs:
+            if job.state not in (JobState.STARTING, JobState.RUNNING, JobState.STOPPED,
+                                 JobState.EVICTING, JobState.TERMINATING):
+                continue
+            pid, start = job.pid, job.pid_start
+            if pid is None:
+                found = self.find_job(f"{self.host}.{job.seq}")
+                if not found:
+                    continue
+                pid, start = found[0], process_start(found[0])
+            if same_process(pid, start) or self._ending(pid, start):
+                out[job.seq] = Probe(alive=True, stopped=process_state(pid) == "T", pid=pid, pid_start=start)
+                continue
+            rec = records.get((pid, _round(start)))
+            if rec is None and self.old_runner_alive():
+                waiting.append(job)
+            out[job.seq] = self._probe_gone(rec, pid, start)
+        deadline = time.monotonic() + RECORD_WAIT
+        while waiting and time.monotonic() < deadline and self.old_runner_alive():
+            time.sleep(0.05)
+            records = read_exit_records(self.exits)
+            for job in list(waiting):
+                rec = records.get((job.pid or 0, _round(job.pid_start)))
+                if rec is not None:
+                    out[job.seq] = self._probe_gone(rec, job.pid, job.pid_start)
+                    waiting.remove(job)
+        return out
+
+    def find_job(self, job_id: str) -> list[int]:
+        """Session leaders started as this job of this jobfile (found by their environment)."""
+        out = []
+        for pid in pids_with_env("PBQ_JOB_ID", job_id):
+            with contextlib.suppress(OSError):
+                if os.getsid(pid) == pid and process_environ(pid).get("PBQ_JOBFILE") == str(self.jobfile):
+                    out.append(pid)
+        return out
+
+    @staticmethod
+    def _probe_gone(rec: ExitRecord | None, pid: int | None, start: float | None) -> Probe:
+        if rec is None:
+            return Probe(pid=pid, pid_start=start)
+        return Probe(pid=pid, pid_start=start, ended_at=rec.time,
+                     exit=outcome_of(rec.status, rec.cpu, rec.maxrss, "exit status recorded by the job runner"))
+
+    def _ending(self, pid: int, start: float | None) -> bool:
+        """A zombie the live old runner is about to reap and record: adopt it, and the
+        adoption poll waits for the record."""
+        if process_state(pid) != "Z" or process_start(pid) != start or self.old_runner is None:
+            return False
+        return process_parent(pid) == self.old_runner and self.old_runner_alive()
+
+    def adopt(self, jobs: list[Job]) -> None:
+        for job in jobs:
+            if job.pid is not None:
+                self.adopted[job.seq] = job
+
+    def close(self) -> None:
+        if self.sock is not None:
+            with contextlib.suppress(OSError):
+                self.sock.close()  # the runner exits after its last job (none, normally)
+            self.sock = None
+        if self.runner_pid is not None:
+            # Not waited for: a runner with jobs left (term gave up on a D-state process)
+            # goes on reaping them without us.
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(self.runner_pid, os.WNOHANG)
+
+
+def _round(x: float | None) -> float | None:
+    return None if x is None else round(float(x), 2)

@@ -1,0 +1,295 @@
+"""The job runner: a small process, not the scheduler, that is the parent of the jobs.
+
+The containerd-shim / conmon pattern: ``pbq-single`` (the scheduler) starts one runner in a
+session of its own and talks to it over a socket pair.  The runner starts each job it is
+asked to (``posix_spawn``, a session of its own, nice 19 as a process and as a scheduling
+group), reports the start, and reports each end twice: the exit status as soon as the job is
+a zombie (before it is reaped, so a runner killed right then leaves the zombie to the
+scheduler, a child subreaper, with its status intact), then its resource usage once reaped.
+
+The runner keeps every end until the scheduler acknowledges that its ledger holds it.  When
+the scheduler is gone (end of file on the socket, or a failed send), the runner appends the
+unacknowledged ends to ``JOBFILE.HOST.exits`` (fsync'ed), goes on reaping -- appending each
+end there too -- and exits after its last job; a restarted scheduler adopts the live jobs
+and reads those records.  It never holds a terminal: its session is its own from the start.
+
+Messages are pickled tuples with a 4-byte length (both ends are this package, over an
+anonymous socket pair)::
+
+    scheduler -> runner   ("start", seq, argv, env_overrides, stdout_path, stderr_path)
+                          ("ack", [pid, ...])
+    runner -> scheduler   ("started", seq, pid, process_start_time, time)
+                          ("failed", seq, exit_code, message)     the command cannot run
+                          ("again", seq, message)                 out of processes: retry later
+                          ("exited", pid, wait_status, time)
+                          ("usage", pid, cpu_seconds, maxrss_bytes)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import pickle
+import select
+import signal
+import socket
+import struct
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+HEADER = struct.Struct("!I")
+
+# Signals whose disposition a job must not inherit from Python (SIGPIPE is ignored by
+# Python, which breaks pipelines like `yes | head` in jobs).
+RESET_SIGNALS = [
+    signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM, signal.SIGHUP,
+    signal.SIGUSR1, signal.SIGUSR2, signal.SIGCHLD, signal.SIGQUIT, signal.SIGCONT,
+]
+
+
+class SpawnError(Exception):
+    """A command that could not be started: a failed job, not a scheduler error."""
+
+    def __init__(self, exit_code: int, message: str) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+        self.message = message
+
+
+# -- framing ------------------------------------------------------------------------
+
+
+def encode(msg: tuple[Any, ...]) -> bytes:
+    body = pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL)
+    return HEADER.pack(len(body)) + body
+
+
+class Reader:
+    """Splits what arrives on a stream socket into messages."""
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+
+    def feed(self, data: bytes) -> list[tuple[Any, ...]]:
+        self.buf += data
+        out = []
+        while len(self.buf) >= HEADER.size:
+            (size,) = HEADER.unpack_from(self.buf)
+            if len(self.buf) < HEADER.size + size:
+                break
+            out.append(pickle.loads(bytes(self.buf[HEADER.size : HEADER.size + size])))
+            del self.buf[: HEADER.size + size]
+        return out
+
+
+# -- starting a job -------------------------------------------------------------------
+
+
+def spawn(argv: list[bytes], env: dict[str, str], stdout: str | None, stderr: str | None,
+          nice: int) -> int:
+    """Start ``argv`` in a session of its own; return its pid.
+
+    Raises SpawnError (127 not found, 126 cannot run); OSError EAGAIN/ENOMEM (out of
+    processes or memory) is the machine's problem, not the job's, and is raised as it is.
+    The niceness is set right after ``posix_spawn`` returns, long before the new program can
+    start children of its own (the dynamic loader alone takes far longer).
+    """
+    if not argv:
+        raise SpawnError(127, "empty command")
+    actions: list[tuple[Any, ...]] = [(os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0)]
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+    if stdout is not None:
+        actions.append((os.POSIX_SPAWN_OPEN, 1, stdout, flags, 0o666))
+    if stderr is not None:
+        actions.append((os.POSIX_SPAWN_OPEN, 2, stderr, flags, 0o666))
+    name = argv[0].decode(errors="replace")
+    try:
+        pid = os.posix_spawnp(argv[0], argv, env, file_actions=actions, setsid=True,
+                              setsigdef=RESET_SIGNALS, setsigmask=())
+    except FileNotFoundError:
+        raise SpawnError(127, f"{name}: command not found") from None
+    except PermissionError:
+        raise SpawnError(126, f"{name}: permission denied") from None
+    except ValueError as err:  # NUL byte in the line
+        raise SpawnError(126, f"cannot run: {err}") from None
+    except OSError as err:
+        if err.errno in (errno.EAGAIN, errno.ENOMEM):
+            raise
+        if err.errno == errno.E2BIG:
+            raise SpawnError(126, "cannot run: command line too long for the kernel") from None
+        if err.errno == errno.ENOEXEC:
+            raise SpawnError(126, f"{name}: not an executable") from None
+        raise SpawnError(126, f"cannot run: {err.strerror}") from None
+    if nice:
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, pid, nice)
+        set_autogroup_nice(pid, nice)
+    return pid
+
+
+def set_autogroup_nice(pid: int, nice: int) -> None:
+    """Give a new job's session the jobs' niceness as a scheduling group too.
+
+    With ``kernel.sched_autogroup_enabled`` every session is its own scheduling group and
+    groups share the CPU equally whatever their processes' nice values: a nice-19 job in a
+    session of its own would take as much CPU as another user's nice-0 process.
+    """
+    try:
+        with open(f"/proc/{pid}/autogroup", "w") as f:
+            f.write(str(nice))
+    except OSError:
+        pass
+
+
+def wait_status(si_code: int, si_status: int) -> int:
+    """The raw wait status that ``waitid``'s (code, status) pair stands for."""
+    if si_code == os.CLD_EXITED:
+        return (si_status & 0xFF) << 8
+    if si_code == os.CLD_DUMPED:
+        return si_status | 0x80
+    return si_status
+
+
+# -- the runner ----------------------------------------------------------------------
+
+
+class Runner:
+    def __init__(self, sock: socket.socket, exits: Path, nice: int) -> None:
+        from ..sensors import process_start  # after fork/exec: only the runner pays for it
+
+        self.process_start = process_start
+        self.sock = sock
+        self.exits = exits
+        self.nice = nice
+        self.connected = True
+        self.reader = Reader()
+        self.jobs: dict[int, float | None] = {}  # pid -> start time, of jobs not reaped yet
+        self.unacked: dict[int, dict[str, Any]] = {}  # pid -> exit record not yet on the ledger
+        self.env = dict(os.environ)
+
+    def send(self, msg: tuple[Any, ...]) -> None:
+        if not self.connected:
+            return
+        try:
+            self.sock.sendall(encode(msg))
+        except OSError:
+            self.disconnect()
+
+    def disconnect(self) -> None:
+        """The scheduler is gone: its unacknowledged ends go to ``.exits`` now."""
+        if not self.connected:
+            return
+        self.connected = False
+        with contextlib.suppress(OSError):
+            self.sock.close()
+        self.save(list(self.unacked.values()))
+        self.unacked.clear()
+
+    def save(self, records: list[dict[str, Any]]) -> None:
+        if not records:
+            return
+        from ..sidefiles import ExitRecord, append_exit_records
+
+        recs = [ExitRecord(r["pid"], r["start"], r["status"], r["time"], r["cpu"], r["maxrss"])
+                for r in records]
+        for _ in range(60):  # a full disk: keep trying for a minute, then give up on these
+            try:
+                append_exit_records(self.exits, recs, fsync=True)
+                return
+            except Exception:  # noqa: BLE001 - nothing to report to: the scheduler is gone
+                time.sleep(1.0)
+
+    def handle(self, msg: tuple[Any, ...]) -> None:
+        if msg[0] == "start":
+            _, seq, argv, overrides, out, err = msg
+            env = self.env | overrides
+            try:
+                pid = spawn(argv, env, out, err, self.nice)
+            except SpawnError as e:
+                self.send(("failed", seq, e.exit_code, e.message))
+                return
+            except OSError as e:
+                self.send(("again", seq, e.strerror or str(e)))
+                return
+            now = time.time()
+            start = self.process_start(pid)
+            self.jobs[pid] = start
+            self.send(("started", seq, pid, start, now))
+        elif msg[0] == "ack":
+            for pid in msg[1]:
+                self.unacked.pop(pid, None)
+
+    def reap(self) -> None:
+        """Report each ended job: its status while it is a zombie, then reap it."""
+        while True:
+            try:
+                info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            except ChildProcessError:
+                return
+            except InterruptedError:
+                continue
+            if info is None or info.si_pid == 0:
+                return
+            pid = info.si_pid
+            status = wait_status(info.si_code, info.si_status)
+            now = time.time()
+            self.send(("exited", pid, status, now))
+            try:
+                _, _, ru = os.wait4(pid, 0)
+            except ChildProcessError:
+                continue
+            cpu, maxrss = ru.ru_utime + ru.ru_stime, ru.ru_maxrss * 1024
+            rec = {"pid": pid, "start": self.jobs.pop(pid, None), "status": status, "time": now,
+                   "cpu": cpu, "maxrss": maxrss}
+            if self.connected:
+                self.unacked[pid] = rec
+                self.send(("usage", pid, cpu, maxrss))
+            if not self.connected:
+                self.save([rec])
+
+    def run(self) -> int:
+        wake_r, wake_w = os.pipe()
+        os.set_blocking(wake_r, False)
+        os.set_blocking(wake_w, False)
+        signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+        signal.signal(signal.SIGCHLD, lambda s, f: None)  # a handler, so it reaches the fd
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        while self.connected or self.jobs:
+            fds = [wake_r, self.sock] if self.connected else [wake_r]
+            try:
+                ready, _, _ = select.select(fds, [], [], 1.0)
+            except InterruptedError:
+                ready = []
+            if wake_r in ready:
+                with contextlib.suppress(OSError):
+                    while os.read(wake_r, 4096):
+                        pass
+            if self.connected and self.sock in ready:
+                try:
+                    data = self.sock.recv(1 << 16)
+                except OSError:
+                    data = b""
+                if not data:
+                    self.disconnect()
+                else:
+                    for msg in self.reader.feed(data):
+                        self.handle(msg)
+            self.reap()
+        return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    fd, exits, nice = int(args[0]), Path(args[1]), int(args[2])
+    os.set_inheritable(fd, False)  # jobs must not hold the socket: its end of file is news
+    sock = socket.socket(fileno=fd)
+    sock.setblocking(True)
+    return Runner(sock, exits, nice).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
