@@ -21,14 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import __version__
-from .ops import (
-    JoblogRow,
-    format_duration,
-    host_row,
-    queue_status,
-    read_joblog,
-    status_hosts,
-)
+from .ops import format_duration, host_row, queue_status, status_hosts
+from .sidefiles import JoblogRow, read_joblog
 from .statefiles import HostFiles, hosts_with, read_json_lines
 
 MAX_POINTS = 1200  # samples per series drawn; longer histories are bucketed (max per bucket)

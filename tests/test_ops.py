@@ -38,7 +38,7 @@ from pbqtest import (
 
 from pbq import ops
 from pbq.hostfile import machine_name
-from pbq.scheduler import read_pidfile
+from pbq.sidefiles import read_pidfile
 
 try:
     from tests import sshinfra
@@ -89,7 +89,7 @@ def test_start_on_this_machine_runs_without_remote_shell(tmp_path: Path) -> None
     assert r.returncode == 0, out(r) + err(r)
     m = re.fullmatch(rf"{re.escape(me)}: started \(pid (\d+) on \S+\)\n", out(r))
     assert m, out(r)
-    assert read_pidfile(hostfile_path(jf, me, "pid"))["pid"] == int(m.group(1))
+    assert read_pidfile(hostfile_path(jf, me, "pid")).pid == int(m.group(1))
     assert status(jf, me)["pid"] == int(m.group(1))
     assert hostfile_path(jf, me, "out").exists()
 
@@ -219,7 +219,7 @@ def test_start_two_hosts_through_real_ssh(tmp_path: Path, sshd: sshinfra.SshServ
     assert "resolve" in lines[2] or "known" in lines[2], lines[2]
     for host in (a, b):
         st = status(jf, host)
-        assert st["host"] == host and st["pid"] == read_pidfile(hostfile_path(jf, host, "pid"))["pid"]
+        assert st["host"] == host and st["pid"] == read_pidfile(hostfile_path(jf, host, "pid")).pid
     # Both schedulers take jobs from the one jobfile.
     wait_for(lambda: status(jf, a).get("running", 0) > 0 and status(jf, b).get("running", 0) > 0, 30,
              "both hosts running jobs")
