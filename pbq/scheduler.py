@@ -21,7 +21,6 @@ import math
 import os
 import select
 import signal
-import socket
 import sys
 import time
 from collections import deque
@@ -35,7 +34,7 @@ from .cmdline import job_argv
 from .config import Config
 from .errors import PbqError
 from .hostfile import Host, find_host, load_hostfile
-from .hostlog import JOBLOG_HEADER, HostLog, joblog_row
+from .hostlog import HostLog
 from .jobfile import JobQueue
 from .model import HostState, Job, JobState
 from .policy import Decision, Mode, View, decide, load_limit
@@ -43,13 +42,23 @@ from .proc import Spawner, SpawnError, collect, peek_exit, signal_group
 from .safety import check_input_file, control_file_trusted
 from .sensors import (
     Sensors,
-    boot_id,
     pids_with_env,
     process_cmdline,
     process_parent,
     process_start,
     process_state,
     same_process,
+)
+from .sidefiles import (
+    JOBLOG_HEADER,
+    HostStatus,
+    PidRecord,
+    is_local,
+    joblog_row,
+    looks_like_scheduler,
+    read_pidfile,
+    write_pidfile,
+    write_status,
 )
 from .statefiles import (
     HostFiles,
@@ -94,35 +103,6 @@ class Outcome:
     @property
     def ok(self) -> bool:
         return self.exit_code == 0 and self.signal == 0
-
-
-def read_pidfile(path: Path) -> dict | None:
-    """``.pid``: the pid on the first line (as PBQ), then start time, machine, boot id, keeper pid."""
-    try:
-        lines = path.read_text().split("\n")
-    except (OSError, UnicodeDecodeError):
-        return None
-    try:
-        info: dict = {"pid": int(lines[0])}
-    except (ValueError, IndexError):
-        return None
-    keys = ("start", "machine", "boot", "keeper")
-    for key, value in zip(keys, lines[1:], strict=False):
-        info[key] = value.strip()
-    try:
-        info["start"] = float(info["start"]) if info.get("start") else None
-    except ValueError:
-        info["start"] = None
-    return info
-
-
-def is_local(info: dict) -> bool:
-    return info.get("machine") == socket.gethostname() and info.get("boot") == boot_id()
-
-
-def looks_like_scheduler(pid: int, jobfile: Path) -> bool:
-    cmd = " ".join(process_cmdline(pid))
-    return "pbq" in cmd and jobfile.name in cmd
 
 
 class Scheduler:
@@ -202,7 +182,7 @@ class Scheduler:
         self.started_at = clock()
         self.disk_error: str | None = None
         self.disk_errors_said: set[str] = set()
-        self.old_pidinfo: dict | None = None  # the previous run's .pid, read at start-up
+        self.old_pidinfo: PidRecord | None = None  # the previous run's .pid, read at start-up
         self.input_error: str | None = None  # the jobfile became unsafe (e.g. world-writable)
         self._wake_r = self._wake_w = -1
 
@@ -255,9 +235,9 @@ class Scheduler:
         info = read_pidfile(self.files.pid)
         self.old_pidinfo = info
         if info is not None:
-            pid = info["pid"]
+            pid = info.pid
             if is_local(info):
-                if same_process(pid, info.get("start")) and looks_like_scheduler(pid, self.jobfile):
+                if same_process(pid, info.start) and looks_like_scheduler(pid, self.jobfile):
                     raise PbqError(
                         f"a scheduler for host {self.opts.host} is already running (pid {pid}); "
                         f"stop it first (pbq control ... quit {self.opts.host})",
@@ -271,15 +251,14 @@ class Scheduler:
                 if status.get("state") not in ("exited", "terminated", None) and age < fresh:
                     raise PbqError(
                         f"a scheduler for host {self.opts.host} seems to run on machine "
-                        f"{info.get('machine')} (pid {pid}, heartbeat {age:.0f} s ago); "
+                        f"{info.machine} (pid {pid}, heartbeat {age:.0f} s ago); "
                         "stop it there, or wait until its heartbeat is older than "
                         f"{fresh:.0f} s",
                         path=str(self.files.pid),
                     )
-                self.log(f"found {self.files.pid.name} of machine {info.get('machine')} with an old heartbeat: taking over")
-        me = os.getpid()
-        body = f"{me}\n{process_start(me)}\n{socket.gethostname()}\n{boot_id()}\n{os.getppid()}\n"
-        atomic_write(self.files.pid, body.encode(), fsync=self.cfg.jobfile.fsync)
+                self.log(f"found {self.files.pid.name} of machine {info.machine} with an old heartbeat: taking over")
+        me = PidRecord.current(runner=os.getppid())
+        write_pidfile(self.files.pid, me, fsync=self.cfg.jobfile.fsync)
 
     def _recover(self, txn) -> None:
         """Make the recorded state true again after a crash, a kill or a reboot.
@@ -410,20 +389,14 @@ class Scheduler:
         which is alive and will record its exit status."""
         if job.pid is None or process_state(job.pid) != "Z" or process_start(job.pid) != job.pid_start:
             return False
-        try:
-            keeper = int((self.old_pidinfo or {}).get("keeper") or 0)
-        except ValueError:
-            return False
+        keeper = self.old_pidinfo.runner if self.old_pidinfo else None
         return process_parent(job.pid) == keeper and self._old_keeper_alive()
 
     def _old_keeper_alive(self) -> bool:
         info = self.old_pidinfo
         if not info or not is_local(info):
             return False
-        try:
-            keeper = int(info.get("keeper") or 0)
-        except ValueError:
-            return False
+        keeper = info.runner or 0
         return keeper > 1 and process_state(keeper) not in (None, "Z") and "pbq" in " ".join(process_cmdline(keeper))
 
     # ---------------------------------------------------------------- the loop
@@ -616,7 +589,7 @@ class Scheduler:
         with contextlib.suppress(PbqError):
             self._write_status(self.clock(), state=state)
         info = read_pidfile(self.files.pid)
-        if info is not None and info["pid"] == os.getpid():
+        if info is not None and info.pid == os.getpid():
             unlink_quietly(self.files.pid)
 
     # ---------------------------------------------------------------- reaping
@@ -1327,40 +1300,37 @@ class Scheduler:
                     self._disk_problem(err)
 
     def status(self, now: float, state: str | None = None) -> dict:
+        return self.host_status(now, state).to_json()
+
+    def host_status(self, now: float, state: str | None = None) -> HostStatus:
         stopped = self.state.in_state(JobState.STOPPED)
-        return {
-            "version": 1,
-            "host": self.opts.host,
-            "machine": socket.gethostname(),
-            "boot_id": boot_id(),
-            "pid": os.getpid(),
-            "start": process_start(os.getpid()),
-            "keeper_pid": os.getppid(),
-            "jobfile": str(self.jobfile),
-            "state": state or self.mode.value,
-            "time": now,
-            "interval": self.interval,
-            "load": round(self.foreign + self._running_count(), 3),
-            "foreign": round(self.foreign, 3),
-            "limit": self.limit,
-            "work_time": self.work_time,
-            "active_users": self.active_users,
-            "running": self._running_count(),
-            "stopped": len(stopped),
-            "stopped_by_user": sum(1 for j in stopped if j.stopped_by == "user"),
-            "claimed": len(self.state.in_state(JobState.CLAIMED)),
-            "done": self.state.done,
-            "failed": self.state.failed,
-            "mem_available": self.mem_available,
-            "control_ack": self.control_ack,
-            "error": self.disk_error,
-            "started": self.started_at,
-            "drm": self.drm.name if self.drm is not None else None,
-        }
+        return HostStatus.of_this_process(
+            host=self.opts.host,
+            jobfile=str(self.jobfile),
+            state=state or self.mode.value,
+            time=now,
+            interval=self.interval,
+            load=round(self.foreign + self._running_count(), 3),
+            foreign=round(self.foreign, 3),
+            limit=self.limit,
+            work_time=self.work_time,
+            active_users=self.active_users,
+            running=self._running_count(),
+            stopped=len(stopped),
+            stopped_by_user=sum(1 for j in stopped if j.stopped_by == "user"),
+            claimed=len(self.state.in_state(JobState.CLAIMED)),
+            done=self.state.done,
+            failed=self.state.failed,
+            mem_available=self.mem_available,
+            control_ack=self.control_ack,
+            error=self.disk_error,
+            started=self.started_at,
+            drm=self.drm.name if self.drm is not None else None,
+        )
 
     def _write_status(self, now: float, state: str | None = None) -> None:
         try:
-            atomic_write_json(self.files.status, self.status(now, state))
+            write_status(self.files.status, self.host_status(now, state))
         except PbqError as err:
             self._disk_problem(err)
 
