@@ -309,42 +309,27 @@ class HostStatus:
 
     @classmethod
     def from_json(cls, obj: Mapping[str, Any]) -> HostStatus:
-        """Lenient: a missing or mistyped value reads as unknown (None) or 0."""
-        def count(key: str) -> int:
-            return _int(obj.get(key)) or 0
+        """Lenient: a missing or mistyped value reads as unknown (None), a count as 0."""
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = obj.get(f.name)
+            if f.type == "int":  # counts: a missing one is the default
+                n = _int(raw)
+                values[f.name] = f.default if n is None else n
+            else:
+                values[f.name] = _STATUS_READERS[str(f.type)](raw)
+        values["format"] = _int(obj.get("format")) or 1  # no number at all: format 1
+        return cls(**values)
 
-        work_time = obj.get("work_time")
-        return cls(
-            host=str(obj.get("host") or ""),
-            machine=str(obj.get("machine") or ""),
-            pid=_int(obj.get("pid")),
-            state=_str(obj.get("state")),
-            time=_float(obj.get("time")),
-            boot_id=_str(obj.get("boot_id")),
-            start=_float(obj.get("start")),
-            keeper_pid=_int(obj.get("keeper_pid")),
-            pidns=_str(obj.get("pidns")),
-            jobfile=_str(obj.get("jobfile")),
-            interval=_float(obj.get("interval")),
-            load=_float(obj.get("load")),
-            foreign=_float(obj.get("foreign")),
-            limit=_float(obj.get("limit")),
-            work_time=work_time if isinstance(work_time, bool) else None,
-            active_users=_int(obj.get("active_users")),
-            running=count("running"),
-            stopped=count("stopped"),
-            stopped_by_user=count("stopped_by_user"),
-            claimed=count("claimed"),
-            done=count("done"),
-            failed=count("failed"),
-            mem_available=_int(obj.get("mem_available")),
-            control_ack=_str(obj.get("control_ack")),
-            error=_str(obj.get("error")),
-            started=_float(obj.get("started")),
-            drm=_str(obj.get("drm")),
-            version=_int(obj.get("version")) or 1,
-            format=_int(obj.get("format")) or 1,
-        )
+
+# How HostStatus.from_json reads a value of each field type (annotations are strings here).
+_STATUS_READERS: dict[str, Callable[[object], object]] = {
+    "str": lambda v: "" if v is None else str(v),
+    "str | None": _str,
+    "int | None": _int,
+    "float | None": _float,
+    "bool | None": lambda v: v if isinstance(v, bool) else None,
+}
 
 
 STATUS_KEYS = tuple(f.name for f in fields(HostStatus))
