@@ -1038,7 +1038,7 @@ def profile_child(d: Path, out: Path) -> None:
     import cProfile
 
     from pbq.config import load_config
-    from pbq.scheduler import Scheduler, SchedulerOptions
+    from pbq.host.loop import Scheduler, SchedulerOptions
 
     hf, jf = d / "hostfile", d / "jobfile"
     cfg = load_config(jf, None, flags={("scheduler", "exit_when_empty"): True})

@@ -19,13 +19,22 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import PbqError, UsageError
-from .scheduler import is_local, looks_like_scheduler, read_pidfile
-from .sensors import same_process
-from .statefiles import HostFiles, atomic_write_json, hosts_with, read_json
+from .sidefiles import (
+    HostLiveness,
+    HostStatus,
+    Liveness,
+    PidRecord,
+    heartbeat_age,
+    host_liveness,
+    liveness,
+    read_status,
+)
+from .statefiles import HostFiles, atomic_write_json, hosts_with
 
 SIGNALS = {
     "stop": signal.SIGUSR1,
@@ -51,70 +60,69 @@ def target_hosts(jobfile: Path, hosts: tuple[str, ...] | list[str]) -> list[str]
     return hosts_with(jobfile, "pid")
 
 
-def heartbeat_age(status: dict | None, now: float) -> float | None:
-    if not status or "time" not in status:
-        return None
-    try:
-        return max(0.0, now - float(status["time"]))
-    except (TypeError, ValueError):
-        return None
+# What ``check`` calls a live scheduler in each state its heartbeat reports.
+LIVE_STATE_CONDITIONS = {"stopped": "stopped", "quitting": "quitting", "terminating": "terminating"}
 
 
-def host_condition(jobfile: Path, host: str, now: float | None = None) -> dict:
-    """What ``check`` says about one host, plus the facts behind it."""
-    now = time.time() if now is None else now
-    files = HostFiles(jobfile, host)
-    info = read_pidfile(files.pid)
-    status = read_json(files.status)
-    status = status if isinstance(status, dict) else None
+def describe_condition(
+    host: str, info: PidRecord | None, status: HostStatus | None, verdict: HostLiveness, now: float
+) -> dict:
+    """What ``check`` says about one host, from its records and the liveness verdict."""
     age = heartbeat_age(status, now)
-    interval = float((status or {}).get("interval", 1.0) or 1.0)
-    out = {
+    out: dict = {
         "host": host,
-        "pid": info["pid"] if info else None,
-        "machine": (info or {}).get("machine") or (status or {}).get("machine"),
+        "pid": info.pid if info else None,
+        "machine": (info.machine if info else None) or (status.machine if status else None),
         "heartbeat_age": None if age is None else round(age, 1),
         "state": None,
     }
     if info is None:
         out["condition"] = "not running"
-        out["state"] = (status or {}).get("state")
+        out["state"] = status.state if status else None
         return out
-    if is_local(info) and not same_process(info["pid"], info.get("start")):
-        out["condition"] = "dead"
+    if verdict.state is Liveness.DEAD:
+        final = status is not None and status.final and status.pid == info.pid
+        out["condition"] = status.state if final and status else "dead"
+        out["detail"] = verdict.reason
         return out
-    stale_after = max(3 * interval, 5.0)
-    if age is None or age > stale_after:
+    if verdict.state is Liveness.STALE:
         out["condition"] = "stale"
-        out["detail"] = "no heartbeat yet" if age is None else f"no heartbeat for {age:.0f} s"
+        out["detail"] = verdict.reason
         return out
-    state = (status or {}).get("state", "running")
+    state = (status.state if status and status.pid == info.pid else None) or "running"
     out["state"] = state
-    out["condition"] = {"stopped": "stopped", "quitting": "quitting", "terminating": "terminating"}.get(state, "alive")
+    out["condition"] = LIVE_STATE_CONDITIONS.get(state, "alive")
     return out
 
 
-def _confirmed(command: str, status: dict | None, sent: float, request_id: str | None, pid_gone: bool) -> bool:
+def host_condition(jobfile: Path, host: str, now: float | None = None) -> dict:
+    """What ``check`` says about one host, plus the facts behind it."""
+    now = time.time() if now is None else now
+    info, status, verdict = host_liveness(HostFiles(jobfile, host), now)
+    return describe_condition(host, info, status, verdict, now)
+
+
+def _confirmed(
+    command: str, status: HostStatus | None, sent: float, request_id: str | None, pid_gone: bool
+) -> bool:
     if command in ("term", "kill", "quit") and pid_gone:
         return True
-    if not status:
+    if status is None:
         return False
-    fresh = float(status.get("time", 0) or 0) >= sent - 0.001
-    if request_id is not None and status.get("control_ack") == request_id:
-        fresh = True
-    if not fresh:
-        return False
-    state = status.get("state")
+    acked = request_id is not None and status.control_ack == request_id
+    if not acked and (status.time or 0.0) < sent - 0.001:
+        return False  # written before the request: says nothing about it
+    state = status.state
     if command == "stop":
-        return state == "stopped" and int(status.get("running", 0)) == 0
+        return state == "stopped" and status.running == 0
     if command == "cont":
-        return state in ("running", "quitting") and int(status.get("stopped_by_user", 0)) == 0
+        return state in ("running", "quitting") and status.stopped_by_user == 0
     if command == "quit":
         return state in ("quitting", "exited")
     if command == "term":
         return state == "terminated"
     if command == "kill":
-        return request_id is not None and status.get("control_ack") == request_id
+        return acked
     return False
 
 
@@ -128,33 +136,37 @@ def send_command(
     if command not in SIGNALS:
         raise UsageError(f"unknown control command {command!r}")
     sig = SIGNALS[command]
-    pending: dict[str, tuple[float, str | None, dict]] = {}
+    pending: dict[str, tuple[float, str | None, PidRecord]] = {}
     reports: dict[str, HostReport] = {}
     for host in hosts:
         files = HostFiles(jobfile, host)
-        info = read_pidfile(files.pid)
+        sent = time.time()
+        info, _status, verdict = host_liveness(files, sent)
         if info is None:
             reports[host] = HostReport(host, False, "not running (no .pid file)")
             continue
-        pid = info["pid"]
-        sent = time.time()
+        pid = info.pid
         request_id = None
-        if is_local(info):
-            if not same_process(pid, info.get("start")) or not looks_like_scheduler(pid, jobfile):
-                reports[host] = HostReport(host, False, f"dead (pid {pid} is gone or is not its scheduler); see `pbq control ... recover {host}`")
-                continue
+        if verdict.state is Liveness.DEAD:
+            why = f"dead ({verdict.reason}); see `pbq control ... recover {host}`"
+            reports[host] = HostReport(host, False, why)
+            continue
+        if verdict.exact:
             os.kill(pid, sig)
         elif rsh:
-            machine = info.get("machine") or host
+            machine = info.machine or host
             argv = [*shlex.split(rsh), machine, "kill", f"-{sig.name[3:]}", str(pid)]
             try:
-                r = subprocess.run(argv, capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL)
+                r = subprocess.run(
+                    argv, capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL
+                )
             except (OSError, subprocess.TimeoutExpired) as err:
                 reports[host] = HostReport(host, False, f"remote shell failed: {err}")
                 continue
             if r.returncode != 0:
                 msg = (r.stderr or r.stdout).decode(errors="replace").strip()
-                reports[host] = HostReport(host, False, f"remote shell failed: {msg or r.returncode}")
+                why = f"remote shell failed: {msg or r.returncode}"
+                reports[host] = HostReport(host, False, why)
                 continue
         else:
             request_id = secrets.token_hex(8)
@@ -173,10 +185,9 @@ def send_command(
     deadline = time.time() + timeout
     while pending:
         for host, (sent, request_id, info) in list(pending.items()):
-            files = HostFiles(jobfile, host)
-            status = read_json(files.status)
-            status = status if isinstance(status, dict) else None
-            gone = is_local(info) and not same_process(info["pid"], info.get("start"))
+            status = read_status(HostFiles(jobfile, host).status)
+            verdict = liveness(info, status, time.time(), jobfile)
+            gone = verdict.exact and verdict.state is Liveness.DEAD
             if _confirmed(command, status, sent, request_id, gone):
                 reports[host] = HostReport(host, True, _describe_done(command, status, gone))
                 del pending[host]
@@ -188,14 +199,16 @@ def send_command(
     return [reports[h] for h in hosts]
 
 
-def _describe_done(command: str, status: dict | None, gone: bool) -> str:
-    s = status or {}
+def _describe_done(command: str, status: HostStatus | None, gone: bool) -> str:
+    running = status.running if status else 0
+    stopped = status.stopped if status else 0
     if command == "stop":
-        return f"stopped ({s.get('stopped', 0)} jobs stopped)"
+        return f"stopped ({stopped} jobs stopped)"
     if command == "cont":
-        return f"running ({s.get('running', 0)} running, {s.get('stopped', 0)} stopped by load)"
+        return f"running ({running} running, {stopped} stopped by load)"
     if command == "quit":
-        return "exited" if gone or s.get("state") == "exited" else f"quitting ({s.get('running', 0)} running)"
+        exited = gone or (status is not None and status.state == "exited")
+        return "exited" if exited else f"quitting ({running} running)"
     if command == "term":
         return "terminated" if gone else "terminating"
     return "killed (jobs keep running)"
@@ -205,36 +218,36 @@ def load_table(jobfile: Path, hosts: list[str], now: float | None = None) -> lis
     now = time.time() if now is None else now
     rows = []
     for host in hosts:
-        status = read_json(HostFiles(jobfile, host).status)
-        status = status if isinstance(status, dict) else {}
+        status = read_status(HostFiles(jobfile, host).status)
         age = heartbeat_age(status, now)
-        rows.append(
-            {
-                "host": host,
-                "state": status.get("state"),
-                "load": status.get("load"),
-                "foreign": status.get("foreign"),
-                "limit": status.get("limit"),
-                "running": status.get("running"),
-                "stopped": status.get("stopped"),
-                "active_users": status.get("active_users"),
-                "heartbeat_age": None if age is None else round(age, 1),
-            }
-        )
+        row: dict = {"host": host, "heartbeat_age": None if age is None else round(age, 1)}
+        for key in ("state", "load", "foreign", "limit", "running", "stopped", "active_users"):
+            row[key] = getattr(status, key) if status else None
+        rows.append(row)
     return rows
 
 
-def format_table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
-    def cell(v: object) -> str:
-        if v is None:
-            return "-"
-        if isinstance(v, float):
-            return f"{v:.2f}"
-        return str(v)
+def table(rows: Iterable[Sequence[str]]) -> str:
+    """Rows of cells as text columns, two spaces apart."""
+    rows = list(rows)
+    if not rows:
+        return ""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows)
+    return "\n".join(line.rstrip() for line in lines)
 
-    table = [[title for _, title in columns]] + [[cell(r.get(k)) for k, _ in columns] for r in rows]
-    widths = [max(len(row[i]) for row in table) for i in range(len(columns))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in table)
+
+def cell(v: object) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.2f}"
+    return str(v)
+
+
+def format_table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
+    header = [title for _, title in columns]
+    return table([header] + [[cell(r.get(k)) for k, _ in columns] for r in rows])
 
 
 def dumps(obj: object) -> str:

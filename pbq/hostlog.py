@@ -1,4 +1,5 @@
-"""The human-readable ``.log`` (rotated by size) and the GNU Parallel ``.joblog``."""
+"""The human-readable ``.log``, rotated by size.  (Record formats, the joblog among them,
+are in ``pbq.sidefiles``.)"""
 
 from __future__ import annotations
 
@@ -7,9 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from .statefiles import append_bytes, line_to_text
-
-JOBLOG_HEADER = "Seq\tHost\tStarttime\tJobRuntime\tSend\tReceive\tExitval\tSignal\tCommand\n"
+from .statefiles import append_bytes
 
 
 class HostLog:
@@ -20,7 +19,9 @@ class HostLog:
     message goes to standard error instead: the scheduler keeps working.
     """
 
-    def __init__(self, path: Path, max_bytes: int = 10 << 20, backups: int = 3, echo: bool = False) -> None:
+    def __init__(
+        self, path: Path, max_bytes: int = 10 << 20, backups: int = 3, echo: bool = False
+    ) -> None:
         self.path = path
         self.max_bytes = max_bytes
         self.backups = backups
@@ -70,15 +71,3 @@ class HostLog:
             pass
         self._size = 0
 
-
-def joblog_row(
-    seq: int,
-    host: str,
-    start: float,
-    runtime: float,
-    exitval: int,
-    signal: int,
-    command: bytes,
-) -> str:
-    cmd = line_to_text(command).replace("\t", " ").replace("\n", " ")
-    return f"{seq}\t{host}\t{start:.3f}\t{runtime:.3f}\t0\t0\t{exitval}\t{signal}\t{cmd}\n"

@@ -27,16 +27,24 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .control import heartbeat_age, host_condition
+from .control import cell, describe_condition, host_condition, table
 from .errors import PbqError
 from .hostfile import WILDCARD, find_host, load_hostfile, machine_name
 from .jobfile import JobQueue, is_job_line
-from .scheduler import read_pidfile
-from .statefiles import HostFiles, hosts_with, read_json
+from .sidefiles import (
+    HostStatus,
+    first_joblog_start,
+    heartbeat_age,
+    host_liveness,
+    read_pidfile,
+    read_status,
+    recent_joblog_rows,
+)
+from .statefiles import HostFiles, hosts_with
 
 RATE_WINDOW = 300.0  # seconds of finished jobs that the jobs/min figure looks at
 LIVE_CONDITIONS = ("alive", "stopped", "quitting", "terminating")
@@ -117,10 +125,14 @@ def scheduler_command(remote_command: str | None = None) -> list[str]:
     for path in candidates:
         if path.is_file():
             return [sys.executable, str(path.absolute())]
-    raise PbqError("cannot find pbq-single beside pbq or on $PATH; say how to run it with --remote-command")
+    raise PbqError(
+        "cannot find pbq-single beside pbq or on $PATH; say how to run it with --remote-command"
+    )
 
 
-def scheduler_argv(command: Sequence[str], host: str, hostfile: Path, jobfile: Path, options: Sequence[str]) -> list[str]:
+def scheduler_argv(
+    command: Sequence[str], host: str, hostfile: Path, jobfile: Path, options: Sequence[str]
+) -> list[str]:
     return [*command, "--host", host, *options, str(hostfile), str(jobfile)]
 
 
@@ -152,10 +164,9 @@ def _read_from(path: Path, offset: int) -> str:
         return ""
 
 
-def _identity(status: object) -> tuple | None:
-    if not isinstance(status, dict):
-        return None
-    return (status.get("pid"), status.get("start"), status.get("machine"))
+def _identity(status: HostStatus | None) -> tuple | None:
+    """Which scheduler run wrote a heartbeat."""
+    return None if status is None else (status.pid, status.start, status.machine)
 
 
 _REFUSED = ("is already running", "seems to run on machine")
@@ -181,25 +192,25 @@ def out_verdict(text: str) -> tuple[str, str] | None:
     return None
 
 
-def _heartbeat(files: HostFiles, before: tuple | None) -> dict | None:
+def _heartbeat(files: HostFiles, before: tuple | None) -> HostStatus | None:
     """The new scheduler's status once it has written one, else None."""
-    status = read_json(files.status)
-    if not isinstance(status, dict) or _identity(status) == before or "pid" not in status:
+    status = read_status(files.status)
+    if status is None or _identity(status) == before or status.pid is None:
         return None
     info = read_pidfile(files.pid)
-    if info is not None and info["pid"] == status.get("pid"):
+    if info is not None and info.pid == status.pid:
         return status
-    if status.get("state") in ("exited", "terminated"):
+    if status.final:
         return status  # started and already finished (e.g. --exit-when-empty on an empty queue)
     return None
 
 
-def _describe_started(status: dict) -> str:
-    where = f"pid {status.get('pid')}"
-    if status.get("machine"):
-        where += f" on {status['machine']}"
-    if status.get("state") in ("exited", "terminated"):
-        where += f", already {status['state']}: {status.get('done', 0)} done, {status.get('failed', 0)} failed"
+def _describe_started(status: HostStatus) -> str:
+    where = f"pid {status.pid}"
+    if status.machine:
+        where += f" on {status.machine}"
+    if status.final:
+        where += f", already {status.state}: {status.done} done, {status.failed} failed"
     return where
 
 
@@ -234,17 +245,20 @@ def start_hosts(
         files = HostFiles(jobfile, host)
         cond = host_condition(jobfile, host)
         if cond["condition"] in LIVE_CONDITIONS:
-            detail = f"pid {cond['pid']}" + (f" on {cond['machine']}" if cond.get("machine") else "")
+            detail = f"pid {cond['pid']}"
+            if cond.get("machine"):
+                detail += f" on {cond['machine']}"
             if cond["condition"] != "alive":
                 detail += f", {cond['condition']}"
             results[host] = StartResult(host, "already running", detail)
             continue
-        launch = _Launch(host, files, _identity(read_json(files.status)), _size(files.out))
+        launch = _Launch(host, files, _identity(read_status(files.status)), _size(files.out))
         argv = scheduler_argv(command, host, hostfile, jobfile, options)
         try:
             if is_this_machine(host):
                 launch.local = True
-                fd = os.open(files.out, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o666)
+                flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+                fd = os.open(files.out, flags, 0o666)
                 try:
                     launch.proc = subprocess.Popen(
                         argv, cwd=jobfile.parent, stdin=subprocess.DEVNULL, stdout=fd,
@@ -329,90 +343,16 @@ def _poll_launch(la: _Launch) -> StartResult | None:
     if verdict is not None:
         return StartResult(la.host, verdict[0], verdict[1])
     said = _last_line(_read_from(la.files.out, la.out_offset))
-    return StartResult(la.host, "failed", f"pbq-single exited with status {proc.returncode}" + (f": {said}" if said else ""))
-
-
-# ------------------------------------------------------------------ joblogs
-
-
-@dataclass(frozen=True)
-class JoblogRow:
-    seq: int
-    host: str
-    start: float
-    runtime: float
-    exitval: int
-    signal: int
-    command: str
-
-    @property
-    def end(self) -> float:
-        return self.start + self.runtime
-
-    @property
-    def failed(self) -> bool:
-        return self.exitval != 0 or self.signal != 0
-
-
-def parse_joblog_line(line: str) -> JoblogRow | None:
-    parts = line.rstrip("\r\n").split("\t", 8)
-    if len(parts) < 9 or parts[0] == "Seq":
-        return None
-    try:
-        return JoblogRow(int(parts[0]), parts[1], float(parts[2]), float(parts[3]), int(parts[6]), int(parts[7]), parts[8])
-    except ValueError:
-        return None
-
-
-def read_joblog(path: Path) -> list[JoblogRow]:
-    try:
-        data = path.read_bytes()
-    except OSError:
-        return []
-    rows = (parse_joblog_line(ln) for ln in data.decode("utf-8", "replace").split("\n"))
-    return [r for r in rows if r is not None]
-
-
-def recent_joblog_rows(path: Path, since: float) -> list[JoblogRow]:
-    """Rows of ``path`` that ended at or after ``since``, reading only as much of the file's
-    end as needed (rows are appended as jobs end)."""
-    try:
-        f = open(path, "rb")  # noqa: SIM115 - closed below
-    except OSError:
-        return []
-    with f:
-        size = os.fstat(f.fileno()).st_size
-        chunk = 64 << 10
-        while True:
-            start = max(0, size - chunk)
-            f.seek(start)
-            data = f.read(size - start)
-            lines = data.decode("utf-8", "replace").split("\n")
-            if start > 0:
-                lines = lines[1:]  # probably cut
-            rows = [r for r in map(parse_joblog_line, lines) if r is not None]
-            if start == 0 or (rows and rows[0].end < since - 60):
-                return [r for r in rows if r.end >= since]
-            chunk *= 4
-
-
-def first_joblog_start(path: Path) -> float | None:
-    try:
-        with open(path, "rb") as f:
-            head = f.read(8192).decode("utf-8", "replace").split("\n")
-    except OSError:
-        return None
-    for ln in head[:-1] if len(head) > 1 else head:
-        row = parse_joblog_line(ln)
-        if row is not None:
-            return row.start
-    return None
+    why = f"pbq-single exited with status {proc.returncode}" + (f": {said}" if said else "")
+    return StartResult(la.host, "failed", why)
 
 
 # ------------------------------------------------------------------ status
 
 
-def count_pending(jobfile: Path, lock: str = "flock", stale_lock_after: float = 30.0, lock_timeout: float = 1.0) -> tuple[int, bool]:
+def count_pending(
+    jobfile: Path, lock: str = "flock", stale_lock_after: float = 30.0, lock_timeout: float = 1.0
+) -> tuple[int, bool]:
     """Job lines left in the jobfile, and whether the count was made under the lock.
 
     Takes the schedulers' lock briefly; when that is impossible (busy, read-only, a
@@ -430,36 +370,36 @@ def count_pending(jobfile: Path, lock: str = "flock", stale_lock_after: float = 
 def status_hosts(jobfile: Path, hostfile: Path | None) -> list[str]:
     """Hosts named in the hostfile, then any other host with files beside the jobfile."""
     names = hostfile_hosts(hostfile) if hostfile is not None else []
-    extra = set(hosts_with(jobfile, "status")) | set(hosts_with(jobfile, "pid")) | set(hosts_with(jobfile, "joblog"))
+    extra = {h for ext in ("status", "pid", "joblog") for h in hosts_with(jobfile, ext)}
     return names + sorted(extra - set(names))
 
 
+# Columns of a host's row in `pbq status` taken from its heartbeat as they are.
+STATUS_ROW_KEYS = (
+    "load", "foreign", "limit", "running", "stopped", "done", "failed", "active_users", "error"
+)
+
+
 def host_row(jobfile: Path, host: str, now: float) -> dict:
-    files = HostFiles(jobfile, host)
-    cond = host_condition(jobfile, host, now)
-    status = read_json(files.status)
-    status = status if isinstance(status, dict) else {}
+    info, status, verdict = host_liveness(HostFiles(jobfile, host), now)
+    cond = describe_condition(host, info, status, verdict, now)
     condition = cond["condition"]
     if condition == "not running":
-        last = status.get("state")
-        condition = last if last in ("exited", "terminated") else ("not started" if not status else "not running")
+        if status is None:
+            condition = "not started"
+        elif status.final:
+            condition = str(status.state)
     age = heartbeat_age(status, now)
-    return {
+    row = {
         "host": host,
         "state": condition,
-        "pid": cond.get("pid") or status.get("pid"),
+        "pid": cond.get("pid") or (status.pid if status else None),
         "machine": cond.get("machine"),
-        "load": status.get("load"),
-        "foreign": status.get("foreign"),
-        "limit": status.get("limit"),
-        "running": status.get("running"),
-        "stopped": status.get("stopped"),
-        "done": status.get("done"),
-        "failed": status.get("failed"),
-        "active_users": status.get("active_users"),
-        "error": status.get("error"),
-        "heartbeat_age": None if age is None else round(age, 1),
     }
+    for key in STATUS_ROW_KEYS:
+        row[key] = getattr(status, key) if status else None
+    row["heartbeat_age"] = None if age is None else round(age, 1)
+    return row
 
 
 def _num(v: object) -> int:
@@ -577,26 +517,10 @@ def progress_bar(done: int, failed: int, total: int, width: int = 50) -> str:
     return "[" + "#" * n_done + "!" * n_failed + "." * (width - n_done - n_failed) + "]"
 
 
-def _cell(v: object) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        return f"{v:.2f}"
-    return str(v)
-
-
-def table(rows: Iterable[Sequence[str]]) -> str:
-    rows = list(rows)
-    if not rows:
-        return ""
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
-
-
 HOST_COLUMNS = (
-    ("host", "HOST"), ("state", "STATE"), ("load", "LOAD"), ("foreign", "FOREIGN"), ("limit", "LIMIT"),
-    ("running", "RUNNING"), ("stopped", "STOPPED"), ("done", "DONE"), ("failed", "FAILED"),
-    ("heartbeat_age", "HEARTBEAT"),
+    ("host", "HOST"), ("state", "STATE"), ("load", "LOAD"), ("foreign", "FOREIGN"),
+    ("limit", "LIMIT"), ("running", "RUNNING"), ("stopped", "STOPPED"), ("done", "DONE"),
+    ("failed", "FAILED"), ("heartbeat_age", "HEARTBEAT"),
 )
 
 
@@ -625,11 +549,12 @@ def format_status(st: dict, bar_width: int = 50) -> str:
     lines.append("")
     body = [[title for _, title in HOST_COLUMNS]]
     for r in st["hosts"]:
-        cells = [_cell(r.get(k)) for k, _ in HOST_COLUMNS[:-1]]
+        cells = [cell(r.get(k)) for k, _ in HOST_COLUMNS[:-1]]
         age = r.get("heartbeat_age")
         cells.append("-" if age is None else format_duration(age))
         body.append(cells)
-    lines.append(table(body) if st["hosts"] else "(no scheduler has written any file for this jobfile yet)")
+    nothing = "(no scheduler has written any file for this jobfile yet)"
+    lines.append(table(body) if st["hosts"] else nothing)
     for r in st["hosts"]:
         if r.get("error"):
             lines.append(f"{r['host']}: ERROR: {r['error']}")

@@ -7,6 +7,7 @@ about to go back is put on record first, and the jobfile's commit record
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import time
@@ -14,17 +15,16 @@ from pathlib import Path
 
 from .config import Config
 from .errors import PbqError
-from .jobfile import JobQueue
-from .model import HostState, JobState
-from .scheduler import is_local, read_pidfile
-from .sensors import same_process
+from .host.jobs import JobBook, JobState
+from .host.ledger import Ledger
+from .hostlog import HostLog
+from .jobfile import JobQueue, Txn
+from .sidefiles import Liveness, host_liveness
 from .statefiles import (
     HostFiles,
     atomic_write,
-    atomic_write_json,
     hosts_with,
     read_json,
-    read_json_lines,
     unlink_quietly,
 )
 
@@ -39,70 +39,79 @@ def _queue(jobfile: Path, cfg: Config) -> JobQueue:
     )
 
 
-def recover_hosts(jobfile: Path, hosts: list[str], cfg: Config, stale_after: float = 600.0) -> list[str]:
-    """Requeue the running and stopped jobs of hosts whose scheduler is dead."""
+RECOVER_STALE_AFTER = 600.0  # seconds of silence before recover takes a remote host's jobs
+
+
+def recover_hosts(
+    jobfile: Path, hosts: list[str], cfg: Config, stale_after: float = RECOVER_STALE_AFTER
+) -> list[str]:
+    """Requeue the running and stopped jobs of hosts whose scheduler is dead.
+
+    A scheduler elsewhere counts as dead once its heartbeat is ``stale_after`` seconds old
+    (or it said it exited); one on this machine only once its process is gone.
+    """
     out = []
     queue = _queue(jobfile, cfg)
     for host in hosts:
         files = HostFiles(jobfile, host)
-        info = read_pidfile(files.pid)
-        status = read_json(files.status)
-        status = status if isinstance(status, dict) else {}
-        if info is not None:
-            if is_local(info):
-                if same_process(info["pid"], info.get("start")):
-                    raise PbqError(f"host {host}: its scheduler (pid {info['pid']}) is alive; stop it first (quit or term)")
+        _info, _status, verdict = host_liveness(files, time.time(), threshold=stale_after)
+        if verdict.state is Liveness.ALIVE:
+            if verdict.exact:
+                why = f"its scheduler ({verdict.reason}) is alive; stop it first (quit or term)"
             else:
-                age = time.time() - float(status.get("time", 0) or 0)
-                if status.get("state") not in ("exited", "terminated") and age < stale_after:
-                    raise PbqError(
-                        f"host {host}: its heartbeat is only {age:.0f} s old (machine "
-                        f"{info.get('machine')}); refusing while it may be alive "
-                        f"(--stale-after {stale_after:g})"
-                    )
+                why = (
+                    f"its scheduler may be alive ({verdict.reason}); refusing while it may be "
+                    f"alive (--stale-after {stale_after:g})"
+                )
+            raise PbqError(f"host {host}: {why}")
         with queue.transaction() as txn:
             raw = read_json(files.state)
             if raw is None and not files.state.exists():
                 # No state file (an old PBQ-style host): trust .running/.stopped.
                 lines = []
                 for ext in ("running", "stopped"):
-                    try:
-                        lines += [ln for ln in files.path(ext).read_bytes().split(b"\n") if ln.strip()]
-                    except OSError:
-                        pass
+                    with contextlib.suppress(OSError):
+                        data = files.path(ext).read_bytes()
+                        lines += [ln for ln in data.split(b"\n") if ln.strip()]
                 if lines:
-                    txn.prepend(lines, f"recover:{host}", txn.state.ops.get(f"recover:{host}", 0) + 1)
+                    key = f"recover:{host}"
+                    txn.prepend(lines, key, txn.state.ops.get(key, 0) + 1)
                 for ext in ("running", "stopped"):
                     if files.path(ext).exists():
                         atomic_write(files.path(ext), b"")
                 out.append(f"{host}: put {len(lines)} job(s) back at the front of the jobfile")
                 unlink_quietly(files.pid)
                 continue
-            state = HostState.from_json(host, raw)
-            state.apply_journal(read_json_lines(files.journal))  # what ended after the snapshot
-            state.gen += 1  # the snapshots written below supersede that journal
-            committed = txn.state.ops.get(host, 0)
-            back = [
-                j
-                for j in state.jobs
-                if (j.state in (JobState.RUNNING, JobState.STOPPED) or (j.state in (JobState.STARTING, JobState.CLAIMED) and j.op <= committed))
-                or (j.state is JobState.REQUEUE and j.op > committed)
-            ]
-            if back:
-                op = max(state.next_op, committed + 1)
-                state.next_op = op + 1
-                for job in back:
-                    job.state, job.op = JobState.REQUEUE, op
-                atomic_write_json(files.state, state.to_json(), fsync=cfg.jobfile.fsync)
-                txn.prepend([j.line for j in back], host, op)
-            ids = {id(j) for j in back}
-            state.jobs = [j for j in state.jobs if id(j) not in ids and j.state is not JobState.REQUEUE]
-            atomic_write_json(files.state, state.to_json(), fsync=cfg.jobfile.fsync)
+            count = _put_back_host(files, txn, cfg)
             for ext in ("running", "stopped"):
                 atomic_write(files.path(ext), b"")
             unlink_quietly(files.pid)
-        out.append(f"{host}: put {len(back)} job(s) back at the front of the jobfile")
+        out.append(f"{host}: put {count} job(s) back at the front of the jobfile")
     return out
+
+
+def _put_back_host(files: HostFiles, txn: Txn, cfg: Config) -> int:
+    """Every job the dead host held goes back to the front, exactly once (its ledger's
+    put-back, under the lock the caller holds)."""
+    log = HostLog(files.log, cfg.log.max_bytes, cfg.log.backups)
+    ledger = Ledger(files, JobBook(files.host), log, cfg.jobfile.fsync, time.monotonic)
+    book = ledger.load()
+    committed = txn.state.ops.get(files.host, 0)
+    for job in book:
+        if job.state in (JobState.REQUEUE_FRONT, JobState.REQUEUE_END):
+            if job.putback_op is not None and job.putback_op <= committed:
+                book.drop(job)  # its put-back committed: the line is pending again
+            else:
+                job.putback_op = None  # redo the put-back now
+        elif job.state in (JobState.STARTING, JobState.CLAIMED) and job.op > committed:
+            book.drop(job)  # a take that never committed: the line is still pending
+        elif job.state is not JobState.SETTLING:
+            log(f"recover: putting job {book.job_id(job)} back at the front: {job.line.decode(errors='replace')}")
+            book.requeue(job, front=True)
+    count = ledger.put_back(txn)
+    ledger.save(fsync=cfg.jobfile.fsync)
+    log.flush()
+    return count
 
 
 _REQUEUE_RE = re.compile(r"\.error\.requeue-(\d+)$")

@@ -21,14 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import __version__
-from .ops import (
-    JoblogRow,
-    format_duration,
-    host_row,
-    queue_status,
-    read_joblog,
-    status_hosts,
-)
+from .ops import format_duration, host_row, queue_status, status_hosts
+from .sidefiles import JoblogRow, read_joblog
 from .statefiles import HostFiles, hosts_with, read_json_lines
 
 MAX_POINTS = 1200  # samples per series drawn; longer histories are bucketed (max per bucket)
@@ -127,8 +121,30 @@ def _e(text: object) -> str:
     return html.escape(str(text), quote=True)
 
 
-_TIME_STEPS = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600,
-               43200, 86400, 172800, 604800, 1209600, 2592000)
+_TIME_STEPS = (
+    1,
+    2,
+    5,
+    10,
+    15,
+    30,
+    60,
+    120,
+    300,
+    600,
+    900,
+    1800,
+    3600,
+    7200,
+    10800,
+    21600,
+    43200,
+    86400,
+    172800,
+    604800,
+    1209600,
+    2592000,
+)
 
 
 def time_ticks(t0: float, t1: float, max_ticks: int = 8) -> list[tuple[float, str]]:
@@ -230,7 +246,9 @@ class Frame:
         return self.height - self.bottom
 
 
-def _decimate(points: list[tuple[float, float | None]], t0: float, t1: float, n: int = MAX_POINTS) -> list[tuple[float, float | None]]:
+def _decimate(
+    points: list[tuple[float, float | None]], t0: float, t1: float, n: int = MAX_POINTS
+) -> list[tuple[float, float | None]]:
     """At most ``n`` points: the maximum in each of ``n`` equal time buckets."""
     if len(points) <= n:
         return points
@@ -244,7 +262,9 @@ def _decimate(points: list[tuple[float, float | None]], t0: float, t1: float, n:
     return [buckets[k] for k in sorted(buckets)]
 
 
-def segments(points: list[tuple[float, float | None]], gap: float) -> list[list[tuple[float, float]]]:
+def segments(
+    points: list[tuple[float, float | None]], gap: float
+) -> list[list[tuple[float, float]]]:
     """Split where a value is missing or samples are more than ``gap`` seconds apart."""
     out: list[list[tuple[float, float]]] = []
     cur: list[tuple[float, float]] = []
@@ -280,9 +300,13 @@ def _path(seg: list[tuple[float, float]], f: Frame, step: bool, close: bool) -> 
 def _axes(f: Frame, ticks: list[tuple[float, str]], yticks: list[float], y_label: str) -> list[str]:
     out = [f'<g class="grid" stroke="{C_GRID}" stroke-width="1">']
     for v in yticks:
-        out.append(f'<line x1="{f.left}" x2="{f.width - f.right}" y1="{f.y(v):.1f}" y2="{f.y(v):.1f}"/>')
+        out.append(
+            f'<line x1="{f.left}" x2="{f.width - f.right}" y1="{f.y(v):.1f}" y2="{f.y(v):.1f}"/>'
+        )
     for t, _ in ticks:
-        out.append(f'<line x1="{f.x(t):.1f}" x2="{f.x(t):.1f}" y1="{f.top}" y2="{f.y0}" stroke-dasharray="2,3"/>')
+        out.append(
+            f'<line x1="{f.x(t):.1f}" x2="{f.x(t):.1f}" y1="{f.top}" y2="{f.y0}" stroke-dasharray="2,3"/>'
+        )
     out.append("</g>")
     out.append(f'<g class="yaxis" fill="{C_TEXT}" font-size="11" text-anchor="end">')
     for v in yticks:
@@ -292,7 +316,9 @@ def _axes(f: Frame, ticks: list[tuple[float, str]], yticks: list[float], y_label
     for t, label in ticks:
         out.append(f'<text x="{f.x(t):.1f}" y="{f.height - 6}">{_e(label)}</text>')
     out.append("</g>")
-    out.append(f'<line x1="{f.left}" x2="{f.width - f.right}" y1="{f.y0}" y2="{f.y0}" stroke="{C_AXIS}"/>')
+    out.append(
+        f'<line x1="{f.left}" x2="{f.width - f.right}" y1="{f.y0}" y2="{f.y0}" stroke="{C_AXIS}"/>'
+    )
     out.append(
         f'<text class="ylabel" x="12" y="{(f.top + f.y0) / 2:.0f}" fill="{C_TEXT}" font-size="11" '
         f'text-anchor="middle" transform="rotate(-90 12 {(f.top + f.y0) / 2:.0f})">{_e(y_label)}</text>'
@@ -332,9 +358,14 @@ def line_chart(
         out.append(f'<g class="series" data-name="{_e(s.name)}"><title>{_e(s.name)}</title>')
         for seg in segs:
             if s.step and seg:
-                seg = [*seg, (min(t1, seg[-1][0] + gap / 3), seg[-1][1])]  # show the last value's width
+                seg = [
+                    *seg,
+                    (min(t1, seg[-1][0] + gap / 3), seg[-1][1]),
+                ]  # show the last value's width
             if s.fill:
-                out.append(f'<path d="{_path(seg, f, s.step, True)}" fill="{s.color}" fill-opacity="0.18" stroke="none"/>')
+                out.append(
+                    f'<path d="{_path(seg, f, s.step, True)}" fill="{s.color}" fill-opacity="0.18" stroke="none"/>'
+                )
             dash = f' stroke-dasharray="{s.dash}"' if s.dash else ""
             if len(seg) == 1:
                 x, y = f.x(seg[0][0]), f.y(seg[0][1])
@@ -368,9 +399,37 @@ def legend(items: Sequence[tuple[str, str, str]]) -> str:
 
 # Log-spaced edges that are round durations: 1-2-5 below a minute, then minutes and hours.
 _EDGE_SERIES = [
-    0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 30,
-    60, 120, 300, 600, 1200, 1800, 3600, 7200, 4 * 3600, 10 * 3600, 86400, 2 * 86400,
-    5 * 86400, 10 * 86400, 30 * 86400, 100 * 86400,
+    0.001,
+    0.002,
+    0.005,
+    0.01,
+    0.02,
+    0.05,
+    0.1,
+    0.2,
+    0.5,
+    1,
+    2,
+    5,
+    10,
+    20,
+    30,
+    60,
+    120,
+    300,
+    600,
+    1200,
+    1800,
+    3600,
+    7200,
+    4 * 3600,
+    10 * 3600,
+    86400,
+    2 * 86400,
+    5 * 86400,
+    10 * 86400,
+    30 * 86400,
+    100 * 86400,
 ]
 
 
@@ -413,13 +472,19 @@ def histogram(jobs: Sequence[JoblogRow]) -> str:
         x = f.x(i) + bw * 0.08
         w = bw * 0.84
         tip = f"{short_duration(edges[i])} to {short_duration(edges[i + 1])}: {ok[i] + bad[i]} job(s), {bad[i]} failed"
-        out.append(f'<g class="bin" data-lo="{edges[i]:g}" data-hi="{edges[i + 1]:g}" data-ok="{ok[i]}" data-failed="{bad[i]}"><title>{_e(tip)}</title>')
+        out.append(
+            f'<g class="bin" data-lo="{edges[i]:g}" data-hi="{edges[i + 1]:g}" data-ok="{ok[i]}" data-failed="{bad[i]}"><title>{_e(tip)}</title>'
+        )
         y_ok = f.y(ok[i])
         if ok[i]:
-            out.append(f'<rect x="{x:.1f}" y="{y_ok:.1f}" width="{w:.1f}" height="{f.y0 - y_ok:.1f}" fill="{C_OK}" rx="2"/>')
+            out.append(
+                f'<rect x="{x:.1f}" y="{y_ok:.1f}" width="{w:.1f}" height="{f.y0 - y_ok:.1f}" fill="{C_OK}" rx="2"/>'
+            )
         if bad[i]:
             y_bad = f.y(ok[i] + bad[i])
-            out.append(f'<rect x="{x:.1f}" y="{y_bad:.1f}" width="{w:.1f}" height="{y_ok - y_bad:.1f}" fill="{C_FAILED}" rx="2"/>')
+            out.append(
+                f'<rect x="{x:.1f}" y="{y_bad:.1f}" width="{w:.1f}" height="{y_ok - y_bad:.1f}" fill="{C_FAILED}" rx="2"/>'
+            )
         if ok[i] + bad[i]:
             out.append(
                 f'<text x="{x + w / 2:.1f}" y="{f.y(ok[i] + bad[i]) - 4:.1f}" font-size="10" fill="{C_TEXT}" '
@@ -512,18 +577,34 @@ def _summary(data: ReportData) -> str:
     total = st["total"] or 0
     bar = ""
     if total:
-        parts = [("done", st["done"], C_RUNNING), ("failed", st["failed"], C_FAILED),
-                 ("running", st["running"], C_OK), ("stopped", st["stopped"], C_STOPPED)]
+        parts = [
+            ("done", st["done"], C_RUNNING),
+            ("failed", st["failed"], C_FAILED),
+            ("running", st["running"], C_OK),
+            ("stopped", st["stopped"], C_STOPPED),
+        ]
         spans = "".join(
             f'<span title="{_e(name)}: {n}" style="width:{100 * n / total:.2f}%;background:{color}"></span>'
-            for name, n, color in parts if n
+            for name, n, color in parts
+            if n
         )
         bar = f'<div class="bar" title="{st["done"] + st["failed"]} of {total} finished">{spans}</div>'
     return f'<div class="cards">{"".join(cards)}</div>{bar}'
 
 
 def _hosts_table(data: ReportData) -> str:
-    head = ["Host", "State", "Load", "Foreign", "Limit", "Running", "Stopped", "Done", "Failed", "Heartbeat"]
+    head = [
+        "Host",
+        "State",
+        "Load",
+        "Foreign",
+        "Limit",
+        "Running",
+        "Stopped",
+        "Done",
+        "Failed",
+        "Heartbeat",
+    ]
     rows = [
         '<table class="hosts"><thead><tr>'
         + "".join(f'<th class="{"n" if i >= 2 else ""}">{h}</th>' for i, h in enumerate(head))
@@ -544,7 +625,10 @@ def _hosts_table(data: ReportData) -> str:
         rows.append(
             f"<tr><td>{_host_link(h.name, h.name in linked)}</td>"
             f'<td><span class="state {_e(state.replace(" ", "-"))}">{_e(state)}</span></td>'
-            + "".join(f'<td class="n">{_e(n(k))}</td>' for k in ("load", "foreign", "limit", "running", "stopped", "done", "failed"))
+            + "".join(
+                f'<td class="n">{_e(n(k))}</td>'
+                for k in ("load", "foreign", "limit", "running", "stopped", "done", "failed")
+            )
             + f'<td class="n">{_e("-" if age is None else format_duration(age) + " ago")}</td></tr>'
         )
     rows.append("</tbody></table>")
@@ -568,7 +652,12 @@ def _pts(samples: list[dict], key: str) -> list[tuple[float, float | None]]:
     out: list[tuple[float, float | None]] = []
     for s in samples:
         v = s.get(key)
-        out.append((float(s["t"]), float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None))
+        out.append(
+            (
+                float(s["t"]),
+                float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None,
+            )
+        )
     return out
 
 
@@ -577,7 +666,9 @@ def _host_section(h: HostData, t0: float, t1: float) -> str:
     state = r.get("state") or "-"
     info = [f"{len(h.jobs)} job(s) in the joblog"]
     if h.jobs:
-        info.append(f"median run time {format_duration(statistics.median(j.runtime for j in h.jobs))}")
+        info.append(
+            f"median run time {format_duration(statistics.median(j.runtime for j in h.jobs))}"
+        )
     if h.error_lines:
         info.append(f"{h.error_lines} line(s) in .error")
     if r.get("machine"):
@@ -588,22 +679,37 @@ def _host_section(h: HostData, t0: float, t1: float) -> str:
         f'<span class="hostinfo">{_e(" · ".join(info))}</span></h3>'
     ]
     if not h.history:
-        out.append('<p class="empty">No history samples yet (the scheduler writes one every [history] every seconds).</p></div>')
+        out.append(
+            '<p class="empty">No history samples yet (the scheduler writes one every [history] every seconds).</p></div>'
+        )
         return "".join(out)
     gap = _gap(h.history)
     out.append(
         '<div class="charthead"><span class="t">Load</span>'
-        + legend([("load (all)", C_LOAD, "line"), ("foreign load", C_FOREIGN, "fill"), ("limit", C_LIMIT, "dash")])
+        + legend(
+            [
+                ("load (all)", C_LOAD, "line"),
+                ("foreign load", C_FOREIGN, "fill"),
+                ("limit", C_LIMIT, "dash"),
+            ]
+        )
         + "</div>"
     )
     out.append(
         line_chart(
             [
                 Series("foreign load", C_FOREIGN, _pts(h.history, "foreign"), fill=True, width=1.2),
-                Series("limit", C_LIMIT, _pts(h.history, "limit"), step=True, dash="6,4", width=1.6),
+                Series(
+                    "limit", C_LIMIT, _pts(h.history, "limit"), step=True, dash="6,4", width=1.6
+                ),
                 Series("load", C_LOAD, _pts(h.history, "load")),
             ],
-            t0, t1, kind="load", host=h.name, y_label="load", gap=gap,
+            t0,
+            t1,
+            kind="load",
+            host=h.name,
+            y_label="load",
+            gap=gap,
         )
     )
     out.append(
@@ -617,7 +723,14 @@ def _host_section(h: HostData, t0: float, t1: float) -> str:
                 Series("running", C_RUNNING, _pts(h.history, "running"), step=True, fill=True),
                 Series("stopped", C_STOPPED, _pts(h.history, "stopped"), step=True),
             ],
-            t0, t1, kind="jobs", host=h.name, y_label="jobs", gap=gap, integer=True, height=150,
+            t0,
+            t1,
+            kind="jobs",
+            host=h.name,
+            y_label="jobs",
+            gap=gap,
+            integer=True,
+            height=150,
         )
     )
     out.append("</div>")
@@ -632,10 +745,19 @@ def _failed_table(jobs: Sequence[JoblogRow], max_rows: int) -> str:
     note = ""
     if len(shown) < len(failed):
         note = f'<p class="empty">Showing the last {len(shown)} of {len(failed)} failed jobs.</p>'
-    head = [("Job", ""), ("Started", ""), ("Run time", "n"), ("Exit", "n"), ("Signal", "n"), ("Command", "")]
+    head = [
+        ("Job", ""),
+        ("Started", ""),
+        ("Run time", "n"),
+        ("Exit", "n"),
+        ("Signal", "n"),
+        ("Command", ""),
+    ]
     rows = [
         note,
-        '<table class="failed"><thead><tr>' + "".join(f'<th class="{c}">{h}</th>' for h, c in head) + "</tr></thead><tbody>",
+        '<table class="failed"><thead><tr>'
+        + "".join(f'<th class="{c}">{h}</th>' for h, c in head)
+        + "</tr></thead><tbody>",
     ]
     for j in shown:
         rows.append(
@@ -666,7 +788,13 @@ def render(data: ReportData, max_failed: int = 500, clock: Callable[[float], str
         f"<h1>pbq report: {_e(data.jobfile.name)}</h1>",
         f'<p class="sub">{_e(sub)}</p>',
         _summary(data),
-        _section("Hosts", _hosts_table(data) if data.hosts else '<p class="empty">No scheduler has written any file for this jobfile.</p>', "hosts"),
+        _section(
+            "Hosts",
+            _hosts_table(data)
+            if data.hosts
+            else '<p class="empty">No scheduler has written any file for this jobfile.</p>',
+            "hosts",
+        ),
     ]
     with_history = [h for h in data.hosts if h.history or h.jobs]
     if with_history:
@@ -680,8 +808,19 @@ def render(data: ReportData, max_failed: int = 500, clock: Callable[[float], str
             body = "".join(_host_section(h, 0, 1) for h in with_history)
         parts.append(_section("Timelines", body, "timelines"))
     n_failed = sum(1 for j in data.jobs if j.failed)
-    parts.append(_section(f"Job run times ({len(data.jobs)} jobs)", legend([("succeeded", C_OK, "fill"), ("failed", C_FAILED, "fill")]) + histogram(data.jobs), "runtimes"))
-    parts.append(_section(f"Failed jobs ({n_failed})", _failed_table(data.jobs, max_failed), "failures"))
-    parts.append(f"<footer>pbq {_e(__version__)} · {_e(os.path.basename(str(data.jobfile)))}</footer>")
+    parts.append(
+        _section(
+            f"Job run times ({len(data.jobs)} jobs)",
+            legend([("succeeded", C_OK, "fill"), ("failed", C_FAILED, "fill")])
+            + histogram(data.jobs),
+            "runtimes",
+        )
+    )
+    parts.append(
+        _section(f"Failed jobs ({n_failed})", _failed_table(data.jobs, max_failed), "failures")
+    )
+    parts.append(
+        f"<footer>pbq {_e(__version__)} · {_e(os.path.basename(str(data.jobfile)))}</footer>"
+    )
     parts.append("</main></body></html>\n")
     return "\n".join(parts)

@@ -1,20 +1,97 @@
-"""(temporary shim; replaced by the side-file formats module)"""
+"""Every ``JOBFILE.HOST.*`` record format, writer and reader side by side, and the one rule
+that says whether a host's scheduler is alive.
+
+Formats (``FORMAT_VERSION`` is the newest this pbq writes and reads):
+
+``.pid``
+    The first line is the bare pid (as PBQ and every daemon write it), then ``key=value``
+    lines: ``start``, ``machine``, ``boot``, ``runner``, ``pidns``, ``epoch``, ``format``.
+    Format 1 had positional lines instead: pid, start, machine, boot id, keeper pid.
+``.exits``
+    JSON lines, one per orphaned process that ended: ``pid``, ``start``, ``status`` (the raw
+    wait status), ``time``, ``cpu``, ``maxrss``, ``format``.  Format 1 had no ``format``.
+``.status``
+    One JSON object, the heartbeat, replaced whole every tick.
+``.joblog``
+    GNU Parallel's ``--joblog`` TSV (header, then one row per finished job).  Its layout is
+    Parallel's, so it carries no format number.
+
+A record that says it is of a newer format raises FormatError instead of being guessed at:
+a half-upgraded fleet must never corrupt a queue.
+"""
 
 from __future__ import annotations
 
+import enum
 import json
+import math
 import os
 import socket
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
-from .sensors import boot_id, process_start
-from .statefiles import append_bytes, atomic_write
+from .errors import PbqError
+from .sensors import boot_id, process_cmdline, process_start, same_process
+from .statefiles import HostFiles, append_bytes, atomic_write, line_to_text, read_json
 
 FORMAT_VERSION = 2
+FINAL_STATES = ("exited", "terminated")  # a scheduler's last words in its .status
+MIN_STALE_AFTER = 60.0  # seconds: a heartbeat younger than this is never stale
+STALE_INTERVALS = 10  # ticks without a heartbeat before a remote host counts as stale
 
 
-def _pidns() -> str | None:
+class FormatError(PbqError):
+    """A file written by a newer pbq, in a format this one does not know."""
+
+
+def _check_format(value: object, path: Path) -> int:
+    """The record's format number (1 when it has none); FormatError when it is too new."""
+    if value is None:
+        return 1
+    try:
+        version = int(str(value))
+    except ValueError:
+        raise FormatError(f"unreadable format {value!r}", path=str(path)) from None
+    if version > FORMAT_VERSION:
+        raise FormatError(
+            f"written in format {version} by a newer pbq; this pbq reads formats up to "
+            f"{FORMAT_VERSION}: upgrade pbq on this machine before it touches this queue",
+            path=str(path),
+        )
+    return version
+
+
+def _float(value: object) -> float | None:
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        out = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return out if math.isfinite(out) else None
+
+
+def _int(value: object) -> int | None:
+    f = _float(value)
+    return None if f is None else int(f)
+
+
+def _str(value: object) -> str | None:
+    return None if value is None else str(value)
+
+
+def _round_start(start: float | None) -> float | None:
+    """Start times are compared to 1/100 s, the resolution process_start gives."""
+    return None if start is None else round(start, 2)
+
+
+# ------------------------------------------------------------------ .pid
+
+
+def this_pidns() -> str | None:
+    """This process's PID namespace (``pid:[4026531836]``), or None where there is none."""
     try:
         return os.readlink("/proc/self/ns/pid")
     except OSError:
@@ -23,6 +100,12 @@ def _pidns() -> str | None:
 
 @dataclass(frozen=True)
 class PidRecord:
+    """Who holds a host: the scheduler's pid, start time, machine, boot and PID namespace.
+
+    ``runner`` is the job runner, the parent of the jobs, which records their ends while
+    no scheduler runs (format 1: the keeper); ``epoch`` counts the takeovers of the host.
+    """
+
     pid: int
     start: float | None
     machine: str
@@ -34,40 +117,74 @@ class PidRecord:
     @classmethod
     def current(cls, runner: int | None, epoch: int = 0) -> PidRecord:
         me = os.getpid()
-        return cls(me, process_start(me), socket.gethostname(), boot_id(), _pidns(), runner, epoch)
+        return cls(
+            me, process_start(me), socket.gethostname(), boot_id(), this_pidns(), runner, epoch
+        )
+
+
+_PID_KEYS = ("start", "machine", "boot", "runner")  # format 1: lines 2-5, in this order
 
 
 def write_pidfile(path: Path, rec: PidRecord, fsync: bool) -> None:
-    body = f"{rec.pid}\n{rec.start}\n{rec.machine}\n{rec.boot}\n{rec.runner or ''}\n"
-    atomic_write(path, body.encode(), fsync=fsync)
+    lines = [
+        str(rec.pid),
+        f"start={'' if rec.start is None else rec.start}",
+        f"machine={rec.machine}",
+        f"boot={rec.boot}",
+        f"runner={'' if rec.runner is None else rec.runner}",
+        f"pidns={rec.pidns or ''}",
+        f"epoch={rec.epoch}",
+        f"format={FORMAT_VERSION}",
+    ]
+    atomic_write(path, ("\n".join(lines) + "\n").encode(), fsync=fsync)
 
 
 def read_pidfile(path: Path) -> PidRecord | None:
+    """The ``.pid`` record, or None when there is none (missing, empty, no pid).
+
+    Lines after the first are ``key=value``; a line without ``=`` is positional, as in
+    format 1 (start, machine, boot id, keeper pid), so old files read the same.
+    """
     try:
         lines = path.read_text().split("\n")
-        pid = int(lines[0])
-    except (OSError, UnicodeDecodeError, ValueError, IndexError):
+    except (OSError, UnicodeDecodeError):
         return None
-    rest = [*lines[1:], "", "", "", ""]
     try:
-        start = float(rest[0]) if rest[0].strip() not in ("", "None") else None
+        pid = int(lines[0])
     except ValueError:
-        start = None
-    try:
-        runner = int(rest[3]) if rest[3].strip() else None
-    except ValueError:
-        runner = None
-    return PidRecord(pid, start, rest[1].strip(), rest[2].strip(), None, runner)
+        return None
+    values: dict[str, str] = {}
+    for i, line in enumerate(lines[1:]):
+        key, eq, value = line.partition("=")
+        if eq:
+            values[key.strip()] = value.strip()
+        elif i < len(_PID_KEYS) and line.strip():
+            values.setdefault(_PID_KEYS[i], line.strip())
+    _check_format(values.get("format"), path)
+    return PidRecord(
+        pid=pid,
+        start=_float(values.get("start")),
+        machine=values.get("machine", ""),
+        boot=values.get("boot", ""),
+        pidns=values.get("pidns") or None,
+        runner=_int(values.get("runner")),
+        epoch=_int(values.get("epoch")) or 0,
+    )
+
+
+# ------------------------------------------------------------------ .exits
 
 
 @dataclass(frozen=True)
 class ExitRecord:
+    """How a job ended while no scheduler could take note, as the job runner reaped it."""
+
     pid: int
     start: float | None
-    status: int
+    status: int  # the raw wait status
     time: float
     cpu: float
-    maxrss: int
+    maxrss: int  # bytes
 
     @property
     def exit_code(self) -> int | None:
@@ -77,29 +194,386 @@ class ExitRecord:
     def signal(self) -> int:
         return os.WTERMSIG(self.status) if os.WIFSIGNALED(self.status) else 0
 
+    @property
+    def key(self) -> tuple[int, float | None]:
+        return (self.pid, _round_start(self.start))
 
-def append_exit_records(path: Path, records: list[ExitRecord], fsync: bool = True) -> None:
-    data = b"".join(
-        json.dumps({"format": FORMAT_VERSION, "pid": r.pid, "start": r.start, "status": r.status,
-                    "time": r.time, "cpu": r.cpu, "maxrss": r.maxrss}).encode() + b"\n"
-        for r in records
-    )
-    append_bytes(path, data, fsync=fsync)
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "format": FORMAT_VERSION}
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> ExitRecord | None:
+        pid, status = _int(obj.get("pid")), _int(obj.get("status"))
+        if pid is None or status is None:
+            return None
+        return cls(
+            pid,
+            _float(obj.get("start")),
+            status,
+            _float(obj.get("time")) or 0.0,
+            _float(obj.get("cpu")) or 0.0,
+            _int(obj.get("maxrss")) or 0,
+        )
+
+
+def append_exit_records(path: Path, records: Iterable[ExitRecord], fsync: bool = True) -> None:
+    """Append the records with one write: all of them or, on failure, none."""
+    data = b"".join(json.dumps(r.to_json()).encode() + b"\n" for r in records)
+    if data:
+        append_bytes(path, data, fsync=fsync)
 
 
 def read_exit_records(path: Path) -> dict[tuple[int, float | None], ExitRecord]:
-    out: dict[tuple[int, float | None], ExitRecord] = {}
+    """The records of ``.exits`` keyed by ``(pid, start rounded to 1/100 s)``; a later record
+    of the same process wins.  Torn and garbage lines are skipped."""
     try:
         raw = path.read_bytes()
-    except OSError:
-        return out
+    except FileNotFoundError:
+        return {}
+    except OSError as err:
+        raise PbqError(f"cannot read: {err.strerror or err}", path=str(path)) from None
+    out: dict[tuple[int, float | None], ExitRecord] = {}
     for line in raw.splitlines():
         try:
-            d = json.loads(line)
-            start = None if d.get("start") is None else round(float(d["start"]), 2)
-            rec = ExitRecord(int(d["pid"]), start, int(d.get("status", 0)), float(d.get("time", 0)),
-                             float(d.get("cpu", 0)), int(d.get("maxrss", 0)))
-        except (ValueError, TypeError, KeyError, AttributeError):
+            obj = json.loads(line)
+        except (ValueError, RecursionError):
+            continue  # torn by a crash mid-write, or not ours
+        if not isinstance(obj, dict):
             continue
-        out[(rec.pid, start)] = rec
+        _check_format(obj.get("format"), path)
+        rec = ExitRecord.from_json(obj)
+        if rec is not None:
+            out[rec.key] = rec
     return out
+
+
+# ------------------------------------------------------------------ .status
+
+
+@dataclass(frozen=True)
+class HostStatus:
+    """A scheduler's heartbeat.  The JSON keys are the field names (``pbq status --json``
+    and scripts read them), plus ``format``."""
+
+    host: str
+    machine: str
+    pid: int | None
+    state: str | None  # running, stopped, quitting, terminating, exited, terminated
+    time: float | None  # when it was written
+    boot_id: str | None = None
+    start: float | None = None
+    runner_pid: int | None = None  # the job runner (format 1: keeper_pid, the keeper)
+    pidns: str | None = None
+    jobfile: str | None = None
+    interval: float | None = None
+    load: float | None = None
+    foreign: float | None = None
+    limit: float | None = None
+    work_time: bool | None = None
+    active_users: int | None = None
+    running: int = 0
+    stopped: int = 0
+    stopped_by_user: int = 0
+    claimed: int = 0
+    done: int = 0
+    failed: int = 0
+    mem_available: int | None = None
+    control_ack: str | None = None
+    error: str | None = None
+    started: float | None = None
+    drm: str | None = None
+    version: int = 1  # the layout's number before ``format`` existed; kept for old readers
+    format: int = field(default=FORMAT_VERSION, compare=False)
+
+    @property
+    def final(self) -> bool:
+        """The scheduler said it has exited."""
+        return self.state in FINAL_STATES
+
+    @classmethod
+    def of_this_process(cls, **values: Any) -> HostStatus:
+        """A heartbeat of the running scheduler: its identity filled in, the rest given."""
+        me = os.getpid()
+        return cls(
+            machine=socket.gethostname(),
+            boot_id=boot_id(),
+            pid=me,
+            start=process_start(me),
+            pidns=this_pidns(),
+            **values,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> HostStatus:
+        """Lenient: a missing or mistyped value reads as unknown (None), a count as 0."""
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = obj.get(f.name)
+            if f.type == "int":  # counts: a missing one is the default
+                n = _int(raw)
+                values[f.name] = f.default if n is None else n
+            else:
+                values[f.name] = _STATUS_READERS[str(f.type)](raw)
+        values["format"] = _int(obj.get("format")) or 1  # no number at all: format 1
+        return cls(**values)
+
+
+# How HostStatus.from_json reads a value of each field type (annotations are strings here).
+_STATUS_READERS: dict[str, Callable[[object], object]] = {
+    "str": lambda v: "" if v is None else str(v),
+    "str | None": _str,
+    "int | None": _int,
+    "float | None": _float,
+    "bool | None": lambda v: v if isinstance(v, bool) else None,
+}
+
+
+STATUS_KEYS = tuple(f.name for f in fields(HostStatus))
+
+
+def write_status(path: Path, st: HostStatus, fsync: bool = False) -> None:
+    data = json.dumps(st.to_json(), separators=(",", ":")).encode() + b"\n"
+    atomic_write(path, data, fsync=fsync)
+
+
+def read_status(path: Path) -> HostStatus | None:
+    """The heartbeat, or None when there is none (missing, empty, torn, not an object)."""
+    obj = read_json(path)
+    if not isinstance(obj, dict):
+        return None
+    _check_format(obj.get("format"), path)
+    return HostStatus.from_json(obj)
+
+
+def heartbeat_age(status: HostStatus | None, now: float) -> float | None:
+    if status is None or status.time is None:
+        return None
+    return max(0.0, now - status.time)
+
+
+# ------------------------------------------------------------------ .joblog
+
+JOBLOG_HEADER = "Seq\tHost\tStarttime\tJobRuntime\tSend\tReceive\tExitval\tSignal\tCommand\n"
+
+
+@dataclass(frozen=True)
+class JoblogRow:
+    seq: int
+    host: str
+    start: float
+    runtime: float
+    exitval: int
+    signal: int
+    command: str
+
+    @property
+    def end(self) -> float:
+        return self.start + self.runtime
+
+    @property
+    def failed(self) -> bool:
+        return self.exitval != 0 or self.signal != 0
+
+
+def joblog_row(
+    seq: int,
+    host: str,
+    start: float,
+    runtime: float,
+    exitval: int,
+    signal: int,
+    command: bytes,
+) -> str:
+    """One TSV row; tabs and newlines of the command become spaces (a row is one line)."""
+    cmd = line_to_text(command).replace("\t", " ").replace("\n", " ")
+    return f"{seq}\t{host}\t{start:.3f}\t{runtime:.3f}\t0\t0\t{exitval}\t{signal}\t{cmd}\n"
+
+
+def append_joblog_rows(path: Path, rows: Sequence[str], fsync: bool = False) -> None:
+    """Append rows made by joblog_row, with the header first when the file is new."""
+    data = "".join(rows)
+    if not data:
+        return
+    if not path.exists():
+        data = JOBLOG_HEADER + data
+    append_bytes(path, data.encode("utf-8", "surrogateescape"), fsync=fsync)
+
+
+def parse_joblog_line(line: str) -> JoblogRow | None:
+    """A row, or None for the header, a torn line or garbage."""
+    parts = line.rstrip("\r\n").split("\t", 8)
+    if len(parts) < 9 or parts[0] == "Seq":
+        return None
+    try:
+        seq, start, runtime = int(parts[0]), float(parts[2]), float(parts[3])
+        return JoblogRow(seq, parts[1], start, runtime, int(parts[6]), int(parts[7]), parts[8])
+    except ValueError:
+        return None
+
+
+def read_joblog(path: Path) -> list[JoblogRow]:
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return []
+    rows = (parse_joblog_line(ln) for ln in data.decode("utf-8", "replace").split("\n"))
+    return [r for r in rows if r is not None]
+
+
+def recent_joblog_rows(path: Path, since: float) -> list[JoblogRow]:
+    """Rows of ``path`` that ended at or after ``since``, reading only as much of the file's
+    end as needed (rows are appended as jobs end)."""
+    try:
+        f = open(path, "rb")  # noqa: SIM115 - closed below
+    except OSError:
+        return []
+    with f:
+        size = os.fstat(f.fileno()).st_size
+        chunk = 64 << 10
+        while True:
+            start = max(0, size - chunk)
+            f.seek(start)
+            data = f.read(size - start)
+            lines = data.decode("utf-8", "replace").split("\n")
+            if start > 0:
+                lines = lines[1:]  # probably cut
+            rows = [r for r in map(parse_joblog_line, lines) if r is not None]
+            if start == 0 or (rows and rows[0].end < since - 60):
+                return [r for r in rows if r.end >= since]
+            chunk *= 4
+
+
+def first_joblog_start(path: Path) -> float | None:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8192).decode("utf-8", "replace").split("\n")
+    except OSError:
+        return None
+    for ln in head[:-1] if len(head) > 1 else head:
+        row = parse_joblog_line(ln)
+        if row is not None:
+            return row.start
+    return None
+
+
+# ------------------------------------------------------------------ liveness
+
+
+class Liveness(enum.Enum):
+    ALIVE = "alive"
+    STALE = "stale"  # on another machine, boot or PID namespace, and silent: may be alive
+    DEAD = "dead"
+
+
+@dataclass(frozen=True)
+class HostLiveness:
+    state: Liveness
+    reason: str
+    exact: bool  # decided by looking at the process itself (same machine, boot, namespace)
+    heartbeat_age: float | None = None
+
+    @property
+    def alive(self) -> bool:
+        return self.state is Liveness.ALIVE
+
+
+@dataclass(frozen=True)
+class Probe:
+    """What liveness needs to know about this machine and its processes (injectable)."""
+
+    machine: str
+    boot: str
+    pidns: str | None
+    same_process: Callable[[int, float | None], bool]
+    cmdline: Callable[[int], Sequence[str]]
+
+    @classmethod
+    def system(cls) -> Probe:
+        return cls(socket.gethostname(), boot_id(), this_pidns(), same_process, process_cmdline)
+
+
+def stale_after(interval: float | None) -> float:
+    """Seconds of silence after which a scheduler elsewhere counts as stale."""
+    return max(STALE_INTERVALS * (interval or 1.0), MIN_STALE_AFTER)
+
+
+def is_local(rec: PidRecord, probe: Probe | None = None) -> bool:
+    """The pid is one this process can look at: same machine, boot and PID namespace.
+
+    A format-1 record has no namespace; machine and boot decide, as they did then.
+    """
+    p = probe or Probe.system()
+    same_ns = rec.pidns is None or rec.pidns == p.pidns
+    return rec.machine == p.machine and rec.boot == p.boot and same_ns
+
+
+def looks_like_scheduler(
+    pid: int, jobfile: Path, cmdline: Callable[[int], Sequence[str]] = process_cmdline
+) -> bool:
+    cmd = " ".join(cmdline(pid))
+    return "pbq" in cmd and jobfile.name in cmd
+
+
+def _same_run(status: HostStatus, rec: PidRecord) -> bool:
+    """The heartbeat was written by the scheduler of the pid file (not an earlier run)."""
+    if status.pid != rec.pid or (status.machine and status.machine != rec.machine):
+        return False
+    return status.start is None or rec.start is None or abs(status.start - rec.start) <= 0.05
+
+
+def liveness(
+    pid: PidRecord | None,
+    status: HostStatus | None,
+    now: float,
+    jobfile: Path,
+    *,
+    probe: Probe | None = None,
+    threshold: float | None = None,
+) -> HostLiveness:
+    """Is the host's scheduler alive?  The one rule every command uses.
+
+    On this machine, boot and PID namespace the answer is exact: alive iff the recorded
+    process runs, with its start time, and is a pbq scheduler for ``jobfile`` -- else dead
+    at once (a restart right after kill -9 is never refused).  Elsewhere only the heartbeat
+    can tell: alive while younger than ``threshold`` (default ``stale_after(interval)``),
+    stale after that, dead once it says the scheduler exited.
+    """
+    if pid is None:
+        return HostLiveness(Liveness.DEAD, "not running (no .pid file)", exact=False)
+    p = probe or Probe.system()
+    if is_local(pid, p):
+        if not p.same_process(pid.pid, pid.start):
+            return HostLiveness(Liveness.DEAD, f"pid {pid.pid} is gone", exact=True)
+        if not looks_like_scheduler(pid.pid, jobfile, p.cmdline):
+            why = f"pid {pid.pid} is not a pbq scheduler for {jobfile.name}"
+            return HostLiveness(Liveness.DEAD, why, exact=True)
+        return HostLiveness(Liveness.ALIVE, f"pid {pid.pid} is running", exact=True)
+    where = f"pid {pid.pid} on machine {pid.machine or '?'}"
+    heartbeat = status if status is not None and _same_run(status, pid) else None
+    if heartbeat is not None and heartbeat.final:
+        return HostLiveness(Liveness.DEAD, f"{where} said it {heartbeat.state}", exact=False)
+    limit = threshold
+    if limit is None:
+        limit = stale_after(heartbeat.interval if heartbeat else None)
+    if heartbeat is not None and heartbeat.time is not None:
+        age = max(0.0, now - heartbeat.time)
+        said = f"heartbeat {age:.0f} s ago"
+    elif pid.start is not None:  # started, not yet beating: its start time stands in
+        age = max(0.0, now - pid.start)
+        said = f"no heartbeat yet, started {age:.0f} s ago"
+    else:
+        return HostLiveness(Liveness.STALE, f"{where}: no heartbeat", exact=False)
+    state = Liveness.ALIVE if age < limit else Liveness.STALE
+    return HostLiveness(state, f"{where}: {said}", exact=False, heartbeat_age=age)
+
+
+def host_liveness(
+    files: HostFiles, now: float, *, threshold: float | None = None
+) -> tuple[PidRecord | None, HostStatus | None, HostLiveness]:
+    """Read a host's ``.pid`` and ``.status`` and judge them."""
+    rec = read_pidfile(files.pid)
+    status = read_status(files.status)
+    return rec, status, liveness(rec, status, now, files.jobfile, threshold=threshold)

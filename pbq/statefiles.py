@@ -21,7 +21,7 @@ from .errors import PbqError
 
 # Extensions of the per-host files, JOBFILE.HOST.<ext>.
 HOST_EXTENSIONS = (
-    "pid",  # first line the scheduler's pid (as PBQ), then its start time, machine and boot id
+    "pid",  # first line the scheduler's pid (as PBQ), then key=value: start, machine, boot...
     "log",  # human-readable log, rotated by size
     "running",  # exactly the lines of running jobs
     "stopped",  # exactly the lines of stopped jobs
@@ -32,6 +32,7 @@ HOST_EXTENSIONS = (
     "journal",  # JSON lines: what changed since the last .state snapshot
     "control",  # JSON request left by `pbq control` for schedulers on other machines
     "exits",  # JSON lines: exit statuses of orphaned jobs, written by the keeper
+    # (the record formats of .pid, .exits, .status and .joblog are in pbq.sidefiles)
     "history",  # JSON lines: one sample per minute, for `pbq report`
     "out",  # output of a scheduler started by `pbq start`
 )
@@ -136,7 +137,8 @@ def atomic_write(path: Path, data: bytes, *, fsync: bool = False, mode: int = 0o
 
 
 def atomic_write_json(path: Path, obj: Any, *, fsync: bool = False, mode: int = 0o666) -> None:
-    atomic_write(path, json.dumps(obj, separators=(",", ":")).encode() + b"\n", fsync=fsync, mode=mode)
+    data = json.dumps(obj, separators=(",", ":")).encode() + b"\n"
+    atomic_write(path, data, fsync=fsync, mode=mode)
 
 
 def read_json(path: Path) -> Any | None:

@@ -416,7 +416,7 @@ KILL_POINTS = [
     ("after-spawn", "pbq.host.local:LocalExecutor.start", "after", 3, ""),
     ("compaction-decided", "pbq.jobfile:Txn._finish_replace", "before", 1, ""),
     ("compaction-renamed", "pbq.jobfile:fsync_dir", "before", 1, ""),
-    ("joblog-written", "pbq.host.ledger:append_bytes", "after", 2, "str(a[0]).endswith('.joblog')"),
+    ("joblog-written", "pbq.host.ledger:append_joblog_rows", "after", 2, ""),
     ("error-written", "pbq.host.ledger:append_bytes", "after", 1, "str(a[0]).endswith('.error')"),
 ]
 
@@ -429,7 +429,7 @@ def test_sigkill_after_an_outcome_is_written_runs_nothing_again(tmp_path: Path, 
     hf = hostfile(tmp_path, "* linux 2 2 0\n")
     config(tmp_path, FAST_CONFIG)
     jf = jobfile(tmp_path, [f"sh -c 'sleep 0.1; {rec_line(tmp_path, i)}'" for i in range(8)])
-    r = run_with_kill(hf, jf, "pbq.host.ledger:append_bytes", "after", nth, "str(a[0]).endswith('.joblog')")
+    r = run_with_kill(hf, jf, "pbq.host.ledger:append_joblog_rows", "after", nth)
     assert r.returncode == -signal.SIGKILL, f"kill point not reached: {r.returncode} {r.stderr!r}"
     r = run_single(hf, jf)
     assert r.returncode == 0, r.stderr

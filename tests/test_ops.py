@@ -38,7 +38,7 @@ from pbqtest import (
 
 from pbq import ops
 from pbq.hostfile import machine_name
-from pbq.scheduler import read_pidfile
+from pbq.sidefiles import read_pidfile
 
 try:
     from tests import sshinfra
@@ -72,7 +72,10 @@ def assert_user_error(r: subprocess.CompletedProcess, *words: str) -> None:
 
 
 def scheduler_gone(jf: Path, host: str) -> bool:
-    return not hostfile_path(jf, host, "pid").exists() and status(jf, host).get("state") in ("exited", "terminated")
+    return not hostfile_path(jf, host, "pid").exists() and status(jf, host).get("state") in (
+        "exited",
+        "terminated",
+    )
 
 
 # ------------------------------------------------------------------ start: this machine
@@ -89,17 +92,23 @@ def test_start_on_this_machine_runs_without_remote_shell(tmp_path: Path) -> None
     assert r.returncode == 0, out(r) + err(r)
     m = re.fullmatch(rf"{re.escape(me)}: started \(pid (\d+) on \S+\)\n", out(r))
     assert m, out(r)
-    assert read_pidfile(hostfile_path(jf, me, "pid"))["pid"] == int(m.group(1))
+    assert read_pidfile(hostfile_path(jf, me, "pid")).pid == int(m.group(1))
     assert status(jf, me)["pid"] == int(m.group(1))
     assert hostfile_path(jf, me, "out").exists()
 
     again = pbq("start", "--rsh", "false", hf, jf, me)
     assert again.returncode == 0, out(again) + err(again)
-    assert out(again) == f"{me}: already running (pid {m.group(1)} on {status(jf, me)['machine']})\n"
+    assert (
+        out(again) == f"{me}: already running (pid {m.group(1)} on {status(jf, me)['machine']})\n"
+    )
 
     flag.touch()
-    wait_for(lambda: scheduler_gone(jf, me), 30, "the scheduler to exit (--exit-when-empty passed on)")
-    assert (tmp_path / "where").read_text().strip() == str(tmp_path)  # ran in the jobfile's directory
+    wait_for(
+        lambda: scheduler_gone(jf, me), 30, "the scheduler to exit (--exit-when-empty passed on)"
+    )
+    assert (tmp_path / "where").read_text().strip() == str(
+        tmp_path
+    )  # ran in the jobfile's directory
 
 
 def test_start_reports_why_a_scheduler_failed(tmp_path: Path) -> None:
@@ -138,8 +147,13 @@ def test_scheduler_refusal_in_out_counts_as_already_running(tmp_path: Path) -> N
     verdict = ops.out_verdict(err(second))
     assert verdict == ("already running", f"pid {status(jf, 'h1')['pid']}")
     assert ops.out_verdict("pbq-single: hostfile: refusing a world-writable hostfile\n") == (
-        "failed", "hostfile: refusing a world-writable hostfile")
-    assert ops.out_verdict("Traceback (most recent call last):\n  ...\nOSError: boom\n") == ("failed", "OSError: boom")
+        "failed",
+        "hostfile: refusing a world-writable hostfile",
+    )
+    assert ops.out_verdict("Traceback (most recent call last):\n  ...\nOSError: boom\n") == (
+        "failed",
+        "OSError: boom",
+    )
     assert ops.out_verdict("job output\n") is None
     os.kill(p.pid, signal.SIGTERM)
     wait_exit(p)
@@ -167,7 +181,9 @@ def test_start_through_remote_shell_quotes_awkward_paths(tmp_path: Path) -> None
     assert r.returncode == 0, out(r) + err(r)
     assert out(r).startswith("fakehost: started (pid ")
     assert lines_of(tmp_path / "rsh-calls") == ["fakehost"]  # '*' is not a host to start
-    wait_for(lambda: scheduler_gone(jf, "fakehost"), 30, "the scheduler to drain the queue and exit")
+    wait_for(
+        lambda: scheduler_gone(jf, "fakehost"), 30, "the scheduler to drain the queue and exit"
+    )
     assert (qdir / "where").read_text().strip() == str(qdir)
     assert lines_of(qdir / "rec") == ["done", "done"]
     assert len(list(outdir.glob("fakehost.*.out"))) == 3  # --output-dir was passed on
@@ -176,15 +192,32 @@ def test_start_through_remote_shell_quotes_awkward_paths(tmp_path: Path) -> None
 
 def test_remote_shell_line_is_one_quoted_command() -> None:
     jf = Path("/q dir/it's/jobfile")
-    argv = ops.scheduler_argv(["/usr/bin/python3", "/opt/pbq single"], "node1", Path("/h f"), jf, ["--exit-when-empty"])
+    argv = ops.scheduler_argv(
+        ["/usr/bin/python3", "/opt/pbq single"], "node1", Path("/h f"), jf, ["--exit-when-empty"]
+    )
     line = ops.remote_shell_line(argv, jf, "node1")
     # The remote login shell sees: sh -c '<inner>'; inner must split back into our words.
     words = shlex.split(line)
     assert words[:2] == ["sh", "-c"] and len(words) == 3
     assert shlex.split(words[2]) == [
-        "cd", "/q dir/it's", "&&", "setsid", "nohup", "/usr/bin/python3", "/opt/pbq single",
-        "--host", "node1", "--exit-when-empty", "/h f", "/q dir/it's/jobfile",
-        ">>", "/q dir/it's/jobfile.node1.out", "2>&1", "<", "/dev/null", "&",
+        "cd",
+        "/q dir/it's",
+        "&&",
+        "setsid",
+        "nohup",
+        "/usr/bin/python3",
+        "/opt/pbq single",
+        "--host",
+        "node1",
+        "--exit-when-empty",
+        "/h f",
+        "/q dir/it's/jobfile",
+        ">>",
+        "/q dir/it's/jobfile.node1.out",
+        "2>&1",
+        "<",
+        "/dev/null",
+        "&",
     ]
     assert ops.DEFAULT_RSH == "ssh -o BatchMode=yes"
 
@@ -207,7 +240,10 @@ def test_start_two_hosts_through_real_ssh(tmp_path: Path, sshd: sshinfra.SshServ
     hf = hostfile(tmp_path, f"{a} linux 8 8 0\n{b} linux 8 8 0\n{bad} linux 8 8 0\n* linux 1 1 0\n")
     config(tmp_path, FAST_CONFIG)
     flag = tmp_path / "go"
-    blockers = [f"sh -c 'while [ ! -e {flag} ]; do sleep 0.05; done; echo $PBQ_HOST >> hosts'" for _ in range(24)]
+    blockers = [
+        f"sh -c 'while [ ! -e {flag} ]; do sleep 0.05; done; echo $PBQ_HOST >> hosts'"
+        for _ in range(24)
+    ]
     # More jobs than one host's limit: the second host gets some too.
     jf = jobfile(tmp_path, blockers)
     r = pbq("start", "--rsh", sshd.rsh_command(), "--timeout", "30", hf, jf)
@@ -219,14 +255,20 @@ def test_start_two_hosts_through_real_ssh(tmp_path: Path, sshd: sshinfra.SshServ
     assert "resolve" in lines[2] or "known" in lines[2], lines[2]
     for host in (a, b):
         st = status(jf, host)
-        assert st["host"] == host and st["pid"] == read_pidfile(hostfile_path(jf, host, "pid"))["pid"]
+        assert st["host"] == host and st["pid"] == read_pidfile(hostfile_path(jf, host, "pid")).pid
     # Both schedulers take jobs from the one jobfile.
-    wait_for(lambda: status(jf, a).get("running", 0) > 0 and status(jf, b).get("running", 0) > 0, 30,
-             "both hosts running jobs")
+    wait_for(
+        lambda: status(jf, a).get("running", 0) > 0 and status(jf, b).get("running", 0) > 0,
+        30,
+        "both hosts running jobs",
+    )
 
     again = pbq("start", "--rsh", sshd.rsh_command(), hf, jf, a, b)
     assert again.returncode == 0, out(again) + err(again)
-    assert [ln.split(" (")[0] for ln in out(again).splitlines()] == [f"{a}: already running", f"{b}: already running"]
+    assert [ln.split(" (")[0] for ln in out(again).splitlines()] == [
+        f"{a}: already running",
+        f"{b}: already running",
+    ]
 
     flag.touch()
     q = pbq("control", hf, jf, "quit", timeout=60)
@@ -257,7 +299,13 @@ def test_status_of_a_finished_run(tmp_path: Path) -> None:
     r = pbq("status", "--json", hf, jf)
     assert r.returncode == 0, err(r)
     st = json.loads(out(r))
-    assert (st["pending"], st["running"], st["stopped"], st["done"], st["failed"]) == (0, 0, 0, 6, 2)
+    assert (st["pending"], st["running"], st["stopped"], st["done"], st["failed"]) == (
+        0,
+        0,
+        0,
+        6,
+        2,
+    )
     assert st["pending_under_lock"] is True
     assert st["finished_last_5min"] == 8 and st["jobs_per_min"] > 0
     assert st["eta_seconds"] == 0 and st["remaining"] == 0 and st["progress"] == 0.75
@@ -273,7 +321,11 @@ def test_status_of_a_finished_run(tmp_path: Path) -> None:
     t = out(text)
     assert "pending 0   running 0   stopped 0   done 6   failed 2" in t
     assert "nothing left to do" in t
-    assert re.search(r"^HOST\s+STATE\s+LOAD\s+FOREIGN\s+LIMIT\s+RUNNING\s+STOPPED\s+DONE\s+FAILED\s+HEARTBEAT$", t, re.M)
+    assert re.search(
+        r"^HOST\s+STATE\s+LOAD\s+FOREIGN\s+LIMIT\s+RUNNING\s+STOPPED\s+DONE\s+FAILED\s+HEARTBEAT$",
+        t,
+        re.M,
+    )
     assert re.search(r"^spare\s+not started(\s+-){8}$", t, re.M), t
     assert re.search(r"^\[#+!+\] 100% finished$", t, re.M), t
 
@@ -288,7 +340,13 @@ def test_status_while_jobs_run(tmp_path: Path) -> None:
     wait_for(lambda: status(jf, "h1").get("running", 0) == 3, 30, "three jobs running")
 
     st = json.loads(out(pbq("status", "--json", hf, jf)))
-    assert (st["pending"], st["running"], st["stopped"], st["done"], st["failed"]) == (0, 3, 0, 0, 0)
+    assert (st["pending"], st["running"], st["stopped"], st["done"], st["failed"]) == (
+        0,
+        3,
+        0,
+        0,
+        0,
+    )
     assert st["eta_seconds"] is None  # nothing finished yet: no rate, no ETA
     assert st["hosts"][0]["state"] == "alive" and st["hosts"][0]["heartbeat_age"] < 5
     assert "ETA unknown" in out(pbq("status", hf, jf))
@@ -323,7 +381,8 @@ def test_status_watch_redraws_until_ctrl_c(tmp_path: Path) -> None:
     hf = tmp_path / "hostfile"
     p = subprocess.Popen(
         [sys.executable, str(BIN / "pbq"), "status", "--watch", "--every", "0.2", str(hf), str(jf)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
     buf = b""
     os.set_blocking(p.stdout.fileno(), False)
@@ -359,13 +418,21 @@ def test_progress_bar_and_durations() -> None:
     assert ops.progress_bar(5, 0, 10, 10) == "[#####.....]"
     assert ops.progress_bar(99, 1, 1000, 10) == "[!.........]"  # a failure always shows
     assert ops.progress_bar(8, 2, 10, 10) == "[########!!]"
-    assert [ops.format_duration(s) for s in (0.25, 42, 125, 3 * 3600 + 300, 2 * 86400)] == ["0.2s", "42s", "2m05s", "3h05m", "2d00h"]
+    assert [ops.format_duration(s) for s in (0.25, 42, 125, 3 * 3600 + 300, 2 * 86400)] == [
+        "0.2s",
+        "42s",
+        "2m05s",
+        "3h05m",
+        "2d00h",
+    ]
 
 
 # ------------------------------------------------------------------ help, version, completion
 
 
-@pytest.mark.parametrize("command", ["start", "status", "report", "completion", "control", "config"])
+@pytest.mark.parametrize(
+    "command", ["start", "status", "report", "completion", "control", "config"]
+)
 def test_every_pbq_command_has_help_with_examples(command: str) -> None:
     r = pbq(command, "--help")
     assert r.returncode == 0, err(r)
@@ -387,7 +454,9 @@ def test_completion_scripts_for_each_shell() -> None:
     assert "compdef" in out(pbq("completion", "zsh", "--prog", "pbq"))
     fish = out(pbq("completion", "fish", "--prog", "pbq-single"))
     assert "_PBQ_SINGLE_COMPLETE" in fish and "_PBQ_COMPLETE" not in fish
-    assert_user_error(run_cmd("pbq", "completion", env={**os.environ, "SHELL": "/bin/tcsh"}), "name it")
+    assert_user_error(
+        run_cmd("pbq", "completion", env={**os.environ, "SHELL": "/bin/tcsh"}), "name it"
+    )
 
 
 def test_bash_completion_really_completes() -> None:

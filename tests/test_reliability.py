@@ -8,6 +8,7 @@ really ran.  A duplicate is allowed only where pbq admits it: a job whose line t
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -42,6 +43,8 @@ from pbqtest import (
     wait_exit,
     wait_for,
 )
+
+from pbq.sidefiles import read_pidfile, write_pidfile
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -421,14 +424,17 @@ def test_simulated_reboot_requeues_gone_jobs_once(tmp_path: Path, boot: str) -> 
     impostors = [subprocess.Popen(["sleep", "300"], start_new_session=True) for _ in range(2)]
     try:
         pidfile = hostfile_path(jf, "h1", "pid")
-        info = pidfile.read_text().split("\n")
-        info[0] = str(impostors[0].pid)
+        info = read_pidfile(pidfile)
+        assert info is not None
+        info = dataclasses.replace(info, pid=impostors[0].pid)
         if boot == "new-boot":
-            info[3] = "00000000-0000-4000-8000-000000000000"  # written during an earlier boot
+            # written during an earlier boot, an hour ago, with its last heartbeat then
+            info = dataclasses.replace(info, boot="00000000-0000-4000-8000-000000000000",
+                                       start=time.time() - 3600)
             st = status(jf, "h1")
-            st["time"] = time.time() - 3600  # its last heartbeat: before the reboot
+            st["time"] = time.time() - 3600
             (jf.parent / f"{jf.name}.h1.status").write_text(json.dumps(st))
-        pidfile.write_text("\n".join(info))
+        write_pidfile(pidfile, info, fsync=False)
         state_path = hostfile_path(jf, "h1", "state")
         state = json.loads(state_path.read_text())
         first = next(j for j in state["jobs"] if j["line"] == lines[0])

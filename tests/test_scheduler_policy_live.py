@@ -182,7 +182,7 @@ def test_stop_command_stops_everything_and_cont_resumes(tmp_path: Path) -> None:
         s._command("stop", "test")
         tick(s, clock)
         assert states(s) == {1: "stopped", 2: "stopped"}
-        assert s.status(clock.wall)["state"] == "stopped"
+        assert s.status(clock.wall).state == "stopped"
         tick(s, clock, 5)
         assert len(list(s.book)) == 2  # nothing starts while stopped
         s._command("cont", "test")

@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ..errors import PbqError
-from ..hostlog import JOBLOG_HEADER
 from ..jobfile import JobQueue, Txn
+from ..sidefiles import append_joblog_rows
 from ..statefiles import HostFiles, append_bytes, atomic_write_json, read_json, read_json_lines
 from .jobs import Job, JobBook, JobState
 
@@ -172,11 +172,8 @@ class Ledger:
         """Write what ended: joblog and .error first, then put-backs.  Returns how many lines
         went back into the jobfile.  Buffers are cleared only once written."""
         if self.joblog_rows:
-            rows = "".join(self.joblog_rows).encode("utf-8", "surrogateescape")
             try:
-                if not self.files.joblog.exists():
-                    rows = JOBLOG_HEADER.encode() + rows
-                append_bytes(self.files.joblog, rows)
+                append_joblog_rows(self.files.joblog, self.joblog_rows)
                 self.joblog_rows.clear()
             except PbqError as err:
                 self.disk_problem(err)

@@ -22,7 +22,6 @@ import math
 import os
 import select
 import signal
-import socket
 import sys
 import time
 from collections import deque
@@ -35,17 +34,26 @@ from .. import __version__
 from ..config import Config
 from ..errors import PbqError
 from ..hostfile import Host, find_host, load_hostfile
-from ..hostlog import HostLog, joblog_row
+from ..hostlog import HostLog
 from ..jobfile import JobQueue, Txn
 from ..policy import Candidate, Decision, Mode, View, choose, decide, load_limit
 from ..safety import check_input_file, control_file_trusted
-from ..sensors import Sensors, boot_id, process_start, same_process
-from ..sidefiles import PidRecord, read_pidfile, write_pidfile
+from ..sensors import Sensors
+from ..sidefiles import (
+    HostStatus,
+    PidRecord,
+    is_local,
+    joblog_row,
+    liveness,
+    read_pidfile,
+    read_status,
+    write_pidfile,
+    write_status,
+)
 from ..statefiles import (
     HostFiles,
     append_bytes,
     atomic_write,
-    atomic_write_json,
     line_to_text,
     read_json,
     unlink_quietly,
@@ -71,13 +79,6 @@ class SchedulerOptions:
     allow_group_write: bool = False
     lock: str = "flock"
     echo_log: bool = False
-
-
-def looks_like_scheduler(pid: int, jobfile: Path) -> bool:
-    from ..sensors import process_cmdline
-
-    cmd = " ".join(process_cmdline(pid))
-    return "pbq" in cmd and jobfile.name in cmd
 
 
 class Scheduler:
@@ -163,7 +164,7 @@ class Scheduler:
             log_dir = self.opts.output_dir or self.jobfile.with_name(f"{self.jobfile.name}.{self.host}.drmlogs")
             return DrmExecutor(self.host, h, self.cfg, Path.cwd(), log_dir, self.log,
                                self.jobfile.with_name(self.jobfile.name + ".usage"), self.mono)
-        local = old is not None and old.machine == socket.gethostname() and old.boot == boot_id()
+        local = old is not None and is_local(old)
         ex = LocalExecutor(self.host, self.jobfile, self.files.exits, self.cfg.scheduler.nice, self.opts.output_dir,
                            self.log, self.sensors, old.runner if local and old is not None else None)
         ex.on_runner_started = self._runner_started
@@ -208,29 +209,17 @@ class Scheduler:
         Runs under the jobfile lock so two schedulers starting at once can't both win.
         """
         info = read_pidfile(self.files.pid)
-        if info is not None:
-            pid = info.pid
-            if info.machine == socket.gethostname() and info.boot == boot_id():
-                if same_process(pid, info.start) and looks_like_scheduler(pid, self.jobfile):
-                    raise PbqError(
-                        f"a scheduler for host {self.host} is already running (pid {pid}); "
-                        f"stop it first (pbq control ... quit {self.host})",
-                        path=str(self.files.pid),
-                    )
-                self.log(f"found stale {self.files.pid.name} (pid {pid} is gone or reused): recovering")
+        verdict = liveness(info, read_status(self.files.status), self.clock(), self.jobfile)
+        if info is not None and verdict.alive:
+            if verdict.exact:
+                how = f"stop it first (pbq control ... quit {self.host})"
             else:
-                status = read_json(self.files.status) or {}
-                age = self.clock() - float(status.get("time", 0) or 0)
-                fresh = max(10 * float(status.get("interval", 1.0) or 1.0), 60.0)
-                if status.get("state") not in ("exited", "terminated", None) and age < fresh:
-                    raise PbqError(
-                        f"a scheduler for host {self.host} seems to run on machine "
-                        f"{info.machine} (pid {pid}, heartbeat {age:.0f} s ago); "
-                        "stop it there, or wait until its heartbeat is older than "
-                        f"{fresh:.0f} s",
-                        path=str(self.files.pid),
-                    )
-                self.log(f"found {self.files.pid.name} of machine {info.machine} with an old heartbeat: taking over")
+                how = "stop it there, or wait until its heartbeat is old"
+            raise PbqError(f"a scheduler for host {self.host} is already running ({verdict.reason}); {how}",
+                           path=str(self.files.pid))
+        if info is not None:
+            how = "recovering" if verdict.exact else "taking over"
+            self.log(f"found stale {self.files.pid.name} ({verdict.reason}): {how}")
         self._write_pidfile()
 
     def _write_pidfile(self) -> None:
@@ -889,42 +878,25 @@ class Scheduler:
                 except PbqError as err:
                     self.ledger.disk_problem(err)
 
-    def status(self, now: float, state: str | None = None) -> dict[str, object]:
+    def status(self, now: float, state: str | None = None) -> HostStatus:
         stopped = self.book.in_state(JobState.STOPPED)
         c = self.book.counters
-        return {
-            "version": 1,
-            "host": self.host,
-            "machine": socket.gethostname(),
-            "boot_id": boot_id(),
-            "pid": os.getpid(),
-            "start": process_start(os.getpid()),
-            "runner_pid": self.runner_pid,
-            "jobfile": str(self.jobfile),
-            "state": state or self.mode.value,
-            "time": now,
-            "interval": self.interval,
-            "load": round(self.foreign + self.book.running_count(), 3),
-            "foreign": round(self.foreign, 3),
-            "limit": self.limit,
-            "work_time": self.work_time,
-            "active_users": self.active_users,
-            "running": self.book.running_count(),
-            "stopped": len(stopped),
-            "stopped_by_user": sum(1 for j in stopped if j.stopped_by == "user"),
-            "claimed": len(self.book.in_state(JobState.CLAIMED)),
-            "done": c.done,
-            "failed": c.failed,
-            "mem_available": self.mem_available,
-            "control_ack": self.control_ack,
-            "error": self.ledger.disk_error,
-            "started": self.started_at,
-            "drm": None if self.executor is None or isinstance(self.executor, LocalExecutor) else self.executor.name,
-        }
+        running = self.book.running_count()
+        drm = None if self.executor is None or isinstance(self.executor, LocalExecutor) else self.executor.name
+        return HostStatus.of_this_process(
+            host=self.host, runner_pid=self.runner_pid, jobfile=str(self.jobfile),
+            state=state or self.mode.value, time=now, interval=self.interval,
+            load=round(self.foreign + running, 3), foreign=round(self.foreign, 3), limit=self.limit,
+            work_time=self.work_time, active_users=self.active_users, running=running,
+            stopped=len(stopped), stopped_by_user=sum(1 for j in stopped if j.stopped_by == "user"),
+            claimed=len(self.book.in_state(JobState.CLAIMED)), done=c.done, failed=c.failed,
+            mem_available=self.mem_available, control_ack=self.control_ack,
+            error=self.ledger.disk_error, started=self.started_at, drm=drm,
+        )
 
     def _write_status(self, now: float, state: str | None = None) -> None:
         try:
-            atomic_write_json(self.files.status, self.status(now, state))
+            write_status(self.files.status, self.status(now, state))
         except PbqError as err:
             self.ledger.disk_problem(err)
 
