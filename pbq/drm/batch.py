@@ -24,7 +24,7 @@ from pbq.drm.base import (
     render_job_script,
     write_script,
 )
-from pbq.drm.protocol import Action, Capability, Submission
+from pbq.drm.protocol import Action, Actions, Capability, Submission
 
 log = logging.getLogger("pbq.drm")
 
@@ -35,7 +35,7 @@ Query = tuple[list[str], Callable[[CommandResult], T]]
 NOTE = "# pbq: "
 
 
-class BatchDrm:
+class BatchDrm(Actions):
     """Submit, status, exit code and control of one batch system (implements
     :class:`~pbq.drm.protocol.Drm`). Subclasses set :attr:`name` and :attr:`actions` and
     implement :meth:`options_argv` (or :meth:`submit_argv`), :meth:`parse_submit` and
@@ -195,25 +195,10 @@ class BatchDrm:
         argv, parse = query
         return parse(self.run(argv))
 
-    def _act(self, action: Action, cluster_id: str) -> None:
+    def act(self, action: Action, cluster_id: str) -> None:
         result = self.run(self.action_argv(action, cluster_id))
         if not self.action_ok(action, result):
             raise DrmError(result.describe())
-
-    def hold(self, cluster_id: str) -> None:
-        self._act("hold", cluster_id)
-
-    def release(self, cluster_id: str) -> None:
-        self._act("release", cluster_id)
-
-    def suspend(self, cluster_id: str) -> None:
-        self._act("suspend", cluster_id)
-
-    def resume(self, cluster_id: str) -> None:
-        self._act("resume", cluster_id)
-
-    def cancel(self, cluster_id: str) -> None:
-        self._act("cancel", cluster_id)
 
 
 def unavailable_unless(result: CommandResult, name: str, gone: Callable[[str], bool]) -> None:

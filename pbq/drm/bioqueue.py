@@ -30,7 +30,7 @@ from pbq.drm.base import (
     safe_name,
     write_script,
 )
-from pbq.drm.protocol import Capability, Drm, Submission
+from pbq.drm.protocol import Action, Actions, Capability, Drm, Submission
 from pbq.errors import PbqError
 
 log = logging.getLogger("pbq.drm")
@@ -61,7 +61,7 @@ def as_drm(name: str, module: ModuleType) -> Drm:
     return drm if isinstance(drm, Drm) else BioQueuePlugin(name, module)
 
 
-class BioQueuePlugin:
+class BioQueuePlugin(Actions):
     """A BioQueue-protocol module as a :class:`~pbq.drm.protocol.Drm`."""
 
     def __init__(self, name: str, module: ModuleType) -> None:
@@ -116,17 +116,8 @@ class BioQueuePlugin:
             extras["pe"] = res.pe
         args = (protocol, job.job_key, 0, res.cpu, res.mem, res.vmem, res.queue,
                 str(job.log_file), res.walltime, str(job.workspace))  # fmt: skip
-        try:
-            answer = self.module.submit_job(*args, **extras)
-        except DrmError:
-            raise
-        except PbqError as exc:
-            raise DrmError(f"{self.name}: {exc}") from exc
-        except Exception as exc:
-            raise DrmError(
-                f"{self.name} plugin failed to submit job {job.job_key}: "
-                f"{type(exc).__name__}: {exc}"
-            ) from exc
+        # What the plugin raises is reported by DrmBackend.submit.
+        answer = self.module.submit_job(*args, **extras)
         cluster_id = "" if answer is None or isinstance(answer, bool) else str(answer).strip()
         if cluster_id in ("", "0"):
             reason = self._last_error() or f"submit_job returned {answer!r}"
@@ -161,7 +152,8 @@ class BioQueuePlugin:
             return None
         return None if isinstance(answer, bool) or not isinstance(answer, int) else answer
 
-    def _call(self, function: str, cluster_id: str) -> None:
+    def act(self, action: Action, cluster_id: str) -> None:
+        function = f"{action}_job"
         if not self._has(function):
             raise DrmError(f"{self.name} has no {function}")
         try:
@@ -170,21 +162,6 @@ class BioQueuePlugin:
             raise DrmError(f"{type(exc).__name__}: {exc}") from exc
         if answer is not True and answer != OK:
             raise DrmError(self._last_error() or f"{function} returned {answer!r}")
-
-    def hold(self, cluster_id: str) -> None:
-        self._call("hold_job", cluster_id)
-
-    def release(self, cluster_id: str) -> None:
-        self._call("release_job", cluster_id)
-
-    def suspend(self, cluster_id: str) -> None:
-        self._call("suspend_job", cluster_id)
-
-    def resume(self, cluster_id: str) -> None:
-        self._call("resume_job", cluster_id)
-
-    def cancel(self, cluster_id: str) -> None:
-        self._call("cancel_job", cluster_id)
 
     def find_by_name(self, job_name: str) -> list[str] | None:
         return None

@@ -87,6 +87,29 @@ class Drm(Protocol):
         ...
 
 
+class Actions:
+    """The five control methods of :class:`Drm` through one :meth:`act`."""
+
+    def act(self, action: Action, cluster_id: str) -> None:
+        """Do ACTION on the job; DrmError when the DRM refuses or cannot."""
+        raise NotImplementedError
+
+    def hold(self, cluster_id: str) -> None:
+        self.act("hold", cluster_id)
+
+    def release(self, cluster_id: str) -> None:
+        self.act("release", cluster_id)
+
+    def suspend(self, cluster_id: str) -> None:
+        self.act("suspend", cluster_id)
+
+    def resume(self, cluster_id: str) -> None:
+        self.act("resume", cluster_id)
+
+    def cancel(self, cluster_id: str) -> None:
+        self.act("cancel", cluster_id)
+
+
 def perform(drm: Drm, action: Action, cluster_id: str) -> None:
     """Call DRM's method for ACTION on CLUSTER_ID."""
     method = {
