@@ -31,6 +31,8 @@ log = logging.getLogger("pbq.drm")
 T = TypeVar("T")
 #: a command and the reader of its answer.
 Query = tuple[list[str], Callable[[CommandResult], T]]
+#: the forms of a status query (see :meth:`BatchDrm.status_queries`).
+StatusQueries = list[Query[dict[str, JobStatus] | None]]
 #: directive lines starting with this are notes for the user, logged at submission.
 NOTE = "# pbq: "
 
@@ -82,9 +84,7 @@ class BatchDrm(Actions):
         """The cluster id in the submit command's output (DrmError when there is none)."""
         raise NotImplementedError
 
-    def status_queries(
-        self, cluster_ids: Sequence[str]
-    ) -> list[Query[dict[str, JobStatus] | None]]:
+    def status_queries(self, cluster_ids: Sequence[str]) -> StatusQueries:
         """Forms of the one status query, tried in order while a parser answers None (this
         form not understood here). A parser raises DrmUnavailable when the DRM did not answer;
         ids missing from its answer have left the queue."""

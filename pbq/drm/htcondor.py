@@ -31,7 +31,7 @@ from pbq.drm.base import (
     signal_code,
     to_mb,
 )
-from pbq.drm.batch import BatchDrm, Query
+from pbq.drm.batch import BatchDrm, Query, StatusQueries
 from pbq.drm.protocol import Submission
 
 ATTRS = ["ClusterId", "JobStatus", "ExitCode", "ExitBySignal", "ExitSignal"]
@@ -161,13 +161,9 @@ def _in_history(job_id: str, result: CommandResult) -> JobStatus | None:
 
 class HTCondor(BatchDrm):
     name = "htcondor"
-    actions = {
-        "hold": ("condor_hold",),
-        "release": ("condor_release",),
-        "suspend": ("condor_suspend",),
-        "resume": ("condor_continue",),
-        "cancel": ("condor_rm",),
-    }
+    actions = {"hold": ("condor_hold",), "release": ("condor_release",),
+               "suspend": ("condor_suspend",), "resume": ("condor_continue",),
+               "cancel": ("condor_rm",)}  # fmt: skip
 
     def submit_files(self, job: Submission) -> dict[str, str]:
         description = submit_description(
@@ -185,9 +181,7 @@ class HTCondor(BatchDrm):
 
     parse_submit = staticmethod(parse_submit)
 
-    def status_queries(
-        self, cluster_ids: Sequence[str]
-    ) -> list[Query[dict[str, JobStatus] | None]]:
+    def status_queries(self, cluster_ids: Sequence[str]) -> StatusQueries:
         return [(status_argv(cluster_ids), _listed)]
 
     def job_queries(self, cluster_id: str) -> list[Query[JobStatus | None]]:

@@ -29,7 +29,7 @@ from pbq.drm.base import (
     failure_code,
     to_kb,
 )
-from pbq.drm.batch import BatchDrm, Query
+from pbq.drm.batch import BatchDrm, StatusQueries
 
 FORMAT = "jobid stat exit_code"
 
@@ -143,21 +143,14 @@ def _listed(
 class Lsf(BatchDrm):
     name = "lsf"
     # A stopped pending job is PSUSP (held), a stopped running one USUSP (suspended).
-    actions = {
-        "hold": ("bstop",),
-        "release": ("bresume",),
-        "suspend": ("bstop",),
-        "resume": ("bresume",),
-        "cancel": ("bkill",),
-    }
+    actions = {"hold": ("bstop",), "release": ("bresume",), "suspend": ("bstop",),
+               "resume": ("bresume",), "cancel": ("bkill",)}  # fmt: skip
 
     options_argv = staticmethod(submit_argv)
 
     parse_submit = staticmethod(parse_submit)
 
-    def status_queries(
-        self, cluster_ids: Sequence[str]
-    ) -> list[Query[dict[str, JobStatus] | None]]:
+    def status_queries(self, cluster_ids: Sequence[str]) -> StatusQueries:
         ids = list(cluster_ids)
         return [
             (status_argv(ids), partial(_listed, ids)),

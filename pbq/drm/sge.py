@@ -29,7 +29,7 @@ from pbq.drm.base import (
     failure_code,
     to_mb,
 )
-from pbq.drm.batch import NOTE, BatchDrm, Query, unavailable_unless
+from pbq.drm.batch import NOTE, BatchDrm, Query, StatusQueries, unavailable_unless
 from pbq.drm.protocol import Action, Submission
 
 # job-ID prior name user state submit/start-at [queue] [slots] [ja-task-ID]: the state is the
@@ -168,13 +168,8 @@ def _accounted(result: CommandResult) -> JobStatus | None:
 
 class Sge(BatchDrm):
     name = "sge"
-    actions = {
-        "hold": ("qhold",),
-        "release": ("qrls",),
-        "suspend": ("qmod", "-sj"),
-        "resume": ("qmod", "-usj"),
-        "cancel": ("qdel",),
-    }
+    actions = {"hold": ("qhold",), "release": ("qrls",), "suspend": ("qmod", "-sj"),
+               "resume": ("qmod", "-usj"), "cancel": ("qdel",)}  # fmt: skip
 
     def directives(self, job: Submission) -> list[str]:
         if not cpu_dropped(job.resources):
@@ -188,9 +183,7 @@ class Sge(BatchDrm):
 
     parse_submit = staticmethod(parse_submit)
 
-    def status_queries(
-        self, cluster_ids: Sequence[str]
-    ) -> list[Query[dict[str, JobStatus] | None]]:
+    def status_queries(self, cluster_ids: Sequence[str]) -> StatusQueries:
         return [(status_argv(current_user()), _listed)]
 
     def job_queries(self, cluster_id: str) -> list[Query[JobStatus | None]]:

@@ -28,7 +28,7 @@ from pbq.drm.base import (
     signal_code,
     to_mb,
 )
-from pbq.drm.batch import BatchDrm, Query, unavailable_unless
+from pbq.drm.batch import BatchDrm, Query, StatusQueries, unavailable_unless
 
 _QUEUED = {"PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_FED", "RESV_DEL_HOLD_PENDING"}
 _HELD = {"REQUEUE_HOLD", "SPECIAL_EXIT", "RESV_DEL_HOLD"}
@@ -186,22 +186,16 @@ def _named(result: CommandResult) -> list[str]:
 
 class Slurm(BatchDrm):
     name = "slurm"
-    actions = {
-        "hold": ("scontrol", "hold"),
-        "release": ("scontrol", "release"),
-        "suspend": ("scontrol", "suspend"),
-        "resume": ("scontrol", "resume"),
-        "cancel": ("scancel",),
-    }
+    actions = {"hold": ("scontrol", "hold"), "release": ("scontrol", "release"),
+               "suspend": ("scontrol", "suspend"), "resume": ("scontrol", "resume"),
+               "cancel": ("scancel",)}  # fmt: skip
     ask_missing = True
 
     options_argv = staticmethod(submit_argv)
 
     parse_submit = staticmethod(parse_submit)
 
-    def status_queries(
-        self, cluster_ids: Sequence[str]
-    ) -> list[Query[dict[str, JobStatus] | None]]:
+    def status_queries(self, cluster_ids: Sequence[str]) -> StatusQueries:
         return [(status_argv(cluster_ids), partial(_listed, list(cluster_ids)))]
 
     def job_queries(self, cluster_id: str) -> list[Query[JobStatus | None]]:

@@ -28,7 +28,7 @@ from pbq.drm.base import (
     signal_code,
     to_mb,
 )
-from pbq.drm.batch import BatchDrm, Query, unavailable_unless
+from pbq.drm.batch import BatchDrm, StatusQueries, unavailable_unless
 from pbq.drm.protocol import Submission
 
 #: old PBS servers refuse longer job names.
@@ -188,13 +188,9 @@ def _listed(ids: Sequence[str], result: CommandResult) -> dict[str, JobStatus]:
 
 class Torque(BatchDrm):
     name = "torquepbs"
-    actions = {
-        "hold": ("qhold",),
-        "release": ("qrls",),
-        "suspend": ("qsig", "-s", "suspend"),
-        "resume": ("qsig", "-s", "resume"),
-        "cancel": ("qdel",),
-    }
+    actions = {"hold": ("qhold",), "release": ("qrls",),
+               "suspend": ("qsig", "-s", "suspend"), "resume": ("qsig", "-s", "resume"),
+               "cancel": ("qdel",)}  # fmt: skip
 
     def directives(self, job: Submission) -> list[str]:
         return directives(
@@ -206,9 +202,7 @@ class Torque(BatchDrm):
 
     parse_submit = staticmethod(parse_submit)
 
-    def status_queries(
-        self, cluster_ids: Sequence[str]
-    ) -> list[Query[dict[str, JobStatus] | None]]:
+    def status_queries(self, cluster_ids: Sequence[str]) -> StatusQueries:
         return [(status_argv(cluster_ids), partial(_listed, list(cluster_ids)))]
 
     def is_gone(self, output: str) -> bool:
