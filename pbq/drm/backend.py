@@ -13,14 +13,15 @@ Exit code of a finished job, first found wins: the exit-code file; what the stat
 reported; what the DRM reports when asked (scontrol ExitCode, qacct exit_status, Torque
 exit_status, HTCondor ExitCode, LSF exit code). A job killed by cancel or walltime has no
 exit-code file and comes out as 128+signal (or 143 when the DRM does not say which signal).
+
+Behind it is one typed :class:`~pbq.drm.protocol.Drm`: a built-in system's object, or a
+BioQueue-protocol module behind :class:`~pbq.drm.bioqueue.BioQueuePlugin`.
 """
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
-import shlex
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -38,67 +39,31 @@ from pbq.drm.base import (
     Resources,
     parse_usage,
     read_exit_file,
-    render_job_script,
     safe_name,
-    write_script,
 )
+from pbq.drm.bioqueue import as_drm
+from pbq.drm.protocol import Action, Drm, Submission, job_name, perform
 from pbq.errors import PbqError
 
 CAPABILITIES = ("hold", "suspend", "exit_code", "batch_status")
-
-# BioQueue's query_job_status numbers.
-_PROTOCOL_STATES = {0: ClusterState.DONE, 1: ClusterState.RUNNING, 2: ClusterState.QUEUED}
 
 
 def _unique(ids: Iterable[object]) -> list[str]:
     return list(dict.fromkeys(str(i).strip() for i in ids if str(i).strip()))
 
 
-def status_from_protocol(value: object) -> JobStatus:
-    """A plugin's answer for one job (a JobStatus, or a query_job_status number) -> JobStatus.
-
-    BioQueue's 0 ("completed") is DONE with an unknown exit code: only the exit-code file or the
-    DRM's own report can make it a success. Negative numbers ("error") are DONE too."""
-    if isinstance(value, JobStatus):
-        return value
-    if isinstance(value, bool) or not isinstance(value, int):
-        try:
-            value = int(str(value).strip())
-        except ValueError:
-            return JobStatus(ClusterState.UNKNOWN, None, str(value))
-    if value < 0:
-        return JobStatus(ClusterState.DONE, None, f"error {value}")
-    state = _PROTOCOL_STATES.get(value)
-    if state is None:
-        return JobStatus(ClusterState.UNKNOWN, None, str(value))
-    return JobStatus(state, None, str(value))
-
-
 class DrmBackend:
-    """A DRM plugin behind pbq's API. Make one with :meth:`load`."""
+    """A DRM behind pbq's API. Make one with :meth:`load`."""
 
-    def __init__(self, name: str, module: ModuleType, origin: str = "") -> None:
+    def __init__(self, name: str, plugin: Drm | ModuleType, origin: str = "") -> None:
+        """PLUGIN is a typed :class:`~pbq.drm.protocol.Drm`, or a plugin module (its ``DRM``,
+        else the module itself behind the BioQueue adapter)."""
         self.name = name
-        self.module = module
+        self.module = plugin if isinstance(plugin, ModuleType) else None
+        self.drm: Drm = as_drm(name, plugin) if isinstance(plugin, ModuleType) else plugin
         self.origin = origin
-        has = self._has
-        caps = set()
-        if has("hold_job") and has("release_job"):
-            caps.add("hold")
-        if has("suspend_job") and has("resume_job"):
-            caps.add("suspend")
-        if has("exit_code"):
-            caps.add("exit_code")
-        if has("query_jobs_status"):
-            caps.add("batch_status")
-        self.capabilities: set[str] = caps
+        self.capabilities: set[str] = set(self.drm.capabilities)
         self._failures = 0
-        try:
-            params = dict(inspect.signature(module.submit_job).parameters)
-        except (TypeError, ValueError):
-            params = {}
-        var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-        self._submit_extras = {extra for extra in ("exit_file", "pe") if var_kw or extra in params}
 
     @classmethod
     def load(cls, name: str, plugin_dir: str | os.PathLike[str] | None = None) -> DrmBackend:
@@ -111,12 +76,9 @@ class DrmBackend:
 
     # ------------------------------------------------------------------ failures
 
-    def _has(self, name: str) -> bool:
-        return callable(getattr(self.module, name, None))
-
     @property
     def runner(self) -> CommandRunner | None:
-        runner = getattr(self.module, "runner", None)
+        runner = getattr(self.drm, "runner", None)
         return runner if isinstance(runner, CommandRunner) else None
 
     @property
@@ -128,13 +90,6 @@ class DrmBackend:
         """Seconds to wait before polling again: 0 when the DRM answers, then doubling."""
         n = self.consecutive_failures
         return 0.0 if n == 0 else min(cap, base * 2 ** min(n - 1, 30))
-
-    def _last_error(self) -> str:
-        try:
-            message = getattr(self.module, "last_error", "")
-        except Exception:  # a plugin's __getattr__ may raise anything
-            return ""
-        return str(message or "")
 
     # ------------------------------------------------------------------ submit
 
@@ -148,7 +103,8 @@ class DrmBackend:
     ) -> str:
         """Submit COMMAND (one shell command line) to run in WORKSPACE; returns the cluster id.
 
-        DrmError when the DRM refuses it; never a made-up id."""
+        DrmError when the DRM refuses it (DrmUnavailable when it does not answer); never a
+        made-up id."""
         ws = Path(workspace).resolve()
         if not ws.is_dir():
             raise DrmError(f"workspace {ws} is not a folder")
@@ -160,40 +116,19 @@ class DrmBackend:
             log_path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise DrmError(f"cannot prepare {files.dir}: {exc.strerror}") from exc
-        protocol = command
-        extras: dict[str, str] = {}
-        if "exit_file" in self._submit_extras:
-            extras["exit_file"] = str(files.exit_file)
-        else:
-            # A plugin that knows nothing of exit-code files runs a wrapper that writes one.
-            script = render_job_script(
-                "plain",
-                command=command,
-                workspace=ws,
-                exit_file=files.exit_file,
-                usage_file=files.usage_file,
-                job_name=safe_name(str(job_key)),
-            )
-            write_script(files.script, script)
-            protocol = f"/bin/sh {shlex.quote(str(files.script))}"
-        if "pe" in self._submit_extras and resources.pe:
-            extras["pe"] = resources.pe
-        args = (
-            protocol, str(job_key), 0, resources.cpu, resources.mem, resources.vmem,
-            resources.queue, str(log_path), resources.walltime, str(ws),
-        )  # fmt: skip
+        job = Submission(command, str(job_key), ws, log_path, files, resources)
         try:
-            answer = self.module.submit_job(*args, **extras)
+            cluster_id = str(self.drm.submit(job)).strip()
+        except DrmError:
+            raise
         except PbqError as exc:
             raise DrmError(f"{self.name}: {exc}") from exc
         except Exception as exc:
             raise DrmError(
-                f"{self.name} plugin failed to submit job {job_key}: {type(exc).__name__}: {exc}"
+                f"{self.name} failed to submit job {job_key}: {type(exc).__name__}: {exc}"
             ) from exc
-        cluster_id = "" if answer is None or isinstance(answer, bool) else str(answer).strip()
-        if cluster_id in ("", "0"):
-            reason = self._last_error() or f"submit_job returned {answer!r}"
-            raise DrmError(f"{self.name} did not accept job {job_key}: {reason}")
+        if not cluster_id:
+            raise DrmError(f"{self.name} did not accept job {job_key}: no cluster id")
         self._write_ticket(ws, cluster_id, job_key, files, log_path)
         return cluster_id
 
@@ -221,7 +156,7 @@ class DrmBackend:
             os.replace(tmp, path)
         except OSError as exc:
             # Without its ticket the job could never be judged: take it back.
-            cancelled, _ = self._call("cancel_job", cluster_id)
+            cancelled = not self._perform("cancel", cluster_id)
             raise DrmError(
                 f"job {job_key} was submitted as {self.name} job {cluster_id}, but its ticket "
                 f"{path} cannot be written ({exc.strerror}); the job was "
@@ -240,27 +175,16 @@ class DrmBackend:
     # ------------------------------------------------------------------ status and results
 
     def statuses(self, cluster_ids: Sequence[str]) -> dict[str, JobStatus]:
-        """{id: JobStatus} for every id given: one DRM command when the plugin has batch status.
+        """{id: JobStatus} for every id given: one DRM command when the DRM has batch status.
 
         DrmUnavailable when the DRM does not answer: then nothing may be judged."""
         ids = _unique(cluster_ids)
         if not ids:
             return {}
         try:
-            if "batch_status" in self.capabilities:
-                answer = self.module.query_jobs_status(ids)
-                if not isinstance(answer, dict):
-                    raise DrmError(f"query_jobs_status returned {type(answer).__name__}")
-                result = {}
-                for i in ids:
-                    value = answer.get(i, answer.get(int(i)) if i.isdigit() else None)
-                    result[i] = (
-                        JobStatus(ClusterState.UNKNOWN, None, "not reported")
-                        if value is None
-                        else status_from_protocol(value)
-                    )
-            else:
-                result = {i: status_from_protocol(self.module.query_job_status(i)) for i in ids}
+            answer = self.drm.statuses(ids)
+            unknown = JobStatus(ClusterState.UNKNOWN, None, "not reported")
+            result = {i: answer.get(i, unknown) for i in ids}
         except DrmUnavailable:
             self._failures += 1
             raise
@@ -282,7 +206,7 @@ class DrmBackend:
         answer."""
         ticket = self.ticket(cluster_id, workspace)
         if ticket and isinstance(ticket.get("exit_file"), str):
-            code = read_exit_file(Path(ticket["exit_file"]))  # type: ignore[arg-type]
+            code = read_exit_file(Path(str(ticket["exit_file"])))
             if code is not None:
                 return code
         if reported is not None:
@@ -290,14 +214,11 @@ class DrmBackend:
         if "exit_code" not in self.capabilities:
             return None
         try:
-            answer = self.module.exit_code(str(cluster_id))
+            return self.drm.exit_code(str(cluster_id))
         except DrmUnavailable:
             raise
         except Exception:
             return None
-        if isinstance(answer, bool) or not isinstance(answer, int):
-            return None
-        return answer
 
     def usage(self, cluster_id: str, workspace: Path) -> JobUsage | None:
         """Peak memory, CPU seconds and runtime of a finished job, when its script measured them."""
@@ -324,14 +245,20 @@ class DrmBackend:
 
     # ------------------------------------------------------------------ control
 
-    def _call(self, function: str, cluster_id: str) -> tuple[bool, str]:
+    def _perform(self, action: Action, cluster_id: str) -> str:
+        """Do ACTION on the job; "" when done, else why not."""
         try:
-            answer = getattr(self.module, function)(cluster_id)
+            perform(self.drm, action, cluster_id)
+        except PbqError as exc:
+            return str(exc)
         except Exception as exc:
-            return False, f"{type(exc).__name__}: {exc}"
-        if answer is True or answer == 1:
-            return True, ""
-        return False, self._last_error() or f"{function} returned {answer!r}"
+            return f"{type(exc).__name__}: {exc}"
+        return ""
+
+    def find_by_name(self, job_key: str) -> list[str] | None:
+        """Ids of the DRM's jobs submitted for JOB_KEY (found by their job name); None when
+        this DRM cannot search by name. DrmUnavailable when it does not answer."""
+        return self.drm.find_by_name(job_name(str(job_key)))
 
     def cancel(self, ids: Iterable[str]) -> None:
         """Cancel every job (queued, held, running or suspended). A job that has already left
@@ -339,8 +266,8 @@ class DrmBackend:
         failed: list[str] = []
         reasons: list[str] = []
         for cluster_id in _unique(ids):
-            ok, reason = self._call("cancel_job", cluster_id)
-            if not ok:
+            reason = self._perform("cancel", cluster_id)
+            if reason:
                 failed.append(cluster_id)
                 reasons.append(reason)
         if failed:
@@ -388,10 +315,10 @@ class DrmBackend:
             if not can_hold:
                 left_queued.append(i)
                 continue
-            ok, reason = self._call("hold_job", i)
-            if ok:
+            reason = self._perform("hold", i)
+            if not reason:
                 held.append(i)
-            elif can_suspend and self._call("suspend_job", i)[0]:
+            elif can_suspend and not self._perform("suspend", i):
                 suspended.append(i)  # it started meanwhile
             else:
                 failed.append(i)
@@ -400,8 +327,8 @@ class DrmBackend:
             if not can_suspend:
                 left_running.append(i)
                 continue
-            ok, reason = self._call("suspend_job", i)
-            if ok:
+            reason = self._perform("suspend", i)
+            if not reason:
                 suspended.append(i)
             else:
                 failed.append(i)
@@ -429,25 +356,25 @@ class DrmBackend:
         if not all_ids:
             return "nothing to continue"
         groups, answered = self._split(all_ids, set())
-        plan: list[tuple[str, tuple[str, ...]]]
+        plan: list[tuple[str, tuple[Action, ...]]]
         if answered:
-            plan = [(i, ("release_job",)) for i in groups[ClusterState.HELD]]
-            plan += [(i, ("resume_job",)) for i in groups[ClusterState.SUSPENDED]]
+            plan = [(i, ("release",)) for i in groups[ClusterState.HELD]]
+            plan += [(i, ("resume",)) for i in groups[ClusterState.SUSPENDED]]
         else:  # no answer from the DRM: try both, the wrong one fails harmlessly
-            plan = [(i, ("release_job", "resume_job")) for i in all_ids]
+            plan = [(i, ("release", "resume")) for i in all_ids]
         released: list[str] = []
         resumed: list[str] = []
         failed: list[str] = []
         reason = ""
-        for i, functions in plan:
-            for function in functions:
-                capability = "hold" if function == "release_job" else "suspend"
+        for i, actions in plan:
+            for action in actions:
+                capability = "hold" if action == "release" else "suspend"
                 if capability not in self.capabilities:
-                    reason = reason or f"{self.name} has no {function}"
+                    reason = reason or f"{self.name} cannot {action} jobs"
                     continue
-                ok, why = self._call(function, i)
-                if ok:
-                    (released if function == "release_job" else resumed).append(i)
+                why = self._perform(action, i)
+                if not why:
+                    (released if action == "release" else resumed).append(i)
                     break
                 reason = why
             else:

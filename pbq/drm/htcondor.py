@@ -1,4 +1,4 @@
-"""HTCondor: submit description, argv builders and output parsers (no commands are run here).
+"""HTCondor: submit description, argv builders and parsers over :class:`~pbq.drm.batch.BatchDrm`.
 
 * submit: ``condor_submit FILE`` with a submit description whose ``executable`` is the generated
   job script, ``initialdir`` the workspace, ``output``/``error`` the log, ``request_cpus``,
@@ -18,18 +18,22 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from functools import partial
 
 from pbq.drm.base import (
     KILLED_EXIT,
     ClusterState,
+    CommandResult,
     DrmError,
+    DrmUnavailable,
     JobStatus,
     Resources,
     signal_code,
     to_mb,
 )
+from pbq.drm.batch import BatchDrm, Query, StatusQueries
+from pbq.drm.protocol import Submission
 
-SYSTEM = "htcondor"
 ATTRS = ["ClusterId", "JobStatus", "ExitCode", "ExitBySignal", "ExitSignal"]
 
 _STATES = {
@@ -101,26 +105,6 @@ def history_argv(job_id: str) -> list[str]:
     return ["condor_history", str(job_id), "-limit", "1", "-af", *ATTRS]
 
 
-def hold_argv(job_id: str) -> list[str]:
-    return ["condor_hold", str(job_id)]
-
-
-def release_argv(job_id: str) -> list[str]:
-    return ["condor_release", str(job_id)]
-
-
-def suspend_argv(job_id: str) -> list[str]:
-    return ["condor_suspend", str(job_id)]
-
-
-def resume_argv(job_id: str) -> list[str]:
-    return ["condor_continue", str(job_id)]
-
-
-def cancel_argv(job_id: str) -> list[str]:
-    return ["condor_rm", str(job_id)]
-
-
 def _int(text: str) -> int | None:
     return int(text) if re.fullmatch(r"-?\d+", text) else None
 
@@ -163,3 +147,49 @@ def parse_af(stdout: str, *, finished: bool = False) -> dict[str, JobStatus]:
 
 def is_unknown_job(text: str) -> bool:
     return bool(re.search(r"Couldn't find|not found|No such job|does not exist", text, re.I))
+
+
+def _listed(result: CommandResult) -> dict[str, JobStatus]:
+    if not result.ok:
+        raise DrmUnavailable(f"htcondor: {result.describe()}")
+    return parse_af(result.stdout)
+
+
+def _in_history(job_id: str, result: CommandResult) -> JobStatus | None:
+    return parse_af(result.stdout, finished=True).get(job_id) if result.ok else None
+
+
+class HTCondor(BatchDrm):
+    name = "htcondor"
+    actions = {"hold": ("condor_hold",), "release": ("condor_release",),
+               "suspend": ("condor_suspend",), "resume": ("condor_continue",),
+               "cancel": ("condor_rm",)}  # fmt: skip
+
+    def submit_files(self, job: Submission) -> dict[str, str]:
+        description = submit_description(
+            script=str(job.files.script),
+            job_name=job.job_name,
+            log_file=str(job.log_file),
+            workspace=str(job.workspace),
+            event_log=str(job.files.path(".condor.log")),
+            resources=job.resources,
+        )
+        return {str(job.files.path(".sub")): description}
+
+    def submit_argv(self, job: Submission) -> list[str]:
+        return submit_argv(str(job.files.path(".sub")))
+
+    parse_submit = staticmethod(parse_submit)
+
+    def status_queries(self, cluster_ids: Sequence[str]) -> StatusQueries:
+        return [(status_argv(cluster_ids), _listed)]
+
+    def job_queries(self, cluster_id: str) -> list[Query[JobStatus | None]]:
+        # Still queued (condor_q), else the history.
+        return [
+            (status_argv([cluster_id]), lambda result: _listed(result).get(cluster_id)),
+            (history_argv(cluster_id), partial(_in_history, cluster_id)),
+        ]
+
+    def is_gone(self, output: str) -> bool:
+        return is_unknown_job(output)

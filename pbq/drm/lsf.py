@@ -1,4 +1,4 @@
-"""LSF: argv builders and output parsers (no commands are run here).
+"""LSF: argv builders and output parsers over :class:`~pbq.drm.batch.BatchDrm`.
 
 * submit: ``bsub -J NAME -o LOG -e LOG -cwd WS -n CPU [-M KB] [-v KB] [-W HH:MM] [-q Q] /bin/sh
   SCRIPT``: the script file is the command (no ``bsub < file`` through a shell), so every option is
@@ -17,17 +17,20 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
+from functools import partial
 
 from pbq.drm.base import (
     ClusterState,
+    CommandResult,
     DrmError,
+    DrmUnavailable,
     JobStatus,
     Resources,
     failure_code,
     to_kb,
 )
+from pbq.drm.batch import BatchDrm, StatusQueries
 
-SYSTEM = "lsf"
 FORMAT = "jobid stat exit_code"
 
 _STATES = {
@@ -86,22 +89,6 @@ def classic_status_argv(job_ids: Sequence[str]) -> list[str]:
     return ["bjobs", "-a", *[str(i) for i in job_ids]]
 
 
-def hold_argv(job_id: str) -> list[str]:
-    return ["bstop", str(job_id)]
-
-
-def release_argv(job_id: str) -> list[str]:
-    return ["bresume", str(job_id)]
-
-
-suspend_argv = hold_argv
-resume_argv = release_argv
-
-
-def cancel_argv(job_id: str) -> list[str]:
-    return ["bkill", str(job_id)]
-
-
 def status_of(stat: str, exit_code: str = "-") -> JobStatus:
     state = _STATES.get(stat, ClusterState.UNKNOWN)
     if stat == "DONE":
@@ -139,3 +126,36 @@ def is_unknown_job(text: str) -> bool:
 def format_unsupported(text: str) -> bool:
     """bjobs of an LSF without ``-o`` rejects the option."""
     return bool(re.search(r"illegal option|invalid option|unknown option|Usage:", text, re.I))
+
+
+def _listed(
+    ids: Sequence[str], result: CommandResult, *, newest: bool = True
+) -> dict[str, JobStatus] | None:
+    if newest and not result.ok and format_unsupported(result.output):
+        return None  # an LSF older than 9.1: the classic form is asked next
+    found = parse_bjobs(result.stdout)
+    gone = not_found_ids(result.output)
+    if not result.ok and any(i not in found and i not in gone for i in ids):
+        raise DrmUnavailable(f"lsf: {result.describe()}")
+    return found
+
+
+class Lsf(BatchDrm):
+    name = "lsf"
+    # A stopped pending job is PSUSP (held), a stopped running one USUSP (suspended).
+    actions = {"hold": ("bstop",), "release": ("bresume",), "suspend": ("bstop",),
+               "resume": ("bresume",), "cancel": ("bkill",)}  # fmt: skip
+
+    options_argv = staticmethod(submit_argv)
+
+    parse_submit = staticmethod(parse_submit)
+
+    def status_queries(self, cluster_ids: Sequence[str]) -> StatusQueries:
+        ids = list(cluster_ids)
+        return [
+            (status_argv(ids), partial(_listed, ids)),
+            (classic_status_argv(ids), partial(_listed, ids, newest=False)),
+        ]
+
+    def is_gone(self, output: str) -> bool:
+        return is_unknown_job(output)

@@ -14,6 +14,10 @@ exit_file='')`` (the plugin's job script writes the exit code there itself; othe
 the command so that it does), ``submit_job(..., pe='')``, and ``last_error`` (a message for a
 failed call).
 
+A module may instead (or also) offer a typed :class:`~pbq.drm.protocol.Drm` as its ``DRM``
+attribute: pbq then uses that directly, as it does for the built-ins. A module without one is
+wrapped by :class:`~pbq.drm.bioqueue.BioQueuePlugin`.
+
 Where plugins come from, later ones overriding earlier ones of the same name:
 
 1. the modules of ``pbq/drm/cluster_models/`` (built-ins) whose names do not start with ``_``;

@@ -1,11 +1,11 @@
-"""(Son of) Grid Engine: argv builders and output parsers (no commands are run here).
+"""(Son of) Grid Engine: argv builders and output parsers over :class:`~pbq.drm.batch.BatchDrm`.
 
 * submit: ``qsub -terse -N NAME -o LOG -j y -wd WS -S /bin/sh -b n [-pe PE CPU] [-l ...] [-q Q]
   SCRIPT``. Resources: ``vmem`` -> ``h_vmem`` (an enforced limit; Grid Engine counts it per
   slot, so with a parallel environment it is divided by the cpu count), ``mem`` -> ``mem_free``
   (the host must have that much free memory: Grid Engine has no enforced RSS limit), walltime ->
   ``h_rt`` in seconds. ``cpu > 1`` needs a parallel environment (hostfile ``pe=NAME``): without
-  one it is not passed, and the job runs on one slot (the plugin logs a warning).
+  one it is not passed, and the job runs on one slot (with a warning in the log and the script).
 * status: one ``qstat -u USER`` listing; a job not listed has left the queue.
 * exit code: ``qacct -j ID`` (``failed``, ``exit_status``; the last record when ids repeat).
 * hold/release: ``qhold``/``qrls``; suspend/resume: ``qmod -sj``/``qmod -usj``; cancel: ``qdel``.
@@ -14,18 +14,23 @@
 from __future__ import annotations
 
 import math
+import os
+import pwd
 import re
+from collections.abc import Sequence
 
 from pbq.drm.base import (
     ClusterState,
+    CommandResult,
     DrmError,
+    DrmUnavailable,
     JobStatus,
     Resources,
     failure_code,
     to_mb,
 )
-
-SYSTEM = "sge"
+from pbq.drm.batch import NOTE, BatchDrm, Query, StatusQueries, unavailable_unless
+from pbq.drm.protocol import Action, Submission
 
 # job-ID prior name user state submit/start-at [queue] [slots] [ja-task-ID]: the state is the
 # word right before the date, which keeps odd job names from shifting columns.
@@ -86,26 +91,6 @@ def qacct_argv(job_id: str) -> list[str]:
     return ["qacct", "-j", str(job_id)]
 
 
-def hold_argv(job_id: str) -> list[str]:
-    return ["qhold", str(job_id)]
-
-
-def release_argv(job_id: str) -> list[str]:
-    return ["qrls", str(job_id)]
-
-
-def suspend_argv(job_id: str) -> list[str]:
-    return ["qmod", "-sj", str(job_id)]
-
-
-def resume_argv(job_id: str) -> list[str]:
-    return ["qmod", "-usj", str(job_id)]
-
-
-def cancel_argv(job_id: str) -> list[str]:
-    return ["qdel", str(job_id)]
-
-
 def state_of(code: str) -> ClusterState:
     """A ``qstat`` state code (qw, hqw, r, t, s, S, T, dr, Eqw, hr, Rr, ...) -> ClusterState.
 
@@ -160,3 +145,54 @@ def is_unknown_job(text: str) -> bool:
 def action_failed(text: str) -> bool:
     """qmod/qhold answer 0 even when they did nothing ("can not be applied")."""
     return bool(re.search(r"can ?not|denied|does not exist|invalid|error", text, re.IGNORECASE))
+
+
+def current_user() -> str:
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return os.environ.get("USER", "")
+
+
+def _listed(result: CommandResult) -> dict[str, JobStatus]:
+    if not result.ok:
+        raise DrmUnavailable(f"sge: {result.describe()}")
+    return parse_qstat(result.stdout)
+
+
+def _accounted(result: CommandResult) -> JobStatus | None:
+    """``qacct -j``: the job's end, None when Grid Engine has no record of it."""
+    unavailable_unless(result, "sge", is_unknown_job)
+    return JobStatus(ClusterState.DONE, parse_qacct(result.stdout), "qacct") if result.ok else None
+
+
+class Sge(BatchDrm):
+    name = "sge"
+    actions = {"hold": ("qhold",), "release": ("qrls",), "suspend": ("qmod", "-sj"),
+               "resume": ("qmod", "-usj"), "cancel": ("qdel",)}  # fmt: skip
+
+    def directives(self, job: Submission) -> list[str]:
+        if not cpu_dropped(job.resources):
+            return []
+        return [
+            f"{NOTE}cpu={job.resources.cpu} not requested: Grid Engine needs a parallel "
+            "environment for more than one slot (set pe=NAME); the job gets one slot"
+        ]
+
+    options_argv = staticmethod(submit_argv)
+
+    parse_submit = staticmethod(parse_submit)
+
+    def status_queries(self, cluster_ids: Sequence[str]) -> StatusQueries:
+        return [(status_argv(current_user()), _listed)]
+
+    def job_queries(self, cluster_id: str) -> list[Query[JobStatus | None]]:
+        return [(qacct_argv(cluster_id), _accounted)]
+
+    def is_gone(self, output: str) -> bool:
+        return is_unknown_job(output)
+
+    def action_ok(self, action: Action, result: CommandResult) -> bool:
+        # qmod and qhold exit 0 even when they did nothing.
+        done = action == "cancel" or not action_failed(result.output)
+        return super().action_ok(action, result) and done

@@ -1,4 +1,4 @@
-"""Slurm: argv builders and output parsers (no commands are run here).
+"""Slurm: argv builders and output parsers over :class:`~pbq.drm.batch.BatchDrm`.
 
 * submit: ``sbatch --parsable -J NAME -o LOG -D WS -c CPU [--mem=NM] [-t D-HH:MM:SS] [-p Q] SCRIPT``
   (Slurm has no virtual-memory request: ``vmem`` is not passed).
@@ -9,15 +9,18 @@
   with accounting storage or ``sacct -c`` job completion files).
 * hold/release: ``scontrol hold|release ID`` (pending jobs); suspend/resume: ``scontrol
   suspend|resume ID`` (running jobs only); cancel: ``scancel ID``.
+* by name: ``squeue -h -t all -n NAME -o %i``.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from functools import partial
 
 from pbq.drm.base import (
     ClusterState,
+    CommandResult,
     DrmError,
     JobStatus,
     Resources,
@@ -25,8 +28,7 @@ from pbq.drm.base import (
     signal_code,
     to_mb,
 )
-
-SYSTEM = "slurm"
+from pbq.drm.batch import BatchDrm, Query, StatusQueries, unavailable_unless
 
 _QUEUED = {"PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_FED", "RESV_DEL_HOLD_PENDING"}
 _HELD = {"REQUEUE_HOLD", "SPECIAL_EXIT", "RESV_DEL_HOLD"}
@@ -83,26 +85,6 @@ def job_argv(job_id: str) -> list[str]:
 
 def sacct_argv(job_id: str) -> list[str]:
     return ["sacct", "-n", "-P", "-X", "-j", str(job_id), "-o", "JobID,State,ExitCode"]
-
-
-def hold_argv(job_id: str) -> list[str]:
-    return ["scontrol", "hold", str(job_id)]
-
-
-def release_argv(job_id: str) -> list[str]:
-    return ["scontrol", "release", str(job_id)]
-
-
-def suspend_argv(job_id: str) -> list[str]:
-    return ["scontrol", "suspend", str(job_id)]
-
-
-def resume_argv(job_id: str) -> list[str]:
-    return ["scontrol", "resume", str(job_id)]
-
-
-def cancel_argv(job_id: str) -> list[str]:
-    return ["scancel", str(job_id)]
 
 
 def parse_exit_code(text: str) -> int | None:
@@ -180,3 +162,44 @@ def status_from_sacct(stdout: str) -> JobStatus | None:
 
 def is_unknown_job(text: str) -> bool:
     return UNKNOWN_JOB in text
+
+
+def _listed(ids: Sequence[str], result: CommandResult) -> dict[str, JobStatus]:
+    unavailable_unless(result, "slurm", is_unknown_job)
+    return {k: v for k, v in parse_squeue(result.stdout).items() if k in ids} if result.ok else {}
+
+
+def _shown(result: CommandResult) -> JobStatus | None:
+    """``scontrol show job``; None when Slurm no longer knows the job."""
+    unavailable_unless(result, "slurm", is_unknown_job)
+    return status_from_show_job(result.stdout) if result.ok else None
+
+
+def _accounted(result: CommandResult) -> JobStatus | None:
+    return status_from_sacct(result.stdout) if result.ok else None
+
+
+def _named(result: CommandResult) -> list[str]:
+    unavailable_unless(result, "slurm", lambda _: False)
+    return [line.strip() for line in result.stdout.splitlines() if line.strip().isdigit()]
+
+
+class Slurm(BatchDrm):
+    name = "slurm"
+    actions = {"hold": ("scontrol", "hold"), "release": ("scontrol", "release"),
+               "suspend": ("scontrol", "suspend"), "resume": ("scontrol", "resume"),
+               "cancel": ("scancel",)}  # fmt: skip
+    ask_missing = True
+
+    options_argv = staticmethod(submit_argv)
+
+    parse_submit = staticmethod(parse_submit)
+
+    def status_queries(self, cluster_ids: Sequence[str]) -> StatusQueries:
+        return [(status_argv(cluster_ids), partial(_listed, list(cluster_ids)))]
+
+    def job_queries(self, cluster_id: str) -> list[Query[JobStatus | None]]:
+        return [(job_argv(cluster_id), _shown), (sacct_argv(cluster_id), _accounted)]
+
+    def name_query(self, job_name: str) -> Query[list[str]]:
+        return (["squeue", "-h", "-t", "all", "-n", job_name, "-o", "%i"], _named)

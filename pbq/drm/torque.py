@@ -1,4 +1,4 @@
-"""Torque / PBS: directives, argv builders and output parsers (no commands are run here).
+"""Torque / PBS: directives, argv builders and output parsers over :class:`~pbq.drm.batch.BatchDrm`.
 
 * submit: ``qsub SCRIPT``; the script carries ``#PBS`` directives: ``-N``, ``-o LOG``, ``-j oe``,
   ``-S /bin/sh``, ``-l nodes=1:ppn=CPU``, ``-l mem=Nmb`` (from ``mem``), ``-l vmem=Nmb`` (from
@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from functools import partial
 
 from pbq.drm.base import (
     KILLED_EXIT,
     ClusterState,
+    CommandResult,
     DrmError,
     JobStatus,
     Resources,
@@ -26,8 +28,9 @@ from pbq.drm.base import (
     signal_code,
     to_mb,
 )
+from pbq.drm.batch import BatchDrm, StatusQueries, unavailable_unless
+from pbq.drm.protocol import Submission
 
-SYSTEM = "torquepbs"
 #: old PBS servers refuse longer job names.
 NAME_LIMIT = 15
 
@@ -95,26 +98,6 @@ def numeric_id(job_id: str) -> str:
 
 def status_argv(job_ids: Sequence[str]) -> list[str]:
     return ["qstat", "-f", *[str(i) for i in job_ids]]
-
-
-def hold_argv(job_id: str) -> list[str]:
-    return ["qhold", str(job_id)]
-
-
-def release_argv(job_id: str) -> list[str]:
-    return ["qrls", str(job_id)]
-
-
-def suspend_argv(job_id: str) -> list[str]:
-    return ["qsig", "-s", "suspend", str(job_id)]
-
-
-def resume_argv(job_id: str) -> list[str]:
-    return ["qsig", "-s", "resume", str(job_id)]
-
-
-def cancel_argv(job_id: str) -> list[str]:
-    return ["qdel", str(job_id)]
 
 
 def parse_qstat_f(stdout: str) -> dict[str, dict[str, str]]:
@@ -196,3 +179,31 @@ def is_finished_job(text: str) -> bool:
     return bool(
         re.search(r"Request invalid for state of job|job.*(completed|finished)", text, re.I)
     )
+
+
+def _listed(ids: Sequence[str], result: CommandResult) -> dict[str, JobStatus]:
+    unavailable_unless(result, "torque", is_unknown_job)
+    return parse_statuses(result.stdout, result.stderr, ids)
+
+
+class Torque(BatchDrm):
+    name = "torquepbs"
+    actions = {"hold": ("qhold",), "release": ("qrls",),
+               "suspend": ("qsig", "-s", "suspend"), "resume": ("qsig", "-s", "resume"),
+               "cancel": ("qdel",)}  # fmt: skip
+
+    def directives(self, job: Submission) -> list[str]:
+        return directives(
+            job_name=job.job_name, log_file=str(job.log_file), resources=job.resources
+        )
+
+    def submit_argv(self, job: Submission) -> list[str]:
+        return submit_argv(str(job.files.script))
+
+    parse_submit = staticmethod(parse_submit)
+
+    def status_queries(self, cluster_ids: Sequence[str]) -> StatusQueries:
+        return [(status_argv(cluster_ids), partial(_listed, list(cluster_ids)))]
+
+    def is_gone(self, output: str) -> bool:
+        return is_unknown_job(output) or is_finished_job(output)

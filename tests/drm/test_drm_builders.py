@@ -47,9 +47,9 @@ def test_slurm_submit_argv() -> None:
         "%i|%T|%r",
     ]
     assert slurm.job_argv("5") == ["scontrol", "-o", "show", "job", "5"]
-    assert slurm.hold_argv("5") == ["scontrol", "hold", "5"]
-    assert slurm.resume_argv("5") == ["scontrol", "resume", "5"]
-    assert slurm.cancel_argv("5") == ["scancel", "5"]
+    assert slurm.Slurm().action_argv("hold", "5") == ["scontrol", "hold", "5"]
+    assert slurm.Slurm().action_argv("resume", "5") == ["scontrol", "resume", "5"]
+    assert slurm.Slurm().action_argv("cancel", "5") == ["scancel", "5"]
 
 
 def test_sge_submit_argv() -> None:
@@ -77,9 +77,10 @@ def test_sge_cpu_without_pe_is_not_passed() -> None:
     bare = sge.submit_argv("s", job_name="n", log_file="l", workspace="w", resources=NONE)
     assert "-l" not in bare and "-q" not in bare and "-pe" not in bare
     assert sge.status_argv("alice") == ["qstat", "-u", "alice"]
-    assert sge.suspend_argv("3") == ["qmod", "-sj", "3"]
-    assert sge.resume_argv("3") == ["qmod", "-usj", "3"]
-    assert sge.hold_argv("3") == ["qhold", "3"] and sge.release_argv("3") == ["qrls", "3"]
+    assert sge.Sge().action_argv("suspend", "3") == ["qmod", "-sj", "3"]
+    assert sge.Sge().action_argv("resume", "3") == ["qmod", "-usj", "3"]
+    assert sge.Sge().action_argv("hold", "3") == ["qhold", "3"]
+    assert sge.Sge().action_argv("release", "3") == ["qrls", "3"]
 
 
 def test_torque_directives_mem_and_vmem_each_from_their_own_value() -> None:
@@ -100,8 +101,8 @@ def test_torque_directives_mem_and_vmem_each_from_their_own_value() -> None:
     assert not any("walltime" in line or "mem" in line or "-q" in line for line in bare)
     assert torque.submit_argv("/w/j.sh") == ["qsub", "/w/j.sh"]
     assert torque.status_argv(["1", "2"]) == ["qstat", "-f", "1", "2"]
-    assert torque.suspend_argv("1") == ["qsig", "-s", "suspend", "1"]
-    assert torque.resume_argv("1") == ["qsig", "-s", "resume", "1"]
+    assert torque.Torque().action_argv("suspend", "1") == ["qsig", "-s", "suspend", "1"]
+    assert torque.Torque().action_argv("resume", "1") == ["qsig", "-s", "resume", "1"]
 
 
 def test_torque_directives_come_first_in_the_script() -> None:
@@ -154,9 +155,10 @@ def test_condor_submit_description() -> None:
             resources=NONE,
         )
     assert htcondor.status_argv(["1", "2"]) == [
-        "condor_q", "1", "2", "-af", "ClusterId", "JobStatus", "ExitCode", "ExitBySignal", "ExitSignal",
+        "condor_q", "1", "2",
+        "-af", "ClusterId", "JobStatus", "ExitCode", "ExitBySignal", "ExitSignal",
     ]  # fmt: skip
-    assert htcondor.resume_argv("4") == ["condor_continue", "4"]
+    assert htcondor.HTCondor().action_argv("resume", "4") == ["condor_continue", "4"]
 
 
 def test_lsf_submit_argv() -> None:
@@ -184,8 +186,10 @@ def test_lsf_submit_argv() -> None:
         "1",
         "2",
     ]
-    assert lsf.hold_argv("1") == lsf.suspend_argv("1") == ["bstop", "1"]
-    assert lsf.release_argv("1") == lsf.resume_argv("1") == ["bresume", "1"]
+    system = lsf.Lsf()
+    assert system.action_argv("hold", "1") == system.action_argv("suspend", "1") == ["bstop", "1"]
+    assert system.action_argv("release", "1") == ["bresume", "1"]
+    assert system.action_argv("resume", "1") == ["bresume", "1"]
 
 
 def test_paths_the_drm_would_misread_are_refused() -> None:

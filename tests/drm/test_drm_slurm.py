@@ -41,6 +41,7 @@ def test_exit_codes_and_resources(ws: Path, until_states: Callable[..., dict]) -
     )  # fmt: skip
     job = show_job(sized)
     assert job["JobName"] == "pbq-sized"
+    assert sized in (backend.find_by_name("sized") or [])
     assert job["NumCPUs"] == "2" and job["CPUs/Task"] == "2"
     assert job["MinMemoryNode"] == "300M"
     assert job["TimeLimit"] == "01:30:00"
