@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -205,7 +206,7 @@ def status_cmd(
     jobfile = jobfile.absolute()
     cfg = load_config(jobfile, config_path)
 
-    def collect() -> dict:
+    def collect() -> dict[str, Any]:
         return ops.queue_status(
             jobfile,
             hostfile,

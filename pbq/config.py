@@ -282,9 +282,11 @@ def _size(value: object) -> int:
     if len(whole) > 18:
         raise _Invalid(f"size is too large: {_show(value)}")
     # Exact arithmetic so "1.5G" is exactly 1610612736; fractions of a byte are dropped.
-    scale = 1024 ** _UNITS[unit.upper()]
+    # (Annotated: to a type checker int ** int may be a float.)
+    scale: int = 1024 ** _UNITS[unit.upper()]
     frac = frac[:30]
-    return (int(whole or "0") * scale) + (int(frac or "0") * scale) // (10 ** len(frac))
+    denominator: int = 10 ** len(frac)
+    return (int(whole or "0") * scale) + (int(frac or "0") * scale) // denominator
 
 
 def parse_size(text: str | int, source: str) -> int:

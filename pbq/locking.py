@@ -34,6 +34,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import filelock
 
@@ -192,7 +193,7 @@ class SoftLock(QueueLock):
             time.sleep(delay)
             delay = min(delay * 2, 0.05)
 
-    def _read(self, path: Path) -> tuple[bytes, dict | None] | None:
+    def _read(self, path: Path) -> tuple[bytes, dict[str, Any] | None] | None:
         try:
             with open(path, "rb") as f:
                 raw = f.read()
@@ -206,7 +207,7 @@ class SoftLock(QueueLock):
         except ValueError:
             return raw, None
 
-    def _holder_dead_here(self, info: dict | None) -> bool | None:
+    def _holder_dead_here(self, info: dict[str, Any] | None) -> bool | None:
         """True/False when the holder is on this machine and its fate is known, else None."""
         if (
             not info
