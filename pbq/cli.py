@@ -129,7 +129,7 @@ def _scheduler_options(
     errors come out plainly before the scheduler forks."""
     from .config import load_config
     from .hostfile import find_host, load_hostfile, machine_name
-    from .safety import check_input_file
+    from .safety import check_queue_files
     from .scheduler import SchedulerOptions
 
     # A symlinked jobfile is followed: compaction replaces the file it points to.
@@ -140,13 +140,8 @@ def _scheduler_options(
     if not host or "/" in host or host.startswith("."):
         raise PbqError(f"unusable host name {host!r}")
     sc = cfg.scheduler
-    check_input_file(hostfile, "hostfile", sc.allow_group_write)
-    check_input_file(jobfile, "jobfile", sc.allow_group_write)
+    check_queue_files(hostfile, jobfile, sc.allow_group_write)
     find_host(load_hostfile(hostfile), host, str(hostfile))
-    if not jobfile.exists():
-        raise PbqError(
-            f"no such jobfile (create it, e.g. with: touch {jobfile})", path=str(jobfile)
-        )
     return SchedulerOptions(
         hostfile=hostfile,
         jobfile=jobfile,

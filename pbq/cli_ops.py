@@ -103,7 +103,7 @@ def start_cmd(
     """
     from . import ops
     from .config import load_config
-    from .safety import check_input_file
+    from .safety import check_queue_files
 
     if timeout <= 0:
         raise PbqError("--timeout must be > 0")
@@ -116,25 +116,9 @@ def start_cmd(
         config_path,
         flags=config_flags(jobfile__lock=lock, scheduler__allow_group_write=allow_group_write),
     )
-    group_ok = cfg.scheduler.allow_group_write
-    check_input_file(hostfile, "hostfile", group_ok)
-    check_input_file(jobfile, "jobfile", group_ok)
-    if not jobfile.exists():
-        raise PbqError(
-            f"no such jobfile (create it, e.g. with: touch {jobfile})", path=str(jobfile)
-        )
+    check_queue_files(hostfile, jobfile, cfg.scheduler.allow_group_write)
     targets = ops.hosts_to_start(hostfile, hosts)
-    options: list[str] = []
-    if config_path is not None:
-        options += ["--config", str(config_path)]
-    if lock is not None:
-        options += ["--lock", lock]
-    if exit_when_empty:
-        options.append("--exit-when-empty")
-    if output_dir is not None:
-        options += ["--output-dir", str(output_dir.absolute())]
-    if allow_group_write:
-        options.append("--allow-group-write")
+    options = _passed_on(config_path, lock, exit_when_empty, output_dir, allow_group_write)
     results = ops.start_hosts(
         hostfile,
         jobfile,
@@ -147,6 +131,28 @@ def start_cmd(
     for r in results:
         click.echo(r.line())
     sys.exit(0 if all(r.ok for r in results) else 1)
+
+
+def _passed_on(
+    config_path: Path | None,
+    lock: str | None,
+    exit_when_empty: bool | None,
+    output_dir: Path | None,
+    allow_group_write: bool | None,
+) -> list[str]:
+    """The options of ``pbq start`` that go on to each pbq-single."""
+    options: list[str] = []
+    if config_path is not None:
+        options += ["--config", str(config_path)]
+    if lock is not None:
+        options += ["--lock", lock]
+    if exit_when_empty:
+        options.append("--exit-when-empty")
+    if output_dir is not None:
+        options += ["--output-dir", str(output_dir.absolute())]
+    if allow_group_write:
+        options.append("--allow-group-write")
+    return options
 
 
 # ------------------------------------------------------------------ status
