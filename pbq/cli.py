@@ -14,7 +14,16 @@ from typing import TYPE_CHECKING
 import click
 
 from . import __version__
-from .cli_common import CONTEXT, FILE_ARG, config_flags, config_option, friendly
+from .cli_common import (
+    CONTEXT,
+    FILE_ARG,
+    config_flags,
+    config_option,
+    flag_option,
+    friendly,
+    lock_option,
+    output_dir_option,
+)
 from .cli_control import config_cmd, control_cmd
 from .cli_ops import report_cmd, start_cmd, status_cmd
 from .errors import PbqError
@@ -47,28 +56,10 @@ Examples:
     help="Host name to use (default: this machine's short name).",
 )
 @config_option
-@click.option(
-    "--exit-when-empty",
-    is_flag=True,
-    default=None,
-    help="Exit once the jobfile is empty and no job is left.",
-)
-@click.option(
-    "--output-dir",
-    type=click.Path(path_type=Path, file_okay=False),
-    help="Keep each job's stdout/stderr in DIR/<job id>.out/.err.",
-)
-@click.option(
-    "--lock",
-    type=click.Choice(["flock", "soft"]),
-    help="Jobfile lock: flock (default) or soft (O_EXCL file, for sshfs and the like).",
-)
-@click.option(
-    "--allow-group-write",
-    is_flag=True,
-    default=None,
-    help="Accept group-writable jobfile/hostfile (group-shared queues).",
-)
+@flag_option("--exit-when-empty", "Exit once the jobfile is empty and no job is left.")
+@output_dir_option("Keep each job's stdout/stderr in DIR/<job id>.out/.err.")
+@lock_option("Jobfile lock: flock (default) or soft (O_EXCL file, for sshfs and the like).")
+@flag_option("--allow-group-write", "Accept group-writable jobfile/hostfile (group-shared queues).")
 @click.option("--interval", type=float, help="Seconds between ticks (default 1).")
 @click.option("--retries", type=int, help="Retry a failed job this many times.")
 @click.option("--memfree", help="Start nothing while available memory is below SIZE (e.g. 2G).")
@@ -172,9 +163,7 @@ Examples:
 )
 @click.argument("jobfile", type=FILE_ARG)
 @click.argument("morejobs", type=click.Path(path_type=Path, dir_okay=False, allow_dash=True))
-@click.option(
-    "--lock", type=click.Choice(["flock", "soft"]), help="Lock kind; must match the schedulers'."
-)
+@lock_option("Lock kind; must match the schedulers'.")
 @config_option
 @click.version_option(__version__, prog_name="jobfile-append")
 @friendly("jobfile-append")

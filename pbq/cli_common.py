@@ -23,6 +23,7 @@ FILE_ARG = click.Path(path_type=Path, dir_okay=False)
 
 Params = ParamSpec("Params")
 Result = TypeVar("Result")
+Decorated = TypeVar("Decorated", bound=Callable[..., Any])
 
 
 def friendly(prog: str) -> Callable[[Callable[Params, Result]], Callable[Params, Result]]:
@@ -57,3 +58,17 @@ def config_flags(**values: object) -> dict[tuple[str, str], object]:
 config_option = click.option(
     "--config", "config_path", type=click.Path(path_type=Path), help="Config file (TOML)."
 )
+
+
+def flag_option(name: str, help: str) -> Callable[[Decorated], Decorated]:
+    """An on/off flag that is None when not given, so the config file and environment decide."""
+    return click.option(name, is_flag=True, default=None, help=help)
+
+
+def lock_option(help: str) -> Callable[[Decorated], Decorated]:
+    """``--lock flock|soft`` (the kinds of locking.py)."""
+    return click.option("--lock", type=click.Choice(["flock", "soft"]), help=help)
+
+
+def output_dir_option(help: str) -> Callable[[Decorated], Decorated]:
+    return click.option("--output-dir", type=click.Path(path_type=Path, file_okay=False), help=help)

@@ -13,7 +13,16 @@ from typing import Any
 
 import click
 
-from .cli_common import CONTEXT, FILE_ARG, config_flags, config_option, friendly
+from .cli_common import (
+    CONTEXT,
+    FILE_ARG,
+    config_flags,
+    config_option,
+    flag_option,
+    friendly,
+    lock_option,
+    output_dir_option,
+)
 from .errors import PbqError
 
 # ------------------------------------------------------------------ start
@@ -62,26 +71,10 @@ so the jobfile's directory must be the same path on every host (a shared file sy
     type=click.Path(path_type=Path),
     help="Config file (TOML), passed on to pbq-single.",
 )
-@click.option(
-    "--lock", type=click.Choice(["flock", "soft"]), help="Jobfile lock, passed on to pbq-single."
-)
-@click.option(
-    "--exit-when-empty",
-    is_flag=True,
-    default=None,
-    help="Passed on: each scheduler exits once the jobfile is empty.",
-)
-@click.option(
-    "--output-dir",
-    type=click.Path(path_type=Path, file_okay=False),
-    help="Passed on: keep each job's output in DIR/<job id>.out/.err.",
-)
-@click.option(
-    "--allow-group-write",
-    is_flag=True,
-    default=None,
-    help="Passed on: accept a group-writable jobfile/hostfile.",
-)
+@lock_option("Jobfile lock, passed on to pbq-single.")
+@flag_option("--exit-when-empty", "Passed on: each scheduler exits once the jobfile is empty.")
+@output_dir_option("Passed on: keep each job's output in DIR/<job id>.out/.err.")
+@flag_option("--allow-group-write", "Passed on: accept a group-writable jobfile/hostfile.")
 @friendly("pbq start")
 def start_cmd(
     hostfile: Path,

@@ -474,67 +474,45 @@ def mark(data: bytes) -> str:
     return data[-32:].hex()
 
 
+# h2 appends 6 bytes after "a\n" (the 2 bytes of the jobfile at the time)
+H2_APPENDS_6 = {"kind": "append", "size": 2, "length": 6, "host": "h2", "op": 7}
+
+
+# fmt: off
 @pytest.mark.parametrize(
     ("before", "tmp", "pending", "after", "ops_after"),
     [
         pytest.param(
-            b"a\nb\nc\n",
-            b"x\nb\nc\n",
-            {"kind": "replace", "size": 6, "host": "h1", "op": 4},
-            b"x\nb\nc\n",
-            {"h1": 4, "h2": 6},
-            id="replace-tmp-present-redone",
+            b"a\nb\nc\n", b"x\nb\nc\n", {"kind": "replace", "size": 6, "host": "h1", "op": 4},
+            b"x\nb\nc\n", {"h1": 4, "h2": 6}, id="replace-tmp-present-redone",
         ),
         pytest.param(
-            b"x\nb\nc\n",
-            None,
-            {"kind": "replace", "size": 6, "host": "h1", "op": 4},
-            b"x\nb\nc\n",
-            {"h1": 4, "h2": 6},
-            id="replace-tmp-absent-finalized",
+            b"x\nb\nc\n", None, {"kind": "replace", "size": 6, "host": "h1", "op": 4},
+            b"x\nb\nc\n", {"h1": 4, "h2": 6}, id="replace-tmp-absent-finalized",
         ),
         pytest.param(
-            b"a\nb\nc\n",
-            b"b\nc\n",
-            {"kind": "replace", "size": 4, "host": None, "op": None},
-            b"b\nc\n",
-            {"h1": 3, "h2": 6},
-            id="compaction-redone",
+            b"a\nb\nc\n", b"b\nc\n", {"kind": "replace", "size": 4, "host": None, "op": None},
+            b"b\nc\n", {"h1": 3, "h2": 6}, id="compaction-redone",
         ),
         pytest.param(
-            b"a\nb\nc\nd",
-            None,
-            {"kind": "append", "size": 2, "length": 6, "host": "h2", "op": 7},
-            b"a\n",
-            {"h1": 3, "h2": 6},
-            id="append-partial-truncated",
+            b"a\nb\nc\nd", None, H2_APPENDS_6,
+            b"a\n", {"h1": 3, "h2": 6}, id="append-partial-truncated",
         ),
         pytest.param(
-            b"a\nb\nc\nd\n",
-            None,
-            {"kind": "append", "size": 2, "length": 6, "host": "h2", "op": 7},
-            b"a\nb\nc\nd\n",
-            {"h1": 3, "h2": 7},
-            id="append-complete-kept",
+            b"a\nb\nc\nd\n", None, H2_APPENDS_6,
+            b"a\nb\nc\nd\n", {"h1": 3, "h2": 7}, id="append-complete-kept",
         ),
         pytest.param(
-            b"a\n",
-            None,
-            {"kind": "append", "size": 2, "length": 6, "host": "h2", "op": 7},
-            b"a\n",
-            {"h1": 3, "h2": 6},
-            id="append-nothing-written",
+            b"a\n", None, H2_APPENDS_6,
+            b"a\n", {"h1": 3, "h2": 6}, id="append-nothing-written",
         ),
         pytest.param(
-            b"a\nb\n",
-            None,
-            {"kind": "append", "size": 3, "length": 3, "host": None, "op": None},
-            b"a\nb",
-            {"h1": 3, "h2": 6},
-            id="append-newline-glue-undone",
+            b"a\nb\n", None, {"kind": "append", "size": 3, "length": 3, "host": None, "op": None},
+            b"a\nb", {"h1": 3, "h2": 6}, id="append-newline-glue-undone",
         ),
     ],
 )
+# fmt: on
 def test_crash_recovery(tmp_path: Path, before, tmp, pending, after, ops_after) -> None:
     path = tmp_path / "jobs"
     logs: list[str] = []
