@@ -1,38 +1,38 @@
-"""``pbq start``, ``pbq status``, ``pbq report`` and ``pbq completion``.
+"""``pbq start``, ``pbq status`` and ``pbq report``.
 
-cli.py adds them to the ``pbq`` group with ``register(pbq)``.  Parsing only: the work is
-done in ops.py (start, status) and report.py (the HTML report).
+Parsing only: the work is done in ops.py (start, status) and report.py (the HTML report).
+cli.py adds the commands to the ``pbq`` group.
 """
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import click
 
+from .cli_common import (
+    CONTEXT,
+    FILE_ARG,
+    config_flags,
+    config_option,
+    flag_option,
+    friendly,
+    lock_option,
+    output_dir_option,
+)
 from .errors import PbqError
 
-SHELLS = ("bash", "zsh", "fish")
-PROGRAMS = ("pbq", "pbq-single", "jobfile-append")
+# ------------------------------------------------------------------ start
 
 
-def register(group: click.Group) -> None:
-    """Add ``start``, ``status``, ``report`` and ``completion`` to the ``pbq`` group."""
-    # cli.py calls this after it has defined friendly() and CONTEXT.
-    from .cli import CONTEXT, friendly
-
-    path_arg = click.Path(path_type=Path, dir_okay=False)
-
-    # ------------------------------------------------------------------ start
-
-    @group.command(
-        "start",
-        context_settings=CONTEXT,
-        short_help="Start pbq-single on every host and wait until each runs.",
-        epilog="""\b
+@click.command(
+    "start",
+    context_settings=CONTEXT,
+    short_help="Start pbq-single on every host and wait until each runs.",
+    epilog="""\b
 Examples:
   pbq start hostfile jobfile                     every host named in the hostfile
   pbq start hostfile jobfile node7 node8         just these two
@@ -45,85 +45,117 @@ Each host gets, through the remote shell (this machine itself without one):
       >> JOBFILE.HOST.out 2>&1 < /dev/null &
 so the jobfile's directory must be the same path on every host (a shared file system).
 """,
+)
+@click.argument("hostfile", type=FILE_ARG)
+@click.argument("jobfile", type=FILE_ARG)
+@click.argument("hosts", nargs=-1, metavar="[HOST...]")
+@click.option(
+    "--rsh", metavar="CMD", default=None, help="Remote shell (default: ssh -o BatchMode=yes)."
+)
+@click.option(
+    "--remote-command",
+    metavar="CMD",
+    help="How to run pbq-single on the hosts "
+    "(default: this Python with the pbq-single beside this pbq).",
+)
+@click.option(
+    "--timeout",
+    type=float,
+    default=30.0,
+    show_default=True,
+    help="Seconds to wait for each scheduler's first heartbeat.",
+)
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path),
+    help="Config file (TOML), passed on to pbq-single.",
+)
+@lock_option("Jobfile lock, passed on to pbq-single.")
+@flag_option("--exit-when-empty", "Passed on: each scheduler exits once the jobfile is empty.")
+@output_dir_option("Passed on: keep each job's output in DIR/<job id>.out/.err.")
+@flag_option("--allow-group-write", "Passed on: accept a group-writable jobfile/hostfile.")
+@friendly("pbq start")
+def start_cmd(
+    hostfile: Path,
+    jobfile: Path,
+    hosts: tuple[str, ...],
+    rsh: str | None,
+    remote_command: str | None,
+    timeout: float,
+    config_path: Path | None,
+    lock: str | None,
+    exit_when_empty: bool | None,
+    output_dir: Path | None,
+    allow_group_write: bool | None,
+) -> None:
+    """Start a scheduler (pbq-single) for JOBFILE on every HOST, and wait until each runs.
+
+    HOSTs default to every host named in HOSTFILE (not '*').  Prints one line per host:
+    started, already running, or failed with the reason; exit status 1 if any failed.
+    """
+    from . import ops
+    from .config import load_config
+    from .safety import check_queue_files
+
+    if timeout <= 0:
+        raise PbqError("--timeout must be > 0")
+    jobfile = jobfile.absolute()
+    hostfile = hostfile.absolute()
+    config_path = config_path.absolute() if config_path is not None else None
+    # Check what would fail on every host here, once, in plain words.
+    cfg = load_config(
+        jobfile,
+        config_path,
+        flags=config_flags(jobfile__lock=lock, scheduler__allow_group_write=allow_group_write),
     )
-    @click.argument("hostfile", type=path_arg)
-    @click.argument("jobfile", type=path_arg)
-    @click.argument("hosts", nargs=-1, metavar="[HOST...]")
-    @click.option("--rsh", metavar="CMD", default=None, help="Remote shell (default: ssh -o BatchMode=yes).")
-    @click.option("--remote-command", metavar="CMD", help="How to run pbq-single on the hosts (default: this Python with the pbq-single beside this pbq).")
-    @click.option("--timeout", type=float, default=30.0, show_default=True, help="Seconds to wait for each scheduler's first heartbeat.")
-    @click.option("--config", "config_path", type=click.Path(path_type=Path), help="Config file (TOML), passed on to pbq-single.")
-    @click.option("--lock", type=click.Choice(["flock", "soft"]), help="Jobfile lock, passed on to pbq-single.")
-    @click.option("--exit-when-empty", is_flag=True, default=None, help="Passed on: each scheduler exits once the jobfile is empty.")
-    @click.option("--output-dir", type=click.Path(path_type=Path, file_okay=False), help="Passed on: keep each job's output in DIR/<job id>.out/.err.")
-    @click.option("--allow-group-write", is_flag=True, default=None, help="Passed on: accept a group-writable jobfile/hostfile.")
-    @friendly("pbq start")
-    def start_cmd(
-        hostfile: Path,
-        jobfile: Path,
-        hosts: tuple[str, ...],
-        rsh: str | None,
-        remote_command: str | None,
-        timeout: float,
-        config_path: Path | None,
-        lock: str | None,
-        exit_when_empty: bool | None,
-        output_dir: Path | None,
-        allow_group_write: bool | None,
-    ) -> None:
-        """Start a scheduler (pbq-single) for JOBFILE on every HOST, and wait until each runs.
+    check_queue_files(hostfile, jobfile, cfg.scheduler.allow_group_write)
+    targets = ops.hosts_to_start(hostfile, hosts)
+    options = _passed_on(config_path, lock, exit_when_empty, output_dir, allow_group_write)
+    results = ops.start_hosts(
+        hostfile,
+        jobfile,
+        targets,
+        rsh=rsh if rsh is not None else ops.DEFAULT_RSH,
+        command=ops.scheduler_command(remote_command),
+        options=options,
+        timeout=timeout,
+    )
+    for r in results:
+        click.echo(r.line())
+    sys.exit(0 if all(r.ok for r in results) else 1)
 
-        HOSTs default to every host named in HOSTFILE (not '*').  Prints one line per host:
-        started, already running, or failed with the reason; exit status 1 if any failed.
-        """
-        from . import ops
-        from .config import load_config
-        from .safety import check_input_file
 
-        if timeout <= 0:
-            raise PbqError("--timeout must be > 0")
-        jobfile = jobfile.absolute()
-        hostfile = hostfile.absolute()
-        config_path = config_path.absolute() if config_path is not None else None
-        # Check what would fail on every host here, once, in plain words.
-        cfg = load_config(jobfile, config_path, flags={("jobfile", "lock"): lock, ("scheduler", "allow_group_write"): allow_group_write})
-        group_ok = cfg.scheduler.allow_group_write
-        check_input_file(hostfile, "hostfile", group_ok)
-        check_input_file(jobfile, "jobfile", group_ok)
-        if not jobfile.exists():
-            raise PbqError(f"no such jobfile (create it, e.g. with: touch {jobfile})", path=str(jobfile))
-        targets = ops.hosts_to_start(hostfile, hosts)
-        options: list[str] = []
-        if config_path is not None:
-            options += ["--config", str(config_path)]
-        if lock is not None:
-            options += ["--lock", lock]
-        if exit_when_empty:
-            options.append("--exit-when-empty")
-        if output_dir is not None:
-            options += ["--output-dir", str(output_dir.absolute())]
-        if allow_group_write:
-            options.append("--allow-group-write")
-        results = ops.start_hosts(
-            hostfile,
-            jobfile,
-            targets,
-            rsh=rsh if rsh is not None else ops.DEFAULT_RSH,
-            command=ops.scheduler_command(remote_command),
-            options=options,
-            timeout=timeout,
-        )
-        for r in results:
-            click.echo(r.line())
-        sys.exit(0 if all(r.ok for r in results) else 1)
+def _passed_on(
+    config_path: Path | None,
+    lock: str | None,
+    exit_when_empty: bool | None,
+    output_dir: Path | None,
+    allow_group_write: bool | None,
+) -> list[str]:
+    """The options of ``pbq start`` that go on to each pbq-single."""
+    options: list[str] = []
+    if config_path is not None:
+        options += ["--config", str(config_path)]
+    if lock is not None:
+        options += ["--lock", lock]
+    if exit_when_empty:
+        options.append("--exit-when-empty")
+    if output_dir is not None:
+        options += ["--output-dir", str(output_dir.absolute())]
+    if allow_group_write:
+        options.append("--allow-group-write")
+    return options
 
-    # ------------------------------------------------------------------ status
 
-    @group.command(
-        "status",
-        context_settings=CONTEXT,
-        short_help="The whole queue at a glance (--watch to follow it).",
-        epilog="""\b
+# ------------------------------------------------------------------ status
+
+
+@click.command(
+    "status",
+    context_settings=CONTEXT,
+    short_help="The whole queue at a glance (--watch to follow it).",
+    epilog="""\b
 Examples:
   pbq status hostfile jobfile
   pbq status --watch hostfile jobfile          redraw every 2 s until Ctrl-C
@@ -134,64 +166,84 @@ Reads only the files beside the jobfile (no remote shell): works from any machin
 that sees them.  pending = job lines left in the jobfile; jobs/min = jobs that ended
 in the last 5 minutes; ETA = (pending + running + stopped) / jobs per minute.
 """,
-    )
-    @click.argument("hostfile", type=path_arg)
-    @click.argument("jobfile", type=path_arg)
-    @click.option("--watch", is_flag=True, help="Redraw every --every seconds until Ctrl-C.")
-    @click.option("--every", type=float, default=2.0, show_default=True, help="Seconds between redraws with --watch.")
-    @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-    @click.option("--no-lock", is_flag=True, help="Count pending lines without taking the jobfile's lock.")
-    @click.option("--config", "config_path", type=click.Path(path_type=Path), help="Config file (TOML).")
-    @friendly("pbq status")
-    def status_cmd(
-        hostfile: Path, jobfile: Path, watch: bool, every: float, as_json: bool, no_lock: bool, config_path: Path | None
-    ) -> None:
-        """The whole queue at a glance: pending, running, stopped, done, failed, rate, ETA,
-        and one row per host (state, load, foreign load, limit, jobs, heartbeat age)."""
-        from . import ops
-        from .config import load_config
-        from .control import dumps
+)
+@click.argument("hostfile", type=FILE_ARG)
+@click.argument("jobfile", type=FILE_ARG)
+@click.option("--watch", is_flag=True, help="Redraw every --every seconds until Ctrl-C.")
+@click.option(
+    "--every",
+    type=float,
+    default=2.0,
+    show_default=True,
+    help="Seconds between redraws with --watch.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option(
+    "--no-lock", is_flag=True, help="Count pending lines without taking the jobfile's lock."
+)
+@config_option
+@friendly("pbq status")
+def status_cmd(
+    hostfile: Path,
+    jobfile: Path,
+    watch: bool,
+    every: float,
+    as_json: bool,
+    no_lock: bool,
+    config_path: Path | None,
+) -> None:
+    """The whole queue at a glance: pending, running, stopped, done, failed, rate, ETA,
+    and one row per host (state, load, foreign load, limit, jobs, heartbeat age)."""
+    from . import ops
+    from .config import load_config
+    from .control import dumps
 
-        if watch and as_json:
-            raise PbqError("--watch and --json do not go together")
-        if every <= 0:
-            raise PbqError("--every must be > 0")
-        jobfile = jobfile.absolute()
-        cfg = load_config(jobfile, config_path)
+    if watch and as_json:
+        raise PbqError("--watch and --json do not go together")
+    if every <= 0:
+        raise PbqError("--every must be > 0")
+    jobfile = jobfile.absolute()
+    cfg = load_config(jobfile, config_path)
 
-        def collect() -> dict:
-            return ops.queue_status(
-                jobfile, hostfile, lock=cfg.jobfile.lock, stale_lock_after=cfg.jobfile.stale_lock_after, use_lock=not no_lock
-            )
+    def collect() -> dict[str, Any]:
+        return ops.queue_status(
+            jobfile,
+            hostfile,
+            lock=cfg.jobfile.lock,
+            stale_lock_after=cfg.jobfile.stale_lock_after,
+            use_lock=not no_lock,
+        )
 
-        if not watch:
-            st = collect()
-            click.echo(dumps(st) if as_json else ops.format_status(st))
-            return
-        first = True
-        try:
-            while True:
-                try:
-                    text = ops.format_status(collect(), bar_width=_bar_width())
-                except PbqError as err:
-                    if first:
-                        raise
-                    text = f"pbq status: {err}"
-                first = False
-                stamp = f"\nevery {every:g} s; Ctrl-C to stop"
-                click.echo("\x1b[H\x1b[2J" + text + stamp, color=True)  # keep the codes in a pipe too
-                sys.stdout.flush()
-                time.sleep(every)
-        except KeyboardInterrupt:
-            click.echo("")
+    if not watch:
+        st = collect()
+        click.echo(dumps(st) if as_json else ops.format_status(st))
+        return
+    first = True
+    try:
+        while True:
+            try:
+                text = ops.format_status(collect(), bar_width=_bar_width())
+            except PbqError as err:
+                if first:
+                    raise
+                text = f"pbq status: {err}"
+            first = False
+            stamp = f"\nevery {every:g} s; Ctrl-C to stop"
+            click.echo("\x1b[H\x1b[2J" + text + stamp, color=True)  # keep the codes in a pipe too
+            sys.stdout.flush()
+            time.sleep(every)
+    except KeyboardInterrupt:
+        click.echo("")
 
-    # ------------------------------------------------------------------ report
 
-    @group.command(
-        "report",
-        context_settings=CONTEXT,
-        short_help="Write a self-contained HTML report of the run.",
-        epilog="""\b
+# ------------------------------------------------------------------ report
+
+
+@click.command(
+    "report",
+    context_settings=CONTEXT,
+    short_help="Write a self-contained HTML report of the run.",
+    epilog="""\b
 Examples:
   pbq report hostfile jobfile -o report.html
   pbq report hostfile jobfile -o - | gzip > report.html.gz
@@ -201,73 +253,44 @@ per host a timeline of load, foreign load and limit and one of running/stopped j
 (from JOBFILE.HOST.history, one sample per [history] every seconds), a histogram of
 job run times, and the failed jobs (from the joblogs).
 """,
-    )
-    @click.argument("hostfile", type=path_arg)
-    @click.argument("jobfile", type=path_arg)
-    @click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False, allow_dash=True), default=Path("report.html"), show_default=True, help="HTML file to write (- for standard output).")
-    @click.option("--max-failed", type=int, default=500, show_default=True, help="List at most this many failed jobs.")
-    @friendly("pbq report")
-    def report_cmd(hostfile: Path, jobfile: Path, output: Path, max_failed: int) -> None:
-        """Write an HTML report of JOBFILE's run: load and job timelines per host, run-time
-        histogram, failed jobs."""
-        from . import report
-        from .statefiles import atomic_write
+)
+@click.argument("hostfile", type=FILE_ARG)
+@click.argument("jobfile", type=FILE_ARG)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path, dir_okay=False, allow_dash=True),
+    default=Path("report.html"),
+    show_default=True,
+    help="HTML file to write (- for standard output).",
+)
+@click.option(
+    "--max-failed",
+    type=int,
+    default=500,
+    show_default=True,
+    help="List at most this many failed jobs.",
+)
+@friendly("pbq report")
+def report_cmd(hostfile: Path, jobfile: Path, output: Path, max_failed: int) -> None:
+    """Write an HTML report of JOBFILE's run: load and job timelines per host, run-time
+    histogram, failed jobs."""
+    from . import report
+    from .statefiles import atomic_write
 
-        jobfile = jobfile.absolute()
-        data = report.collect(jobfile, hostfile)
-        page = report.render(data, max_failed=max_failed).encode("utf-8")
-        if str(output) == "-":
-            sys.stdout.buffer.write(page)
-            sys.stdout.flush()
-            return
-        if not output.absolute().parent.is_dir():
-            raise PbqError("the output's directory does not exist", path=str(output))
-        atomic_write(output, page)
-        click.echo(
-            f"wrote {output} ({len(data.hosts)} host(s), {len(data.jobs)} job(s), {sum(j.failed for j in data.jobs)} failed)",
-            err=True,
-        )
-
-    # ------------------------------------------------------------------ completion
-
-    @group.command(
-        "completion",
-        context_settings=CONTEXT,
-        short_help="Print the bash/zsh/fish completion script.",
-        epilog="""\b
-Examples:
-  eval "$(pbq completion bash)"                      in ~/.bashrc
-  eval "$(pbq completion zsh)"                       in ~/.zshrc (after compinit)
-  pbq completion fish > ~/.config/fish/completions/pbq.fish
-  pbq completion bash --prog pbq-single              one program only
-""",
-    )
-    @click.argument("shell", required=False, type=click.Choice(SHELLS))
-    @click.option("--prog", type=click.Choice([*PROGRAMS, "all"]), default="all", show_default=True, help="Which program's completion to print.")
-    @friendly("pbq completion")
-    def completion_cmd(shell: str | None, prog: str) -> None:
-        """Print the shell completion script for pbq, pbq-single and jobfile-append
-        (SHELL defaults to the one in $SHELL)."""
-        if shell is None:
-            shell = os.path.basename(os.environ.get("SHELL", ""))
-            if shell not in SHELLS:
-                raise PbqError(f"cannot tell the shell from $SHELL ({shell or 'unset'}); name it: bash, zsh or fish")
-        progs = PROGRAMS if prog == "all" else (prog,)
-        click.echo("\n".join(completion_source(group, shell, p) for p in progs))
-
-
-def completion_source(group: click.Group, shell: str, prog: str) -> str:
-    """click's completion script for one program (its ``_PROG_COMPLETE`` variable)."""
-    from click.shell_completion import get_completion_class
-
-    from . import cli
-
-    commands: dict[str, click.Command] = {"pbq": group, "pbq-single": cli.single, "jobfile-append": cli.append}
-    cls = get_completion_class(shell)
-    if cls is None:
-        raise PbqError(f"no completion for shell {shell!r}")
-    var = "_{}_COMPLETE".format(prog.replace("-", "_").upper())
-    return cls(commands[prog], {}, prog, var).source()
+    jobfile = jobfile.absolute()
+    data = report.collect(jobfile, hostfile)
+    page = report.render(data, max_failed=max_failed).encode("utf-8")
+    if str(output) == "-":
+        sys.stdout.buffer.write(page)
+        sys.stdout.flush()
+        return
+    if not output.absolute().parent.is_dir():
+        raise PbqError("the output's directory does not exist", path=str(output))
+    atomic_write(output, page)
+    failed = sum(j.failed for j in data.jobs)
+    counts = f"{len(data.hosts)} host(s), {len(data.jobs)} job(s), {failed} failed"
+    click.echo(f"wrote {output} ({counts})", err=True)
 
 
 def _bar_width() -> int:

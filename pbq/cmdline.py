@@ -16,12 +16,11 @@ import shlex
 
 UNQUOTED_SHELL_CHARS = frozenset("|&;<>()$`\\*?[]~{}#!\n")
 DOUBLE_QUOTED_SHELL_CHARS = frozenset("$`\\")
-SHELL_WORDS = frozenset(
-    """if then else elif fi case esac for select while until do done in function time
-    cd . source export unset set eval exec exit return shift ulimit umask alias unalias
+_SHELL_WORDS_TEXT = """if then else elif fi case esac for select while until do done in function
+    time cd . source export unset set eval exec exit return shift ulimit umask alias unalias
     read readonly local trap wait times break continue type command builtin let declare
-    typeset hash jobs fg bg : getopts""".split()
-)
+    typeset hash jobs fg bg : getopts"""
+SHELL_WORDS = frozenset(_SHELL_WORDS_TEXT.split())
 # The shell splits words on blanks only: space and tab -- not on \r (as shlex does) nor
 # on \v, \f and Unicode spaces such as U+00A0 (as str.split() does).
 BLANKS = " \t"

@@ -282,9 +282,11 @@ def _size(value: object) -> int:
     if len(whole) > 18:
         raise _Invalid(f"size is too large: {_show(value)}")
     # Exact arithmetic so "1.5G" is exactly 1610612736; fractions of a byte are dropped.
-    scale = 1024 ** _UNITS[unit.upper()]
+    # (Annotated: to a type checker int ** int may be a float.)
+    scale: int = 1024 ** _UNITS[unit.upper()]
     frac = frac[:30]
-    return (int(whole or "0") * scale) + (int(frac or "0") * scale) // (10 ** len(frac))
+    denominator: int = 10 ** len(frac)
+    return (int(whole or "0") * scale) + (int(frac or "0") * scale) // denominator
 
 
 def parse_size(text: str | int, source: str) -> int:
@@ -382,7 +384,8 @@ def _lookup(section: str, key: str, where: str | None, line: int | None) -> KeyS
     if spec is not None:
         return spec
     if section not in SECTIONS:
-        raise PbqError(f"unknown section [{section}]; known sections: {', '.join(SECTIONS)}", where, line)
+        sections = ", ".join(SECTIONS)
+        raise PbqError(f"unknown section [{section}]; known sections: {sections}", where, line)
     known = ", ".join(s.key for s in KEYS if s.section == section)
     raise PbqError(f"[{section}] unknown key {key!r}; known keys: {known}", where, line)
 
@@ -447,12 +450,12 @@ def _file_values(path: Path) -> dict[tuple[str, str], Any]:
         if section not in SECTIONS:
             _lookup(section, "", shown, _locate(text, section, None))
         if not isinstance(body, dict):
-            raise PbqError(
-                f"[{section}] must be a table, got {_show(body)}", shown, _locate(text, section, None)
-            )
+            where = _locate(text, section, None)
+            raise PbqError(f"[{section}] must be a table, got {_show(body)}", shown, where)
         for key, value in body.items():
-            spec = _lookup(section, key, shown, _locate(text, section, key))
-            values[(section, key)] = _resolve(spec, value, False, shown, _locate(text, section, key))
+            where = _locate(text, section, key)
+            spec = _lookup(section, key, shown, where)
+            values[(section, key)] = _resolve(spec, value, False, shown, where)
     return values
 
 

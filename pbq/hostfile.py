@@ -83,7 +83,9 @@ def _show(token: str) -> str:
 
 def _check_printable(token: str, what: str, path: str, line: int) -> None:
     if not token.isprintable():
-        raise PbqError(f"{what} contains a control or non-printable character: {_show(token)}", path, line)
+        raise PbqError(
+            f"{what} contains a control or non-printable character: {_show(token)}", path, line
+        )
 
 
 def _parse_number(token: str, what: str, path: str, line: int) -> float:
@@ -114,7 +116,9 @@ def _parse_line(text: str, path: str, lineno: int) -> Host | None:
             break
     if npos < 5:
         before = f" before {_show(tokens[npos])}" if npos < len(tokens) else ""
-        raise PbqError(f"expected {_SYNTAX}, got {npos} field{'s' if npos != 1 else ''}{before}", path, lineno)
+        raise PbqError(
+            f"expected {_SYNTAX}, got {npos} field{'s' if npos != 1 else ''}{before}", path, lineno
+        )
     name, arch, max_s, wday_s, inter_s = tokens[:5]
     _check_printable(name, "host name", path, lineno)
     _check_printable(arch, "arch", path, lineno)
@@ -126,7 +130,8 @@ def _parse_line(text: str, path: str, lineno: int) -> Host | None:
         key, eq, value = token.partition("=")
         if not eq or not _KEY_RE.fullmatch(key):
             raise PbqError(
-                f"expected key=value after interactive (key is [A-Za-z_][A-Za-z0-9_]*), got {_show(token)}",
+                "expected key=value after interactive (key is [A-Za-z_][A-Za-z0-9_]*), "
+                f"got {_show(token)}",
                 path,
                 lineno,
             )
@@ -208,7 +213,9 @@ def find_host(hosts: Sequence[Host], name: str, path: str = "hostfile") -> Host:
         if host.is_wildcard:
             return host
     known = ", ".join(h.name for h in hosts) or "(none)"
-    raise PbqError(f"host {name!r} is not in hostfile {path} and it has no '*' entry; known hosts: {known}")
+    raise PbqError(
+        f"host {name!r} is not in hostfile {path} and it has no '*' entry; known hosts: {known}"
+    )
 
 
 def machine_name() -> str:

@@ -4,7 +4,8 @@ Files (all beside the jobfile)::
 
     JOBFILE         the pending lines (plus, for a short while, lines already taken)
     JOBFILE.queue   JSON: how many bytes of JOBFILE are consumed, and the last
-                    committed operation of each host (the commit point of every change)
+                    committed operation of each host (the commit point of every change);
+                    its "format" is FORMAT (pbq 0.1.0 wrote "version": 1 and no format)
     JOBFILE.lock    the lock every reader and writer takes (see locking.py)
     JOBFILE.retries JSON: how often each line was retried
 
@@ -31,11 +32,13 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .errors import PbqError
 from .locking import QueueLock, make_lock
@@ -43,6 +46,10 @@ from .statefiles import _describe_os_error, atomic_write_json, fsync_dir, read_j
 
 CHUNK = 1 << 16
 MARK_BYTES = 32
+# Format of JOBFILE.queue.  1 = pbq 0.1.0 ("version": 1, no "format" field); 2 adds the
+# "format" field and nothing else, so a queue can be upgraded mid-run and format-1 readers
+# still read it.  A newer format is refused: its fields may mean what this pbq can't know.
+FORMAT = 2
 
 
 def is_job_line(line: bytes) -> bool:
@@ -63,12 +70,22 @@ class QueueState:
     mark: str = ""  # hex of the bytes just before ``offset`` (a mismatch means rewritten)
     ops: dict[str, int] = field(default_factory=dict)  # last committed operation per host
     taken_since: float | None = None  # wall time of the oldest take not yet compacted away
-    pending: dict | None = None  # a JOBFILE change in progress, for crash recovery
+    pending: dict[str, Any] | None = None  # a JOBFILE change in progress, for crash recovery
 
     @classmethod
-    def from_json(cls, obj: object) -> QueueState:
+    def from_json(cls, obj: object, path: Path) -> QueueState:
+        """The state recorded in ``obj``, read from ``path``.
+
+        Missing or malformed fields give the empty state (as a missing file does); a
+        record of a newer format raises PbqError, and nothing is written."""
         if not isinstance(obj, dict):
             return cls()
+        fmt = obj.get("format", obj.get("version", 1))
+        if not isinstance(fmt, int) or fmt > FORMAT:
+            raise PbqError(
+                f"written by a newer pbq (format {fmt}); upgrade pbq on this machine",
+                path=str(path),
+            )
         s = cls()
         try:
             s.offset = int(obj.get("offset", 0))
@@ -83,9 +100,9 @@ class QueueState:
             return cls()
         return s
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {
-            "version": 1,
+            "format": FORMAT,
             "offset": self.offset,
             "size": self.size,
             "mark": self.mark,
@@ -131,7 +148,7 @@ class JobQueue:
 
     def peek_state(self) -> QueueState:
         """The committed state without taking the lock (for status displays)."""
-        return QueueState.from_json(read_json(self.state_path))
+        return QueueState.from_json(read_json(self.state_path), self.state_path)
 
 
 class Txn:
@@ -139,12 +156,12 @@ class Txn:
 
     def __init__(self, queue: JobQueue) -> None:
         self.q = queue
-        self.state = QueueState.from_json(read_json(queue.state_path))
+        self.state = QueueState.from_json(read_json(queue.state_path), queue.state_path)
         self._size: int | None = None
 
     # -- reading -------------------------------------------------------------------
 
-    def _open(self) -> object | None:
+    def _open(self) -> io.BufferedReader | None:
         try:
             return open(self.q.jobfile, "rb")  # noqa: SIM115 - closed by callers
         except FileNotFoundError:
@@ -262,33 +279,24 @@ class Txn:
         data = b"".join(line + b"\n" for line in lines)
         if not data and host is None:
             return
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
         try:
-            fd = os.open(self.q.jobfile, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o666)
+            fd = os.open(self.q.jobfile, flags, 0o666)
         except OSError as err:
             raise _describe_os_error(self.q.jobfile, err, "append to") from None
         try:
             size0 = os.fstat(fd).st_size
-            if size0 > 0:
-                with open(self.q.jobfile, "rb") as f:
-                    f.seek(size0 - 1)
-                    if f.read(1) != b"\n":
-                        data = b"\n" + data  # never glue a job onto an unterminated last line
-            self.state.pending = {"kind": "append", "size": size0, "length": len(data), "host": host, "op": op}
+            if size0 > 0 and self._byte_at(size0 - 1) != b"\n":
+                data = b"\n" + data  # never glue a job onto an unterminated last line
+            self.state.pending = {
+                "kind": "append",
+                "size": size0,
+                "length": len(data),
+                "host": host,
+                "op": op,
+            }
             self._save()
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
-                if self.q.fsync:
-                    os.fsync(fd)
-            except OSError as err:
-                # Undo a partial append before reporting (disk full): all or nothing.
-                with contextlib.suppress(OSError):
-                    os.ftruncate(fd, size0)
-                self.state.pending = None
-                with contextlib.suppress(PbqError):
-                    self._save()
-                raise _describe_os_error(self.q.jobfile, err, "append to") from None
+            self._write_or_undo(fd, data, size0)
         finally:
             os.close(fd)
         self.state.pending = None
@@ -297,6 +305,26 @@ class Txn:
             self.state.ops[host] = op
         self._size = None
         self._save()
+
+    def _byte_at(self, offset: int) -> bytes:
+        with open(self.q.jobfile, "rb") as f:
+            f.seek(offset)
+            return f.read(1)
+
+    def _write_or_undo(self, fd: int, data: bytes, size0: int) -> None:
+        """Write an append; if that fails (disk full), cut the file back to ``size0`` and
+        forget the pending append before reporting: all or nothing."""
+        try:
+            _write_all(fd, data)
+            if self.q.fsync:
+                os.fsync(fd)
+        except OSError as err:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, size0)
+            self.state.pending = None
+            with contextlib.suppress(PbqError):
+                self._save()
+            raise _describe_os_error(self.q.jobfile, err, "append to") from None
 
     def prepend(self, lines: list[bytes], host: str, op: int) -> None:
         """Put lines back at the front of the pending part (rewrites the rest)."""
@@ -365,28 +393,35 @@ class Txn:
     def _recover(self) -> None:
         """Finish or undo what a holder that died left half done; notice hand edits."""
         p = self.state.pending
-        if p is not None:
-            kind = p.get("kind")
-            if kind == "replace":
-                self.q.log("finishing a jobfile rewrite interrupted by a crash")
-                self._finish_replace()
-            elif kind == "append":
-                size0, length = int(p.get("size", 0)), int(p.get("length", 0))
-                complete = self.size() >= size0 + length
-                if not complete:
-                    self.q.log(f"undoing an append interrupted by a crash ({self.size() - size0} of {length} bytes)")
-                    with contextlib.suppress(OSError), open(self.q.jobfile, "r+b") as f:
-                        f.truncate(size0)
-                    self._size = None
-                elif p.get("host") is not None and p.get("op") is not None:
-                    self.state.ops[str(p["host"])] = int(p["op"])
-                self.state.pending = None
-                self.state.size = self.size()
-                self._save()
-            else:
-                self.state.pending = None
-        elif self.q.compact_tmp.exists():
-            unlink_quietly(self.q.compact_tmp)  # written, never decided on: ignore
+        if p is None:
+            if self.q.compact_tmp.exists():
+                unlink_quietly(self.q.compact_tmp)  # written, never decided on: ignore
+        elif p.get("kind") == "replace":
+            self.q.log("finishing a jobfile rewrite interrupted by a crash")
+            self._finish_replace()
+        elif p.get("kind") == "append":
+            self._recover_append(p)
+        else:
+            self.state.pending = None
+        self._notice_rewrite()
+
+    def _recover_append(self, pending: dict[str, Any]) -> None:
+        """Keep an append that reached the disk whole; cut off one that did not."""
+        size0, length = int(pending.get("size", 0)), int(pending.get("length", 0))
+        if self.size() < size0 + length:
+            written = self.size() - size0
+            self.q.log(f"undoing an append interrupted by a crash ({written} of {length} bytes)")
+            with contextlib.suppress(OSError), open(self.q.jobfile, "r+b") as f:
+                f.truncate(size0)
+            self._size = None
+        elif pending.get("host") is not None and pending.get("op") is not None:
+            self.state.ops[str(pending["host"])] = int(pending["op"])
+        self.state.pending = None
+        self.state.size = self.size()
+        self._save()
+
+    def _notice_rewrite(self) -> None:
+        """Treat all of JOBFILE as pending when its consumed part was changed by hand."""
         size = self.size()
         s = self.state
         # The consumed part must be unchanged: the bytes just before the offset are as

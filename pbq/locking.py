@@ -31,13 +31,15 @@ import secrets
 import socket
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import filelock
 
 from .errors import PbqError
-from .sensors import boot_id, process_start
+from .procinfo import boot_id, process_start
 
 LOCK_KINDS = ("flock", "soft")
 
@@ -84,7 +86,9 @@ class FlockLock(QueueLock):
             try:
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
             except OSError as err:
-                raise PbqError(f"cannot open the lock file: {err.strerror}", path=str(self.path)) from None
+                raise PbqError(
+                    f"cannot open the lock file: {err.strerror}", path=str(self.path)
+                ) from None
             try:
                 while True:
                     try:
@@ -104,7 +108,9 @@ class FlockLock(QueueLock):
         try:
             self._lock.acquire(timeout=timeout)
         except filelock.Timeout:
-            raise PbqError(f"timed out after {timeout:g} s waiting for the lock", path=str(self.path)) from None
+            raise PbqError(
+                f"timed out after {timeout:g} s waiting for the lock", path=str(self.path)
+            ) from None
         except OSError as err:
             raise PbqError(
                 f"cannot lock ({err.strerror or err}); on a file system without working "
@@ -121,7 +127,9 @@ class FlockLock(QueueLock):
 
 
 class SoftLock(QueueLock):
-    def __init__(self, path: Path, stale_after: float = 30.0, log: callable | None = None) -> None:
+    def __init__(
+        self, path: Path, stale_after: float = 30.0, log: Callable[[str], None] | None = None
+    ) -> None:
         self.path = path.with_name(path.name + ".soft")
         self._break_path = path.with_name(path.name + ".soft.break")
         self.stale_after = stale_after
@@ -153,9 +161,13 @@ class SoftLock(QueueLock):
                 # sshfs reports a lost O_EXCL race as EPERM (SFTP has no "exists" error):
                 # contention if the lock file is there, a real permission problem if not.
                 if not self.path.exists():
-                    raise PbqError("cannot create lock file: permission denied", path=str(self.path)) from None
+                    raise PbqError(
+                        "cannot create lock file: permission denied", path=str(self.path)
+                    ) from None
             except OSError as err:
-                raise PbqError(f"cannot create lock file: {err.strerror}", path=str(self.path)) from None
+                raise PbqError(
+                    f"cannot create lock file: {err.strerror}", path=str(self.path)
+                ) from None
             else:
                 try:
                     try:
@@ -167,17 +179,21 @@ class SoftLock(QueueLock):
                     # Disk full: an empty lock file would block everyone for stale_after.
                     with contextlib.suppress(OSError):
                         os.unlink(self.path)
-                    raise PbqError(f"cannot write lock file: {err.strerror}", path=str(self.path)) from None
+                    raise PbqError(
+                        f"cannot write lock file: {err.strerror}", path=str(self.path)
+                    ) from None
                 self._token = token
                 self._start_refresher()
                 return
             watched = self._maybe_break(watched)
             if deadline is not None and time.monotonic() > deadline:
-                raise PbqError(f"timed out after {timeout:g} s waiting for the lock", path=str(self.path))
+                raise PbqError(
+                    f"timed out after {timeout:g} s waiting for the lock", path=str(self.path)
+                )
             time.sleep(delay)
             delay = min(delay * 2, 0.05)
 
-    def _read(self, path: Path) -> tuple[bytes, dict | None] | None:
+    def _read(self, path: Path) -> tuple[bytes, dict[str, Any] | None] | None:
         try:
             with open(path, "rb") as f:
                 raw = f.read()
@@ -191,9 +207,13 @@ class SoftLock(QueueLock):
         except ValueError:
             return raw, None
 
-    def _holder_dead_here(self, info: dict | None) -> bool | None:
+    def _holder_dead_here(self, info: dict[str, Any] | None) -> bool | None:
         """True/False when the holder is on this machine and its fate is known, else None."""
-        if not info or info.get("boot") != self._me["boot"] or info.get("machine") != self._me["machine"]:
+        if (
+            not info
+            or info.get("boot") != self._me["boot"]
+            or info.get("machine") != self._me["machine"]
+        ):
             return None
         pid, start = info.get("pid"), info.get("start")
         if not isinstance(pid, int):
@@ -232,7 +252,9 @@ class SoftLock(QueueLock):
     def _break(self, expected: bytes) -> None:
         """Remove the lock file if it still holds ``expected``, one breaker at a time."""
         try:
-            fd = os.open(self._break_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            fd = os.open(
+                self._break_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644
+            )
         except FileExistsError:
             # Another waiter is breaking.  A break takes milliseconds; a break file that
             # outlives stale_after belongs to a breaker that died, and is removed.
@@ -249,7 +271,9 @@ class SoftLock(QueueLock):
             if again is not None and again[0] == expected:
                 os.unlink(self.path)
                 if self._log:
-                    self._log(f"broke stale lock {self.path} held by {expected.decode(errors='replace')}")
+                    self._log(
+                        f"broke stale lock {self.path} held by {expected.decode(errors='replace')}"
+                    )
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self._break_path)
@@ -288,7 +312,12 @@ class SoftLock(QueueLock):
         self._token = None
 
 
-def make_lock(jobfile: Path, kind: str = "flock", stale_after: float = 30.0, log: callable | None = None) -> QueueLock:
+def make_lock(
+    jobfile: Path,
+    kind: str = "flock",
+    stale_after: float = 30.0,
+    log: Callable[[str], None] | None = None,
+) -> QueueLock:
     path = jobfile.with_name(jobfile.name + ".lock")
     if kind == "flock":
         return FlockLock(path)

@@ -158,7 +158,7 @@ def time_ticks(t0: float, t1: float, max_ticks: int = 8) -> list[tuple[float, st
         ticks.append(t)
         t += step
     multi_day = time.localtime(t0)[:3] != time.localtime(t1)[:3]
-    out = []
+    out: list[tuple[float, str]] = []
     last_day = None
     for t in ticks:
         lt = time.localtime(t)

@@ -41,6 +41,16 @@ def check_input_file(path: Path, what: str, allow_group_write: bool = False) -> 
         )
 
 
+def check_queue_files(hostfile: Path, jobfile: Path, allow_group_write: bool) -> None:
+    """Before starting a scheduler: both files safe to run from, and the jobfile there."""
+    check_input_file(hostfile, "hostfile", allow_group_write)
+    check_input_file(jobfile, "jobfile", allow_group_write)
+    if not jobfile.exists():
+        raise PbqError(
+            f"no such jobfile (create it, e.g. with: touch {jobfile})", path=str(jobfile)
+        )
+
+
 def control_file_trusted(st: os.stat_result) -> str | None:
     """None when a control request may be honoured, else why not."""
     if st.st_uid != os.getuid():

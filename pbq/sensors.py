@@ -1,4 +1,5 @@
-"""Everything pbq reads about the machine: the only module that talks to psutil and /proc.
+"""Everything pbq reads about the machine: with procinfo.py, the only modules that talk
+to psutil and /proc.
 
 The scheduler gets a ``Sensors`` object and never reads the machine itself, so tests can
 hand it a fake one.  The load signal is CPU time, not the load average:
@@ -21,71 +22,13 @@ from dataclasses import dataclass, field
 
 import psutil
 
-_CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-_boot_id: str | None = None
+from .procinfo import CLK_TCK
 
-
-def boot_id() -> str:
-    """An id of this boot of this machine (a pid from an earlier boot is never ours)."""
-    global _boot_id
-    if _boot_id is None:
-        try:
-            with open("/proc/sys/kernel/random/boot_id") as f:
-                _boot_id = f.read().strip()
-        except OSError:
-            _boot_id = f"boot-{psutil.boot_time():.0f}"
-    return _boot_id
-
-
-_boot_time: float | None = None
-
-
-def process_start(pid: int) -> float | None:
-    """Start time of ``pid`` (seconds since the epoch), or None when there is no such process.
-
-    Together with the pid and the boot id it names a process for good: a pid that was
-    reused has another start time.  Same value as psutil's create_time(), read directly
-    from /proc on Linux because it is on the path of every job start.
-    """
-    global _boot_time
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            raw = f.read()
-        ticks = int(raw[raw.rindex(b")") + 2 :].split()[19])
-        if _boot_time is None:
-            _boot_time = psutil.boot_time()
-        return round(_boot_time + ticks / _CLK_TCK, 2)
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        return round(psutil.Process(pid).create_time(), 2)
-    except (psutil.NoSuchProcess, psutil.AccessDenied, ValueError, OSError):
-        return None
-
-
-def same_process(pid: int, start: float | None) -> bool:
-    """True when ``pid`` is alive (not a zombie) and started at ``start``."""
-    if start is None:
-        return False
-    now_start = process_start(pid)
-    if now_start is None or abs(now_start - start) > 0.05:
-        return False
-    return process_state(pid) not in (None, "Z")
-
-
-def process_state(pid: int) -> str | None:
-    """One-letter state from /proc (R, S, D, T, Z...), or None when gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            raw = f.read()
-        return raw[raw.rindex(b")") + 2 : raw.rindex(b")") + 3].decode()
-    except (OSError, ValueError):
-        try:
-            return {"stopped": "T", "zombie": "Z", "running": "R"}.get(psutil.Process(pid).status(), "S")
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            return None
+# Re-exported: process identity lives in procinfo.py (no psutil needed there).
+from .procinfo import boot_id as boot_id
+from .procinfo import process_start as process_start
+from .procinfo import process_state as process_state
+from .procinfo import same_process as same_process
 
 
 def process_parent(pid: int) -> int | None:
@@ -152,7 +95,7 @@ class Sensors:
             with open("/proc/stat", "rb") as f:
                 first = f.readline().split()
             user, nice, system, _idle, _iowait, irq, softirq = (int(x) for x in first[1:8])
-            return (user + nice + system + irq + softirq) / _CLK_TCK
+            return (user + nice + system + irq + softirq) / CLK_TCK
         except (OSError, ValueError):
             t = psutil.cpu_times()
             return t.user + t.nice + t.system + getattr(t, "irq", 0) + getattr(t, "softirq", 0)
@@ -188,7 +131,7 @@ class Sensors:
             if sid not in wanted:
                 continue
             members.setdefault(sid, []).append(int(name))
-            cpu = sum(int(x) for x in fields[11:15]) / _CLK_TCK
+            cpu = sum(int(x) for x in fields[11:15]) / CLK_TCK
             total += cpu
             by_sid[sid] = by_sid.get(sid, 0.0) + cpu
             if fields[0] == b"R":
@@ -196,7 +139,9 @@ class Sensors:
         return ProcSample(total, running, members, by_sid)
 
     def _sessions_psutil(self, wanted: set[int]) -> ProcSample:
-        total, running, members, by_sid = 0.0, 0, {}, {}
+        total, running = 0.0, 0
+        members: dict[int, list[int]] = {}
+        by_sid: dict[int, float] = {}
         for p in psutil.process_iter():
             try:
                 sid = os.getsid(p.pid)

@@ -114,7 +114,8 @@ def _day_index(name: str, source: str) -> int:
     index = _DAY_INDEX.get(name.strip().lower())
     if index is None:
         raise PbqError(
-            f"[schedule] workdays: unknown day {_show(name)}; expected one of {', '.join(DAY_NAMES)}"
+            f"[schedule] workdays: unknown day {_show(name)}; "
+            f"expected one of {', '.join(DAY_NAMES)}"
             " (or full names, or a range like Mon-Fri)",
             source,
         )
@@ -132,7 +133,9 @@ def parse_workdays(workdays: Sequence[str] | str, source: str = "config") -> fro
     elif isinstance(workdays, (list, tuple)):
         items = list(workdays)
     else:
-        raise PbqError(f"[schedule] workdays: expected a list of day names, got {_show(workdays)}", source)
+        raise PbqError(
+            f"[schedule] workdays: expected a list of day names, got {_show(workdays)}", source
+        )
     days: set[int] = set()
     for item in items:
         if not isinstance(item, str):

@@ -13,35 +13,60 @@ from pbq.cmdline import UNQUOTED_SHELL_CHARS, job_argv, needs_shell
 DIRECT = [
     pytest.param(b"sleep 1", [b"sleep", b"1"], id="simple"),
     pytest.param(b"prog", [b"prog"], id="one-word"),
-    pytest.param(b"/usr/bin/env python3 -V", [b"/usr/bin/env", b"python3", b"-V"], id="absolute-path"),
-    pytest.param(b"./run.sh --n 5 out.txt", [b"./run.sh", b"--n", b"5", b"out.txt"], id="relative-path"),
+    pytest.param(
+        b"/usr/bin/env python3 -V", [b"/usr/bin/env", b"python3", b"-V"], id="absolute-path"
+    ),
+    pytest.param(
+        b"./run.sh --n 5 out.txt", [b"./run.sh", b"--n", b"5", b"out.txt"], id="relative-path"
+    ),
     pytest.param(b"  prog   a    b  ", [b"prog", b"a", b"b"], id="runs-of-spaces"),
     pytest.param(b"prog\ta\t\tb", [b"prog", b"a", b"b"], id="tabs"),
-    pytest.param(b"prog --opt=value x=1", [b"prog", b"--opt=value", b"x=1"], id="equals-not-in-first-word"),
-    pytest.param(b"prog a-b_c.d,e:f@g%h+i^j", [b"prog", b"a-b_c.d,e:f@g%h+i^j"], id="harmless-punctuation"),
+    pytest.param(
+        b"prog --opt=value x=1", [b"prog", b"--opt=value", b"x=1"], id="equals-not-in-first-word"
+    ),
+    pytest.param(
+        b"prog a-b_c.d,e:f@g%h+i^j", [b"prog", b"a-b_c.d,e:f@g%h+i^j"], id="harmless-punctuation"
+    ),
     pytest.param(b"python3 -c pass", [b"python3", b"-c", b"pass"], id="python-c"),
-    pytest.param(b"prog caf\xc3\xa9 \xff\xfe", [b"prog", b"caf\xc3\xa9", b"\xff\xfe"], id="non-utf8-bytes-pass-through"),
+    pytest.param(
+        b"prog caf\xc3\xa9 \xff\xfe",
+        [b"prog", b"caf\xc3\xa9", b"\xff\xfe"],
+        id="non-utf8-bytes-pass-through",
+    ),
     pytest.param(b"\xe9t\xe9 x", [b"\xe9t\xe9", b"x"], id="latin1-program-name"),
     pytest.param(b"ifconfig -a", [b"ifconfig", b"-a"], id="keyword-prefix-is-not-keyword"),
     pytest.param(b"cdrecord x", [b"cdrecord", b"x"], id="builtin-prefix-is-not-builtin"),
-    pytest.param(b"prog if then for", [b"prog", b"if", b"then", b"for"], id="keywords-as-arguments"),
+    pytest.param(
+        b"prog if then for", [b"prog", b"if", b"then", b"for"], id="keywords-as-arguments"
+    ),
     pytest.param(b"prog a\xa0b", [b"prog", b"a\xa0b"], id="nbsp-is-not-a-blank"),
     pytest.param(b"prog a\x85b", [b"prog", b"a\x85b"], id="nel-is-not-a-blank"),
     pytest.param(b"prog a\x0bb\x0cc", [b"prog", b"a\x0bb\x0cc"], id="vt-ff-are-not-blanks"),
     pytest.param(b"prog a\rb", [b"prog", b"a\rb"], id="cr-is-not-a-blank"),
     pytest.param(b"prog a\xc2\xa0b", [b"prog", b"a\xc2\xa0b"], id="utf8-nbsp-is-not-a-blank"),
-    pytest.param(b"prog a\xc2\x85b c\xe3\x80\x80d", [b"prog", b"a\xc2\x85b", b"c\xe3\x80\x80d"],
-                 id="unicode-spaces-are-not-blanks"),
+    pytest.param(
+        b"prog a\xc2\x85b c\xe3\x80\x80d",
+        [b"prog", b"a\xc2\x85b", b"c\xe3\x80\x80d"],
+        id="unicode-spaces-are-not-blanks",
+    ),
     # quotes without expansions inside: removed, as the shell would
     pytest.param(b"prog 'a b' c", [b"prog", b"a b", b"c"], id="single-quotes-removed"),
     pytest.param(b'prog "a b"', [b"prog", b"a b"], id="double-quotes-removed"),
-    pytest.param(b"prog '$HOME * ~ | ;'", [b"prog", b"$HOME * ~ | ;"], id="syntax-inside-single-quotes"),
-    pytest.param(b'prog "* ~ | ; # !"', [b"prog", b"* ~ | ; # !"], id="syntax-inside-double-quotes"),
+    pytest.param(
+        b"prog '$HOME * ~ | ;'", [b"prog", b"$HOME * ~ | ;"], id="syntax-inside-single-quotes"
+    ),
+    pytest.param(
+        b'prog "* ~ | ; # !"', [b"prog", b"* ~ | ; # !"], id="syntax-inside-double-quotes"
+    ),
     pytest.param(b"prog a'b c'd", [b"prog", b"ab cd"], id="quotes-inside-word"),
     pytest.param(b"prog '' x", [b"prog", b"", b"x"], id="empty-quoted-argument"),
     pytest.param(b"prog \"a'b\" 'c\"d'", [b"prog", b"a'b", b'c"d'], id="quote-in-other-quotes"),
-    pytest.param(b"prog 'caf\xc3\xa9 \xff'", [b"prog", b"caf\xc3\xa9 \xff"], id="bytes-inside-quotes"),
-    pytest.param(b"prog 'a\xc2\xa0b'\t'c d'", [b"prog", b"a\xc2\xa0b", b"c d"], id="quoted-tab-separated"),
+    pytest.param(
+        b"prog 'caf\xc3\xa9 \xff'", [b"prog", b"caf\xc3\xa9 \xff"], id="bytes-inside-quotes"
+    ),
+    pytest.param(
+        b"prog 'a\xc2\xa0b'\t'c d'", [b"prog", b"a\xc2\xa0b", b"c d"], id="quoted-tab-separated"
+    ),
 ]
 
 SHELL = [
@@ -132,7 +157,11 @@ def test_bytes_pass_through(line: bytes) -> None:
         assert set(unquoted) <= set(line)
 
 
-@given(st.lists(st.binary(min_size=1, max_size=8).filter(lambda w: b"'" not in w), min_size=1, max_size=5))
+@given(
+    st.lists(
+        st.binary(min_size=1, max_size=8).filter(lambda w: b"'" not in w), min_size=1, max_size=5
+    )
+)
 def test_single_quoted_words_come_back(words: list[bytes]) -> None:
     line = b"prog " + b" ".join(b"'" + w + b"'" for w in words)
     assert job_argv(line) == [b"prog", *words]

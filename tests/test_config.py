@@ -86,7 +86,10 @@ def test_precedence_default_file_env_flag(tmp_path: Path) -> None:
     )
     jobfile = tmp_path / "jobs"
     env = {"PBQ_SCHEDULER_NICE": "7", "PBQ_SCHEDULER_RETRIES": "2", "PBQ_CLUSTER_CPU": "4"}
-    flags: dict[tuple[str, str], Any] = {("scheduler", "retries"): 3, ("scheduler", "memfree"): None}
+    flags: dict[tuple[str, str], Any] = {
+        ("scheduler", "retries"): 3,
+        ("scheduler", "memfree"): None,
+    }
     cfg = load_config(jobfile, environ=env, flags=flags)
     assert cfg.path == toml
     expected = {
@@ -333,11 +336,19 @@ def test_fuzz_parse_size(text: str | int) -> None:
 @pytest.mark.parametrize(
     ("toml", "line", "message"),
     [
-        ("[scheduler]\ninterval = 'fast'\n", 2, "[scheduler] interval: expected a number, got 'fast'"),
+        (
+            "[scheduler]\ninterval = 'fast'\n",
+            2,
+            "[scheduler] interval: expected a number, got 'fast'",
+        ),
         ("[scheduler]\ninterval = true\n", 2, "[scheduler] interval: expected a number, got True"),
         ("[scheduler]\ninterval = 0\n", 2, "[scheduler] interval: must be > 0, got 0.0"),
         ("[scheduler]\ninterval = -1\n", 2, "[scheduler] interval: must be > 0, got -1.0"),
-        ("[scheduler]\ninterval = nan\n", 2, "[scheduler] interval: expected a finite number, got nan"),
+        (
+            "[scheduler]\ninterval = nan\n",
+            2,
+            "[scheduler] interval: expected a finite number, got nan",
+        ),
         ("[scheduler]\ninterval = inf\n", 2, "[scheduler] interval: expected a finite number"),
         ("[scheduler]\nhysteresis = -0.1\n", 2, "[scheduler] hysteresis: must be >= 0, got -0.1"),
         ("[scheduler]\nnice = 20\n", 2, "[scheduler] nice: must be <= 19, got 20"),
@@ -348,10 +359,22 @@ def test_fuzz_parse_size(text: str | int) -> None:
         ("[scheduler]\nmemfree = '2X'\n", 2, "[scheduler] memfree: expected a size like"),
         ("[scheduler]\nmemfree = -1\n", 2, "[scheduler] memfree: size must not be negative"),
         ("[scheduler]\noutput_dir = 3\n", 2, "[scheduler] output_dir: expected a string, got 3"),
-        ("[scheduler]\noutput_dir = \"a\\u0000b\"\n", 2, "[scheduler] output_dir: must not contain a NUL"),
-        ("[scheduler]\nexit_when_empty = 'yes'\n", 2, "[scheduler] exit_when_empty: expected true or false, got 'yes'"),
+        (
+            '[scheduler]\noutput_dir = "a\\u0000b"\n',
+            2,
+            "[scheduler] output_dir: must not contain a NUL",
+        ),
+        (
+            "[scheduler]\nexit_when_empty = 'yes'\n",
+            2,
+            "[scheduler] exit_when_empty: expected true or false, got 'yes'",
+        ),
         ("[scheduler]\nexit_when_empty = 1\n", 2, "expected true or false, got 1"),
-        ("[jobfile]\nlock = 'fcntl'\n", 2, "[jobfile] lock: expected one of flock, soft, got 'fcntl'"),
+        (
+            "[jobfile]\nlock = 'fcntl'\n",
+            2,
+            "[jobfile] lock: expected one of flock, soft, got 'fcntl'",
+        ),
         ("[jobfile]\nstale_lock_after = 0\n", 2, "[jobfile] stale_lock_after: must be > 0"),
         ("[cluster]\ncpu = 0\n", 2, "[cluster] cpu: must be >= 1, got 0"),
         ("[cluster]\nmem = 4\n", 2, "[cluster] mem: expected a string, got 4"),
@@ -359,16 +382,37 @@ def test_fuzz_parse_size(text: str | int) -> None:
         ("[history]\nmax_bytes = [1]\n", 2, "[history] max_bytes: expected a size like"),
         ("[control]\ntimeout = '30'\n", 2, "[control] timeout: expected a number, got '30'"),
         ("[schedule]\nworkdays = ['Mon', 'Moon']\n", 2, "[schedule] workdays: unknown day 'Moon'"),
-        ("[schedule]\nworkdays = 5\n", 2, "[schedule] workdays: expected a list of day names, got 5"),
-        ("[schedule]\nworkhours = '8-20'\n", 2, "[schedule] workhours: expected 'HH:MM-HH:MM', got '8-20'"),
+        (
+            "[schedule]\nworkdays = 5\n",
+            2,
+            "[schedule] workdays: expected a list of day names, got 5",
+        ),
+        (
+            "[schedule]\nworkhours = '8-20'\n",
+            2,
+            "[schedule] workhours: expected 'HH:MM-HH:MM', got '8-20'",
+        ),
         ("[schedule]\nworkhours = 8\n", 2, "[schedule] workhours: expected a string, got 8"),
-        ("\n[schedul]\nworkdays = []\n", 2, "unknown section [schedul]; known sections: schedule, interactive, scheduler, jobfile, log, history, control, cluster"),
-        ("[scheduler]\n# c\nintervall = 1\n", 3, "[scheduler] unknown key 'intervall'; known keys: interval, hysteresis, nice,"),
+        (
+            "\n[schedul]\nworkdays = []\n",
+            2,
+            "unknown section [schedul]; known sections: "
+            "schedule, interactive, scheduler, jobfile, log, history, control, cluster",
+        ),
+        (
+            "[scheduler]\n# c\nintervall = 1\n",
+            3,
+            "[scheduler] unknown key 'intervall'; known keys: interval, hysteresis, nice,",
+        ),
         ("[log]\n\n[scheduler]\n\n  nicety  =  1\n", 5, "[scheduler] unknown key 'nicety'"),
         ("scheduler.nicety = 1\n", 1, "[scheduler] unknown key 'nicety'"),
         ("[scheduler.sub]\nx = 1\n", 1, "[scheduler] unknown key 'sub'"),
         ("top = 1\n", 1, "unknown section [top]"),
-        ("[scheduler]\nnice = 1\n[cluster]\ncpu = 'many'\n", 4, "[cluster] cpu: expected an integer, got 'many'"),
+        (
+            "[scheduler]\nnice = 1\n[cluster]\ncpu = 'many'\n",
+            4,
+            "[cluster] cpu: expected an integer, got 'many'",
+        ),
     ],
 )
 def test_file_validation_errors(tmp_path: Path, toml: str, line: int, message: str) -> None:
@@ -418,11 +462,19 @@ def test_config_not_utf8(tmp_path: Path) -> None:
         ("PBQ_SCHEDULER_NICE", "1.5", "[scheduler] nice: expected an integer, got '1.5'"),
         ("PBQ_SCHEDULER_NICE", "99", "[scheduler] nice: must be <= 19, got 99"),
         ("PBQ_SCHEDULER_NICE", "9" * 5000, "expected an integer"),
-        ("PBQ_JOBFILE_FSYNC", "maybe", "[jobfile] fsync: expected true/false (1/0, yes/no, on/off), got 'maybe'"),
+        (
+            "PBQ_JOBFILE_FSYNC",
+            "maybe",
+            "[jobfile] fsync: expected true/false (1/0, yes/no, on/off), got 'maybe'",
+        ),
         ("PBQ_JOBFILE_LOCK", "none", "[jobfile] lock: expected one of flock, soft, got 'none'"),
         ("PBQ_LOG_MAX_BYTES", "10 MB B", "[log] max_bytes: expected a size like"),
         ("PBQ_SCHEDULE_WORKDAYS", "Mon;Tue", "[schedule] workdays: unknown day 'Mon;Tue'"),
-        ("PBQ_SCHEDULE_WORKHOURS", "08:00-08:00", "[schedule] workhours: start and end are the same"),
+        (
+            "PBQ_SCHEDULE_WORKHOURS",
+            "08:00-08:00",
+            "[schedule] workhours: start and end are the same",
+        ),
         ("PBQ_CLUSTER_QUEUE", "a\0b", "[cluster] queue: must not contain a NUL"),
     ],
 )
@@ -436,12 +488,30 @@ def test_environment_errors(env_name: str, text: str, message: str) -> None:
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
-        ({("scheduler", "interval"): 0}, "flag --interval: [scheduler] interval: must be > 0, got 0.0"),
-        ({("scheduler", "interval"): "x"}, "flag --interval: [scheduler] interval: expected a number, got 'x'"),
-        ({("scheduler", "nice"): True}, "flag --nice: [scheduler] nice: expected an integer, got True"),
-        ({("scheduler", "memfree"): "lots"}, "flag --memfree: [scheduler] memfree: expected a size like"),
-        ({("log", "max_bytes"): -1}, "flag --log-max-bytes: [log] max_bytes: size must not be negative"),
-        ({("scheduler", "exit_when_empty"): 2}, "flag --exit-when-empty: [scheduler] exit_when_empty: expected true or false, got 2"),
+        (
+            {("scheduler", "interval"): 0},
+            "flag --interval: [scheduler] interval: must be > 0, got 0.0",
+        ),
+        (
+            {("scheduler", "interval"): "x"},
+            "flag --interval: [scheduler] interval: expected a number, got 'x'",
+        ),
+        (
+            {("scheduler", "nice"): True},
+            "flag --nice: [scheduler] nice: expected an integer, got True",
+        ),
+        (
+            {("scheduler", "memfree"): "lots"},
+            "flag --memfree: [scheduler] memfree: expected a size like",
+        ),
+        (
+            {("log", "max_bytes"): -1},
+            "flag --log-max-bytes: [log] max_bytes: size must not be negative",
+        ),
+        (
+            {("scheduler", "exit_when_empty"): 2},
+            "flag --exit-when-empty: [scheduler] exit_when_empty: expected true or false, got 2",
+        ),
         ({("scheduler", "nope"): 1}, "flags: [scheduler] unknown key 'nope'"),
         ({("nope", "x"): 1}, "flags: unknown section [nope]"),
     ],

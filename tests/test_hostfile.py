@@ -26,7 +26,8 @@ def test_sample_parses() -> None:
     hosts = parse_hostfile(SAMPLE)
     assert [h.name for h in hosts] == ["alpha", "beta.example.org", "headnode", "*"]
     alpha, beta, head, star = hosts
-    assert (alpha.arch, alpha.max, alpha.wday, alpha.interactive, alpha.line) == ("linux", 8, 4, 1, 2)
+    alpha_fields = (alpha.arch, alpha.max, alpha.wday, alpha.interactive, alpha.line)
+    assert alpha_fields == ("linux", 8, 4, 1, 2)
     assert isinstance(alpha.max, float)
     assert (beta.max, beta.wday, beta.interactive, beta.line) == (1.5, 0.5, 0, 3)
     assert head.line == 5
@@ -227,7 +228,8 @@ def test_find_host_empty_hostfile() -> None:
 
 
 def test_find_host_ambiguous_short_name() -> None:
-    with pytest.raises(PbqError, match=r"ambiguous.*gamma\.lab \(line 3\).*GAMMA\.other \(line 4\)"):
+    both = r"ambiguous.*gamma\.lab \(line 3\).*GAMMA\.other \(line 4\)"
+    with pytest.raises(PbqError, match=both):
         find_host(HOSTS, "gamma")
 
 

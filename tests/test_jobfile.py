@@ -95,13 +95,21 @@ def write_state(q: JobQueue, **fields) -> None:
         pytest.param(b"", [], id="empty"),
         pytest.param(b"\n\n  \n\t\n", [], id="only-blanks"),
         pytest.param(b"a\n\n   \nb\n", [b"a", b"b"], id="blank-lines"),
-        pytest.param(b"# c\n  # indented\na\n#\nb # not a comment\n", [b"a", b"b # not a comment"], id="comments"),
+        pytest.param(
+            b"# c\n  # indented\na\n#\nb # not a comment\n",
+            [b"a", b"b # not a comment"],
+            id="comments",
+        ),
         pytest.param(b"a\r\nb\r\n\r\n#c\r\n", [b"a", b"b"], id="crlf"),
         pytest.param(b"a\nlast", [b"a", b"last"], id="last-line-without-newline"),
         pytest.param(b"a\n# last comment", [b"a"], id="last-comment-without-newline"),
         pytest.param(b"  x  \n\ty\t\n", [b"  x  ", b"\ty\t"], id="inner-whitespace-kept"),
         pytest.param(b"a\rb\n", [b"a\rb"], id="lone-cr-inside"),
-        pytest.param(b"\xff\xfe\x00\n caf\xc3\xa9 \xe9\n", [b"\xff\xfe\x00", b" caf\xc3\xa9 \xe9"], id="non-utf8"),
+        pytest.param(
+            b"\xff\xfe\x00\n caf\xc3\xa9 \xe9\n",
+            [b"\xff\xfe\x00", b" caf\xc3\xa9 \xe9"],
+            id="non-utf8",
+        ),
     ],
 )
 def test_take(tmp_path: Path, content: bytes, lines: list[bytes]) -> None:
@@ -163,7 +171,12 @@ def test_commit_take_moves_offset(tmp_path: Path) -> None:
         with pytest.raises(ValueError):
             txn.commit_take(end - 1, "h1", 6)
     st = q.peek_state()
-    assert (st.offset, st.ops, st.taken_since, st.size) == (end, {"h1": 5}, 500.0, len(b"#c\na\nb\nc\n"))
+    assert (st.offset, st.ops, st.taken_since, st.size) == (
+        end,
+        {"h1": 5},
+        500.0,
+        len(b"#c\na\nb\nc\n"),
+    )
     assert bytes.fromhex(st.mark) == b"#c\na\nb\n"[-32:]
     assert peek(q) == [b"c"]
     assert (tmp_path / "jobs").read_bytes() == b"#c\na\nb\nc\n", "taking rewrites nothing"
@@ -210,7 +223,9 @@ class CountingOpen:
         return Wrapped()
 
 
-def test_take_from_a_big_jobfile_reads_little(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_take_from_a_big_jobfile_reads_little(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     n = 100_000
     lines = [f"job {i:06d} --input data/{i}.txt".encode() for i in range(n)]
     content = b"".join(line + b"\n" for line in lines)
@@ -330,7 +345,10 @@ def test_prepend_survives_short_writes(tmp_path: Path, monkeypatch: pytest.Monke
         txn.prepend(back, "h1", 2)
         txn.append([b"appended at the end"], "h1", 3)
     monkeypatch.undo()
-    assert path.read_bytes() == b"first line put back\nsecond line put back\nb\nc\nappended at the end\n"
+    assert (
+        path.read_bytes()
+        == b"first line put back\nsecond line put back\nb\nc\nappended at the end\n"
+    )
 
 
 @pytest.mark.parametrize(
@@ -372,7 +390,9 @@ def test_append_nothing(tmp_path: Path) -> None:
     assert not q.state_path.exists()
 
 
-def test_append_disk_full_is_all_or_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_append_disk_full_is_all_or_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = tmp_path / "jobs"
     q = make(path, b"a\n")
     real = os.write
@@ -408,12 +428,18 @@ def test_append_disk_full_is_all_or_nothing(tmp_path: Path, monkeypatch: pytest.
         pytest.param(b"x\n", [b"x"], id="shrunk-below-offset"),
         pytest.param(b"new\nnn\n", [b"new", b"nn"], id="shrunk-above-offset"),
         pytest.param(b"A\nB\nC\nD\nE\n", [b"A", b"B", b"C", b"D", b"E"], id="same-size-rewritten"),
-        pytest.param(b"zzz\nyyy\nc\nd\ne\nf\n", [b"zzz", b"yyy", b"c", b"d", b"e", b"f"], id="grown-rewritten"),
+        pytest.param(
+            b"zzz\nyyy\nc\nd\ne\nf\n",
+            [b"zzz", b"yyy", b"c", b"d", b"e", b"f"],
+            id="grown-rewritten",
+        ),
         pytest.param(b"", [], id="emptied"),
         pytest.param(None, [], id="deleted"),
     ],
 )
-def test_hand_edit_makes_whole_file_pending(tmp_path: Path, edit: bytes | None, expect: list[bytes]) -> None:
+def test_hand_edit_makes_whole_file_pending(
+    tmp_path: Path, edit: bytes | None, expect: list[bytes]
+) -> None:
     path = tmp_path / "jobs"
     logs: list[str] = []
     q = make(path, b"a\nb\nc\nd\ne\n", log=logs.append)
@@ -448,6 +474,11 @@ def mark(data: bytes) -> str:
     return data[-32:].hex()
 
 
+# h2 appends 6 bytes after "a\n" (the 2 bytes of the jobfile at the time)
+H2_APPENDS_6 = {"kind": "append", "size": 2, "length": 6, "host": "h2", "op": 7}
+
+
+# fmt: off
 @pytest.mark.parametrize(
     ("before", "tmp", "pending", "after", "ops_after"),
     [
@@ -464,15 +495,15 @@ def mark(data: bytes) -> str:
             b"b\nc\n", {"h1": 3, "h2": 6}, id="compaction-redone",
         ),
         pytest.param(
-            b"a\nb\nc\nd", None, {"kind": "append", "size": 2, "length": 6, "host": "h2", "op": 7},
+            b"a\nb\nc\nd", None, H2_APPENDS_6,
             b"a\n", {"h1": 3, "h2": 6}, id="append-partial-truncated",
         ),
         pytest.param(
-            b"a\nb\nc\nd\n", None, {"kind": "append", "size": 2, "length": 6, "host": "h2", "op": 7},
+            b"a\nb\nc\nd\n", None, H2_APPENDS_6,
             b"a\nb\nc\nd\n", {"h1": 3, "h2": 7}, id="append-complete-kept",
         ),
         pytest.param(
-            b"a\n", None, {"kind": "append", "size": 2, "length": 6, "host": "h2", "op": 7},
+            b"a\n", None, H2_APPENDS_6,
             b"a\n", {"h1": 3, "h2": 6}, id="append-nothing-written",
         ),
         pytest.param(
@@ -481,6 +512,7 @@ def mark(data: bytes) -> str:
         ),
     ],
 )
+# fmt: on
 def test_crash_recovery(tmp_path: Path, before, tmp, pending, after, ops_after) -> None:
     path = tmp_path / "jobs"
     logs: list[str] = []
@@ -489,11 +521,25 @@ def test_crash_recovery(tmp_path: Path, before, tmp, pending, after, ops_after) 
         q.compact_tmp.write_bytes(tmp)
     if pending["kind"] == "append":
         offset = 2  # "a\n" was taken before
-        write_state(q, offset=offset, size=pending["size"], mark=mark(b"a\n"), ops={"h1": 3, "h2": 6},
-                    taken_since=1.0, pending=pending)
+        write_state(
+            q,
+            offset=offset,
+            size=pending["size"],
+            mark=mark(b"a\n"),
+            ops={"h1": 3, "h2": 6},
+            taken_since=1.0,
+            pending=pending,
+        )
     else:
-        write_state(q, offset=2, size=6, mark=mark(b"a\n"), ops={"h1": 3, "h2": 6}, taken_since=1.0,
-                    pending=pending)
+        write_state(
+            q,
+            offset=2,
+            size=6,
+            mark=mark(b"a\n"),
+            ops={"h1": 3, "h2": 6},
+            taken_since=1.0,
+            pending=pending,
+        )
     with q.transaction() as txn:
         assert txn.state.pending is None
     assert path.read_bytes() == after
@@ -513,7 +559,9 @@ def test_crash_recovery(tmp_path: Path, before, tmp, pending, after, ops_after) 
 def test_unknown_pending_kind_is_ignored(tmp_path: Path) -> None:
     path = tmp_path / "jobs"
     q = make(path, b"a\nb\n")
-    write_state(q, offset=2, size=4, mark=mark(b"a\n"), ops={"h1": 3}, pending={"kind": "from-the-future"})
+    write_state(
+        q, offset=2, size=4, mark=mark(b"a\n"), ops={"h1": 3}, pending={"kind": "from-the-future"}
+    )
     assert take_commit(q, 1, op=4) == [b"b"]
     assert path.read_bytes() == b"a\nb\n"
     st = q.peek_state()
@@ -529,6 +577,82 @@ def test_stray_compact_tmp_is_ignored_and_removed(tmp_path: Path) -> None:
     assert not q.compact_tmp.exists()
     assert path.read_bytes() == b"a\nb\n"
     assert q.peek_state().offset == 2
+
+
+# ---------------------------------------------------------------------- the .queue format
+
+V1_QUEUES = ROOT / "tests" / "data" / "v1-queue"  # written by pbq 0.1.0; see the README there
+
+
+def v1_queue(tmp_path: Path, which: str) -> Path:
+    """A copy of a jobfile and its format-1 ``.queue``; returns the jobfile."""
+    for name in ("jobfile", "jobfile.queue"):
+        (tmp_path / name).write_bytes((V1_QUEUES / which / name).read_bytes())
+    return tmp_path / "jobfile"
+
+
+def test_new_records_carry_the_format(tmp_path: Path) -> None:
+    q = make(tmp_path / "jobs", b"a\nb\n")
+    take_commit(q, 1)
+    record = json.loads(q.state_path.read_text())
+    assert record["format"] == jobfile_mod.FORMAT == 2
+    assert "version" not in record
+
+
+@pytest.mark.parametrize(
+    ("which", "pending", "ops"),
+    [
+        pytest.param("after-run", [b"true fourth", b"true fifth"], {"v1host": 2}, id="after-run"),
+        pytest.param("mid-take", [b"true fifth"], {"v1host": 3}, id="mid-take"),
+    ],
+)
+def test_format_1_queue_is_read_and_upgraded(
+    tmp_path: Path, which: str, pending: list[bytes], ops: dict[str, int]
+) -> None:
+    """A queue upgraded mid-run: today's pbq takes and appends where pbq 0.1.0 left off."""
+    jf = v1_queue(tmp_path, which)
+    assert "format" not in json.loads(jf.with_name("jobfile.queue").read_text())
+    logs: list[str] = []
+    q = make(jf, log=logs.append)
+    assert q.peek_state().ops == ops
+    assert take_commit(q, 1, host="new", op=1) == pending[:1]
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "bin" / "jobfile-append"), str(jf), "-"],
+        input=b"true sixth\n",
+        capture_output=True,
+        timeout=60,
+    )
+    assert r.returncode == 0, r.stderr.decode()
+    assert take_commit(q, 10, host="new", op=2) == [*pending[1:], b"true sixth"]
+    assert not logs, "the consumed part was recognized, nothing redone or undone"
+    record = json.loads(q.state_path.read_text())
+    assert record["format"] == 2
+    assert record["ops"] == {**ops, "new": 2}
+
+
+def test_newer_format_is_refused_and_left_alone(tmp_path: Path) -> None:
+    path = tmp_path / "jobs"
+    q = make(path, b"a\nb\n")
+    take_commit(q, 1)
+    record = json.loads(q.state_path.read_text())
+    record["format"] = 3
+    q.state_path.write_text(json.dumps(record))
+    before = (path.read_bytes(), q.state_path.read_bytes())
+    message = f"{q.state_path}: written by a newer pbq (format 3); upgrade pbq on this machine"
+    for attempt in (lambda: take_commit(q, 1, op=2), q.peek_state, lambda: append_file(q, [b"c"])):
+        with pytest.raises(PbqError) as err:
+            attempt()
+        assert str(err.value) == message
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "bin" / "jobfile-append"), str(path), "-"],
+        input=b"c\n",
+        capture_output=True,
+        timeout=60,
+    )
+    assert (r.returncode, r.stderr.decode()) == (2, f"jobfile-append: {message}\n")
+    assert (path.read_bytes(), q.state_path.read_bytes()) == before
+    q.lock.acquire(timeout=10)  # released after each refusal
+    q.lock.release()
 
 
 CRASH = """
@@ -572,15 +696,22 @@ sys.exit(0)
     [
         pytest.param("rename", [b"put back", b"b", b"c"], {"h1": 2}, id="prepend-before-rename"),
         pytest.param("mid-append", [b"b", b"c"], {"h1": 1}, id="mid-append"),
-        pytest.param("after-append", [b"b", b"c", b"NEW-1", b"NEW-2"], {"h1": 2}, id="append-before-commit"),
+        pytest.param(
+            "after-append", [b"b", b"c", b"NEW-1", b"NEW-2"], {"h1": 2}, id="append-before-commit"
+        ),
     ],
 )
 def test_real_crash(tmp_path: Path, where: str, pending: list[bytes], ops: dict) -> None:
     path = tmp_path / "jobs"
     q = make(path, b"a\nb\nc\n", fsync=True)
     assert take_commit(q, 1, op=1) == [b"a"]
-    p = subprocess.run([sys.executable, "-c", CRASH, str(path), where], env=ENV, cwd=ROOT, timeout=60,
-                       capture_output=True)
+    p = subprocess.run(
+        [sys.executable, "-c", CRASH, str(path), where],
+        env=ENV,
+        cwd=ROOT,
+        timeout=60,
+        capture_output=True,
+    )
     assert p.returncode == 9, p.stderr.decode()
     assert q.peek_state().pending is not None, "the crash left a change half done"
     assert peek(q) == pending
@@ -642,7 +773,9 @@ def _taker(jobfile: str, host: str, out: str, stop: str, lock: str, seed: int) -
         taken += got
         if not got and stopping:
             break
-    Path(out).write_text(json.dumps({"taken": [x.hex() for x in taken], "returned": [x.hex() for x in returned]}))
+    Path(out).write_text(
+        json.dumps({"taken": [x.hex() for x in taken], "returned": [x.hex() for x in returned]})
+    )
 
 
 def _appender(jobfile: str, name: str, n: int, lock: str, seed: int) -> None:
@@ -684,8 +817,13 @@ def test_concurrent_takers_and_appenders(tmp_path: Path, lock: str, per_appender
     ctx = multiprocessing.get_context("spawn")
     n_takers, appenders = 3, ["A", "B"]
     outs = [tmp_path / f"taken.{i}" for i in range(n_takers)]
-    appender_specs = [(_appender, (str(path), a, per_appender, lock, i)) for i, a in enumerate(appenders)]
-    taker_specs = [(_taker, (str(path), f"h{i}", str(outs[i]), str(stop), lock, 10 + i)) for i in range(n_takers)]
+    appender_specs = [
+        (_appender, (str(path), a, per_appender, lock, i)) for i, a in enumerate(appenders)
+    ]
+    taker_specs = [
+        (_taker, (str(path), f"h{i}", str(outs[i]), str(stop), lock, 10 + i))
+        for i in range(n_takers)
+    ]
     with contextlib.ExitStack() as stack:
         aps = stack.enter_context(processes(ctx, appender_specs))
         tks = stack.enter_context(processes(ctx, taker_specs))
@@ -739,4 +877,6 @@ def test_appended_lines_come_back(pre: bytes, lines: list[bytes]) -> None:
         with q.transaction() as txn:
             txn.append(lines, "h9", 99)
         # byte for byte, but for blank and comment lines (skipped) and a trailing CR (CRLF)
-        assert drain(q, 3) == [x.rstrip(b"\r") for x in lines if x.strip() and not x.strip().startswith(b"#")]
+        assert drain(q, 3) == [
+            x.rstrip(b"\r") for x in lines if x.strip() and not x.strip().startswith(b"#")
+        ]

@@ -206,7 +206,9 @@ def test_soft_lock_in_missing_directory(tmp_path: Path) -> None:
         lock.acquire(timeout=1)
 
 
-def test_soft_lock_disk_full_leaves_no_lock_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_soft_lock_disk_full_leaves_no_lock_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     def full(fd, data):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
@@ -285,7 +287,9 @@ def test_soft_live_local_holder_never_broken(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "body",
     [
-        pytest.param(soft_body(machine="elsewhere.invalid", boot="other-boot", pid=1), id="other-machine"),
+        pytest.param(
+            soft_body(machine="elsewhere.invalid", boot="other-boot", pid=1), id="other-machine"
+        ),
         pytest.param(soft_body(boot="an-earlier-boot", pid=1), id="earlier-boot"),
         pytest.param(b"", id="empty-holder-died-before-writing"),
         pytest.param(b"\xff garbage", id="garbage"),

@@ -61,7 +61,9 @@ def test_aware_datetimes_use_their_wall_clock() -> None:
 
 @pytest.mark.parametrize(("day", "hhmm"), [("Mon", "00:00"), ("Wed", "12:34"), ("Sun", "23:59")])
 def test_all_day_every_day(day: str, hhmm: str) -> None:
-    cal = parse_calendar(["Mon", "tue", "WED", "Thursday", "friday", "Sat", "SUNDAY"], "00:00-24:00")
+    cal = parse_calendar(
+        ["Mon", "tue", "WED", "Thursday", "friday", "Sat", "SUNDAY"], "00:00-24:00"
+    )
     assert (cal.start, cal.end) == (0, 1440)
     assert cal.is_work_time(at(day, hhmm))
     assert cal.describe() == "Mon-Sun 00:00-24:00"
@@ -164,7 +166,11 @@ def test_parse_workdays(workdays: list[str] | str, expected: set[int]) -> None:
         (WEEKDAYS, "08:00-08:00", "start and end are the same"),
         (WEEKDAYS, "00:00-00:00", "start and end are the same"),
         (WEEKDAYS, 800, "expected 'HH:MM-HH:MM', got 800"),
-        (["Mon", "Funday"], "08:00-20:00", "[schedule] workdays: unknown day 'Funday'; expected one of Mon,"),
+        (
+            ["Mon", "Funday"],
+            "08:00-20:00",
+            "[schedule] workdays: unknown day 'Funday'; expected one of Mon,",
+        ),
         (["Mo"], "08:00-20:00", "unknown day 'Mo'"),
         (["Mon-"], "08:00-20:00", "unknown day ''"),
         (["Mon", 3], "08:00-20:00", "[schedule] workdays: expected a day name, got 3"),
@@ -207,7 +213,10 @@ def test_fuzz_parse_calendar(workdays: list[str], workhours: str) -> None:
 
 _HOURS = st.builds(
     "{:02d}:{:02d}-{:02d}:{:02d}".format,
-    st.integers(0, 25), st.integers(0, 61), st.integers(0, 25), st.integers(0, 61),
+    st.integers(0, 25),
+    st.integers(0, 61),
+    st.integers(0, 25),
+    st.integers(0, 61),
 )
 
 
@@ -217,7 +226,9 @@ _HOURS = st.builds(
     _HOURS,
     st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1)),
 )
-def test_fuzz_is_work_time_matches_definition(workdays: list[str], hours: str, when: datetime) -> None:
+def test_fuzz_is_work_time_matches_definition(
+    workdays: list[str], hours: str, when: datetime
+) -> None:
     try:
         cal = parse_calendar(workdays, hours, "fuzz")
     except PbqError as e:

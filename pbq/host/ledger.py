@@ -82,6 +82,7 @@ class Ledger:
         """Apply the journal's records of the snapshot's generation (crash recovery)."""
         book = self.book
         for rec in records:
+            check_format(rec, self.files.journal, STATE_FORMAT)
             if not isinstance(rec, dict) or rec.get("g") != self.gen:
                 continue
             for seq in rec.get("starting", []):
@@ -146,6 +147,7 @@ class Ledger:
     def journal(self, rec: dict[str, Any]) -> None:
         """Put a fact on record before the next snapshot (one small append)."""
         rec["g"] = self.gen
+        rec["format"] = STATE_FORMAT
         data = json.dumps(rec, separators=(",", ":")).encode() + b"\n"
         append_bytes(self.files.journal, data)
         self.journal_used = True

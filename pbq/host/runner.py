@@ -259,7 +259,7 @@ class Runner:
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         while self.connected or self.jobs:
-            fds = [wake_r, self.sock] if self.connected else [wake_r]
+            fds = [wake_r, self.sock.fileno()] if self.connected else [wake_r]
             try:
                 ready, _, _ = select.select(fds, [], [], 1.0)
             except InterruptedError:
@@ -268,7 +268,7 @@ class Runner:
                 with contextlib.suppress(OSError):
                     while os.read(wake_r, 4096):
                         pass
-            if self.connected and self.sock in ready:
+            if self.connected and self.sock.fileno() in ready:
                 try:
                     data = self.sock.recv(1 << 16)
                 except OSError:
