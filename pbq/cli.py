@@ -112,9 +112,9 @@ def _scheduler_options(
     """pbq-single's settings, after checking everything a user can get wrong, so that
     errors come out plainly before the scheduler starts."""
     from .config import load_config
+    from .host.loop import SchedulerOptions
     from .hostfile import find_host, load_hostfile, machine_name
     from .safety import check_queue_files
-    from .host.loop import SchedulerOptions
 
     # A symlinked jobfile is followed: compaction replaces the file it points to.
     jobfile = jobfile.resolve() if jobfile.is_symlink() else jobfile.absolute()

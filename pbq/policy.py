@@ -120,9 +120,9 @@ class Choice:
 def choose(jobs: list[Candidate], d: Decision) -> Choice:
     """Which jobs the decision's counts apply to.  Order: (start time, seq)."""
     ordered = sorted(jobs, key=lambda j: (j.started, j.seq))
-    evict = tuple(j.seq for j in ordered[len(ordered) - d.evict :]) if d.evict else ()
+    evict = tuple(j.seq for j in reversed(ordered))[: max(0, d.evict)]
     running = [j for j in ordered if not j.stopped and j.seq not in evict]
-    stop = tuple(j.seq for j in reversed(running[len(running) - d.stop :])) if d.stop else ()
+    stop = tuple(j.seq for j in reversed(running))[: max(0, d.stop)]
     stopped = [j for j in ordered if j.stopped and j.seq not in evict]
-    cont = tuple(j.seq for j in stopped[: d.cont])
+    cont = tuple(j.seq for j in stopped[: max(0, d.cont)])
     return Choice(stop=stop, cont=cont, evict=evict, start=d.start)

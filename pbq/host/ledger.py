@@ -206,17 +206,25 @@ class Ledger:
         settling = self.book.in_state(JobState.SETTLING)
         host = self.book.host
         if front or end:
-            op = self.book.new_op()
+            # One operation per side: each commits on its own, so a crash between the two
+            # redoes exactly the one that did not commit.
+            ops = {id(j): op for group in (front, end) if group for op in [self.book.new_op()] for j in group}
             for job in front + end:
-                job.putback_op = op
-            self.save(fsync=True)
-            self.log.flush()  # the log names every put-back before it commits
-            for job in end:
-                txn.set_retries(job.line, job.tries)
-            if front:
-                txn.prepend([j.line for j in front], host, op)
-            if end:
-                txn.append([j.line for j in end], host, op)
+                job.putback_op = ops[id(job)]
+            try:
+                self.save(fsync=True)
+                self.log.flush()  # the log names every put-back before it commits
+                for job in end:
+                    txn.set_retries(job.line, job.tries)
+                if front:
+                    txn.prepend([j.line for j in front], host, front[0].putback_op or 0)
+                if end:
+                    txn.append([j.line for j in end], host, end[0].putback_op or 0)
+            except PbqError:
+                for job in front + end:
+                    if job.putback_op is not None and job.putback_op > txn.state.ops.get(host, 0):
+                        job.putback_op = None  # not committed: the next pass puts it back anew
+                raise
         for job in settling:
             txn.set_retries(job.line, 0)
         for job in front + end + settling:

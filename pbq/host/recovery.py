@@ -74,6 +74,8 @@ def _plan_one(job: Job, committed: int, p: Probe, jid: str, drm: str | None) -> 
         return Step(job, Action.SETTLE)
     if drm is not None:
         return _plan_cluster_job(job, p, jid, drm, text)
+    if st in (JobState.TERMINATING, JobState.TERMINATED) and not p.alive:
+        return Step(job, Action.BACK_FRONT, f"job {jid} did not finish (terminated): putting it back at the front: {text}")
     if job.pid is None and p.pid is None:
         return Step(job, Action.BACK_FRONT, f"job {jid} was being started when the scheduler died: "
                                             f"putting it back; POSSIBLE DUPLICATE if it had already run: {text}")
@@ -81,8 +83,6 @@ def _plan_one(job: Job, committed: int, p: Probe, jid: str, drm: str | None) -> 
         return Step(job, Action.ADOPT, probe=p)
     if st is JobState.EVICTING:
         return Step(job, Action.BACK_FRONT, f"job {jid} was killed to free memory: putting it back at the front")
-    if st in (JobState.TERMINATING, JobState.TERMINATED):
-        return Step(job, Action.BACK_FRONT, f"job {jid} did not finish (terminated): putting it back at the front: {text}")
     if p.exit is not None:
         return Step(job, Action.FINISH, probe=p)
     return Step(job, Action.BACK_FRONT, f"job {jid} did not finish (its process is gone, reboot?; POSSIBLE "
