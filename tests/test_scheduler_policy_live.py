@@ -137,17 +137,17 @@ def test_active_users_and_work_hours_lower_the_limit(tmp_path: Path) -> None:
     s, sensors, clock, _ = make(tmp_path, "* linux 3 1 1\n", ["sleep 60", "sleep 61", "sleep 62"], when=MONDAY_10)
     try:
         tick(s, clock)
-        assert s.limit == 1 and s.work_time
+        assert s.m.limit == 1 and s.m.work_time
         assert list(states(s).values()) == ["running"]
         sensors.users = 2  # limit = max(0, 1 - min(1, 2)) = 0
         tick(s, clock)
-        assert s.limit == 0
+        assert s.m.limit == 0
         assert list(states(s).values()) == ["stopped"]
         sensors.users = 0
         clock.advance(5 * 86400)  # Saturday: limit = max = 3
         for _ in range(4):
             tick(s, clock)
-        assert s.limit == 3 and not s.work_time
+        assert s.m.limit == 3 and not s.m.work_time
         assert sorted(states(s).values()) == ["running"] * 3
     finally:
         finish(s, clock)

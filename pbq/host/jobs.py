@@ -289,14 +289,20 @@ class JobBook:
     @classmethod
     def from_json(cls, host: str, d: object) -> JobBook:
         book = cls(host)
+        book.load_json(d)
+        return book
+
+    def load_json(self, d: object) -> None:
+        """Replace the book's contents with a saved one (start-up, recover)."""
+        self._jobs = {}
+        self.counters = Counters()
         if not isinstance(d, dict):
-            return book
-        book.counters = Counters(int(d.get("next_seq", 1)), int(d.get("next_op", 1)),
+            return
+        self.counters = Counters(int(d.get("next_seq", 1)), int(d.get("next_op", 1)),
                                  int(d.get("done", 0)), int(d.get("failed", 0)))
         for raw in d.get("jobs", []):
             job = Job.from_json(raw)
-            book._jobs[job.seq] = job
-        return book
+            self._jobs[job.seq] = job
 
     def restore(self, job: Job) -> None:
         """Put a job read from the ledger into the book (start-up only)."""

@@ -73,7 +73,7 @@ class Ledger:
         """The book as the last run left it: the snapshot plus the journal after it."""
         raw = read_json(self.files.state)
         check_format(raw, self.files.state, STATE_FORMAT)
-        self.book = JobBook.from_json(self.book.host, raw)
+        self.book.load_json(raw)  # in place: the loop's parts hold this book
         self.gen = int(raw.get("gen", 0)) if isinstance(raw, dict) else 0
         self.replay(read_json_lines(self.files.journal))
         return self.book

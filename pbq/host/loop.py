@@ -17,17 +17,12 @@ state: only :class:`~pbq.host.jobs.JobBook`.  What must survive a crash: the
 from __future__ import annotations
 
 import contextlib
-import json
-import math
 import os
 import select
 import signal
-import sys
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 
 from .. import __version__
@@ -36,36 +31,28 @@ from ..errors import PbqError
 from ..hostfile import Host, find_host, load_hostfile
 from ..hostlog import HostLog
 from ..jobfile import JobQueue, Txn
-from ..policy import Candidate, Decision, Mode, View, choose, decide, load_limit
+from ..policy import Candidate, Decision, Mode, View, choose, decide
 from ..safety import check_input_file, control_file_trusted
 from ..sensors import Sensors
 from ..sidefiles import (
     HostStatus,
     PidRecord,
     is_local,
-    joblog_row,
     liveness,
     read_pidfile,
     read_status,
     write_pidfile,
-    write_status,
 )
-from ..statefiles import (
-    HostFiles,
-    append_bytes,
-    atomic_write,
-    line_to_text,
-    read_json,
-    unlink_quietly,
-)
+from ..statefiles import HostFiles, line_to_text, read_json, unlink_quietly
 from .executor import Ended, Executor, NotStarted, Started
-from .jobs import UNKNOWN_EXIT, Job, JobBook, JobState, Outcome
+from .intake import Intake
+from .jobs import Job, JobBook, JobState
 from .ledger import Ledger
 from .local import LocalExecutor, set_subreaper
+from .outcomes import Outcomes
+from .outputs import VIEW_DEBOUNCE, HostOutputs
 from .recovery import Action, Step, plan_recovery
-
-PREFETCH_MAX = 16  # most lines a host takes ahead of its free slots
-VIEW_DEBOUNCE = 0.05  # seconds
+from .sensing import LoadSensing, Measurements
 
 
 @dataclass
@@ -108,40 +95,34 @@ class Scheduler:
             clock=clock,
         )
         self.interval = self.cfg.scheduler.interval
+        # The parts, each with one reason to change; the loop only wires them together.
         self.book = JobBook(opts.host)
         self.ledger = Ledger(self.files, self.book, self.log, self.cfg.jobfile.fsync, monotonic)
+        self.intake = Intake(self.queue, self.book, self.ledger, self.log, opts.allow_group_write,
+                             self.cfg.scheduler.retries)
+        self.outcomes = Outcomes(self.book, self.ledger, self.log, self.cfg,
+                                 opts.jobfile.with_name(opts.jobfile.name + ".usage"), clock)
+        self.outputs = HostOutputs(self.files, self.book, self.cfg, monotonic, self.ledger.disk_problem)
+        self.sensing = LoadSensing(self.cfg, self.sensors)
+        self.m = Measurements()
         self.executor: Executor | None = None
         self.host_entry: Host | None = None
-        # mode
+        # mode: RUN, PAUSED (`stop`), QUIT, TERM -- see _update_mode
         self.mode = Mode.RUN
-        self.paused = False  # `stop` in force
+        self.paused = False
         self.quitting = False
         self.term_deadline: float | None = None
         self.killed_hard = False
         self.exit_code = 0
-        # measurements
-        self.foreign = 0.0
-        self.foreign_hist: deque[tuple[float, float]] = deque()
-        self.limit = 0.0
-        self.active_users = 0
-        self.work_time = False
-        self.mem_available: int | None = None
-        self.last_evict = -math.inf
-        self.avg_runtime: float | None = None  # moving average of job run times
-        # bookkeeping
-        self.empty_sig: tuple[int | float, ...] | None = None  # jobfile signature when found empty
+        # timers, requests
+        self.last_evict = -float("inf")
         self.next_tick = 0.0
         self.next_load_log = 0.0
         self.next_history = 0.0
-        self.written_views: dict[str, bytes] = {}
-        self.views_written_at = -math.inf
-        self.views_stale = False
         self.signals: list[int] = []
         self.control_ack: str | None = None
         self.hostfile_mtime: float | None = None
-        self.usage_buf: list[tuple[bytes, int, float, float]] = []  # (line, maxrss, cpu, runtime)
         self.started_at = clock()
-        self.input_error: str | None = None  # the jobfile became unsafe (e.g. world-writable)
         self.runner_pid: int | None = None
         self._wake_r = self._wake_w = -1
 
@@ -183,7 +164,7 @@ class Scheduler:
                                path=str(self.opts.output_dir)) from None
         old = read_pidfile(self.files.pid)
         self.executor = self._make_executor(old)
-        self.book = self.ledger.load()
+        self.ledger.load()
         probes = self.executor.probe(list(self.book))  # outside the lock: it may wait
         with self.queue.transaction() as txn:
             self._claim_pidfile()
@@ -193,7 +174,7 @@ class Scheduler:
             drm = None if isinstance(self.executor, LocalExecutor) else self.executor.name
             self._apply_recovery(plan_recovery(list(self.book), committed, probes, self.host, drm), txn)
         self.ledger.save()
-        self._write_views(force=True)
+        self.outputs.write_views(force=True)
         h = self.host_entry
         assert h is not None
         self.log(
@@ -254,7 +235,7 @@ class Scheduler:
                              "from the previous run")
             elif step.action is Action.FINISH:
                 assert p.exit is not None
-                self._finish(job, p.exit, when=p.ended_at)
+                self.outcomes.finish(job, p.exit, when=p.ended_at)
             elif step.action in (Action.BACK_FRONT, Action.BACK_END):
                 front = step.action is Action.BACK_FRONT
                 if job.state in (JobState.REQUEUE_FRONT, JobState.REQUEUE_END):
@@ -263,7 +244,7 @@ class Scheduler:
                     self.book.requeue(job, front=front)
         self.executor.adopt(adopted)
         if self.ledger.flush(self.queue, txn):
-            self.empty_sig = None
+            self.intake.changed()
 
     # ---------------------------------------------------------------- the loop
 
@@ -301,7 +282,7 @@ class Scheduler:
             self.tick(now)
         self.act(now)
         self.ledger.save_if_changed()
-        self._write_views()
+        self.outputs.write_views()
         self.log.flush()
         return self._done()
 
@@ -325,7 +306,7 @@ class Scheduler:
         if self.term_deadline is not None:
             # Processes of a job's session may not be our children: poll for their end.
             timeout = min(timeout, max(0.0, self.term_deadline - self.mono()), 0.1)
-        if self.views_stale:
+        if self.outputs.stale:
             timeout = min(timeout, VIEW_DEBOUNCE)  # the views lag the jobs by at most that
         if self.signals or (self.executor is not None and self.executor.has_news()):
             timeout = 0.0
@@ -373,7 +354,7 @@ class Scheduler:
             if not self.quitting:
                 self.log(f"{source}: quitting: starting nothing new; exiting when the jobs are done")
             self.quitting = True  # -> QUIT
-            self._give_back_claimed()
+            self.intake.give_back_claimed()
         elif command == "term":
             if self.term_deadline is None:
                 self._terminate(source)
@@ -402,7 +383,7 @@ class Scheduler:
         jobs = self.book.in_state(JobState.RUNNING, JobState.STOPPED, JobState.STARTING)
         self.log(f"{source}: terminating {len(jobs)} job(s) (SIGKILL after {grace:g} s)")
         self.term_deadline = self.mono() + grace
-        self._give_back_claimed()
+        self.intake.give_back_claimed()
         said = self.executor.terminate(jobs)
         if not isinstance(self.executor, LocalExecutor):
             self.log(said)
@@ -433,25 +414,24 @@ class Scheduler:
         if self.mode is Mode.QUIT:
             return True
         if self.opts.exit_when_empty and self.mode is Mode.RUN:
-            return self.empty_sig is not None and self.empty_sig == self._jobfile_sig()
+            return self.intake.drained()
         return False
 
     def _shutdown(self) -> None:
         if self.executor is not None:
             self.executor.close()
         self.ledger.flush(self.queue)
-        self._flush_usage()
+        self.outcomes.flush_usage()
         if self.opts.exit_when_empty and self.mode is Mode.RUN:
-            self._compact_if_due(self.clock(), force=True)
+            self.intake.compact_if_due(self.clock(), force=True)
         state = "terminated" if self.mode is Mode.TERM else "exited"
         with contextlib.suppress(PbqError):
             self.ledger.save(fsync=True)
-        self._write_views(force=True)
+        self.outputs.write_views(force=True)
         c = self.book.counters
         self.log(f"scheduler exits ({state}): {c.done} done, {c.failed} failed")
         self.log.flush()
-        with contextlib.suppress(PbqError):
-            self._write_status(self.clock(), state=state)
+        self.outputs.write_status(self.status(self.clock(), state=state))
         info = read_pidfile(self.files.pid)
         if info is not None and info.pid == os.getpid():
             unlink_quietly(self.files.pid)
@@ -465,117 +445,42 @@ class Scheduler:
         the job runner keeps them, and writes them to ``.exits`` if the scheduler dies."""
         assert self.executor is not None
         for e in ended:
-            self._ended(e, now)
+            self.outcomes.ended(e, terminating=self.mode is Mode.TERM)
         for job, cpu, maxrss in self.executor.usage():
-            runtime = max(0.0, now - (job.started or now))
-            self.usage_buf.append((job.line, maxrss, cpu, runtime))
+            self.outcomes.usage(job, cpu, maxrss, now)
         if ended:
             if self.ledger.flush(self.queue):
-                self.empty_sig = None
+                self.intake.changed()
             self.ledger.save_if_changed()
             self.executor.recorded(ended)
-
-    def _ended(self, e: Ended, now: float) -> None:
-        job = e.job
-        if job.state is JobState.TERMINATING:
-            self.book.terminated(job)  # TERMINATING -> TERMINATED
-            if self.mode is not Mode.TERM:  # terminated by an earlier run: its line goes back now
-                self.book.requeue(job, front=True)
-            return
-        if job.state is JobState.EVICTING:
-            self.book.requeue(job, front=True)  # EVICTING -> REQUEUE_FRONT
-            self.log(f"job {self.book.job_id(job)} killed to free memory: back at the front of the jobfile")
-            return
-        if job.state in (JobState.RUNNING, JobState.STOPPED, JobState.STARTING):
-            self._finish(job, e.outcome, when=e.when)
-
-    def _finish(self, job: Job, out: Outcome, when: float | None = None) -> None:
-        """A job ended: its joblog row, .error line and log line; then it leaves the book,
-        settles its retry count, or goes back for a retry."""
-        end = when or self.clock()
-        runtime = max(0.0, end - (job.started or end))
-        self.avg_runtime = runtime if self.avg_runtime is None else 0.8 * self.avg_runtime + 0.2 * runtime
-        if out.maxrss or out.cpu_seconds:
-            self.usage_buf.append((job.line, out.maxrss, out.cpu_seconds, runtime))
-        host_col = f"{self.host}:{job.cluster_id}" if job.cluster_id else self.host
-        row = joblog_row(job.seq, host_col, job.started or end, runtime, out.exit_code, out.signal, job.line)
-        self.ledger.record(row=row)
-        how = f"exit {out.exit_code}" if not out.signal else f"signal {out.signal}"
-        if out.exit_code == UNKNOWN_EXIT and not out.signal:
-            how = "outcome UNKNOWN"
-        note = f" ({out.note})" if out.note else ""
-        who = f"pid {job.pid}" if job.pid else f"cluster id {job.cluster_id}" if job.cluster_id else "never started"
-        jid = self.book.job_id(job)
-        self.log(f"finished {jid} {who} {how} after {runtime:.1f}s{note}: {line_to_text(job.line)}")
-        c = self.book.counters
-        retries = self.cfg.scheduler.retries
-        if not out.ok and job.tries < retries and out.exit_code != UNKNOWN_EXIT:
-            job.tries += 1
-            self.book.requeue(job, front=False)
-            self.log(f"retry {job.tries}/{retries} of {jid}: back at the end of the jobfile")
-            return
-        if out.ok:
-            c.done += 1
-        else:
-            c.failed += 1
-            self.ledger.record(error_line=job.line)
-        if job.tries:
-            self.book.settling(job)  # its retry count is cleared under the next lock
-        else:
-            self.ledger.drop(job)
 
     # ---------------------------------------------------------------- tick
 
     def tick(self, now: float) -> None:
         """Once per interval: requests, sensors, polled ends, heartbeat."""
-        assert self.executor is not None
+        assert self.executor is not None and self.host_entry is not None
         mono = self.mono()
         self.next_tick = mono + self.interval
         self._check_control_file()
         self._reload_hostfile()
-        self._sense(now, mono)
+        own = self.executor.own_cpu_seconds(self.book.live()) if self.executor.counts_foreign_load else None
+        self.m = self.sensing.sense(now, mono, self.host_entry, own)
         self._record_ends(self.executor.poll(self.book.live(), now, mono), now)
         if self.ledger.flush(self.queue):
-            self.empty_sig = None
-        self._flush_usage()
+            self.intake.changed()
+        self.outcomes.flush_usage()
         if self.ledger.disk_error is not None:
             self.ledger.retry_disk(self.queue)
-        self._compact_if_due(now)
+        self.intake.compact_if_due(now)
         if self.book.changed:
             self.ledger.snapshot_soon()  # at least one snapshot per tick
-        self._write_status(now)
+        self.outputs.write_status(self.status(now))
         if mono >= self.next_load_log:
             self.next_load_log = mono + self.cfg.log.load_every
-            c = self.book.counters
-            self.log(
-                f"load {self.foreign + self.book.running_count():.2f} (foreign {self.foreign:.2f}) "
-                f"limit {self.limit:g}: {self.book.running_count()} running, "
-                f"{len(self.book.in_state(JobState.STOPPED))} stopped, {c.done} done, {c.failed} failed"
-            )
+            self.log(self.outputs.load_line(self.m))
         if mono >= self.next_history:
             self.next_history = mono + self.cfg.history.every
-            self._append_history(now)
-
-    def _sense(self, now: float, mono: float) -> None:
-        assert self.executor is not None and self.host_entry is not None
-        h = self.host_entry
-        self.work_time = self.cfg.schedule.calendar.is_work_time(datetime.fromtimestamp(now))
-        if not self.executor.counts_foreign_load:
-            # A cluster head node: max/wday count our jobs queued or running in the DRM.
-            self.foreign, self.active_users = 0.0, 0
-            self.limit = load_limit(h.max, h.wday, 0, self.work_time, 0)
-            self.foreign_hist.clear()
-            return
-        own = self.executor.own_cpu_seconds(self.book.live())
-        self.foreign = self.sensors.foreign_load(own, mono)
-        self.foreign_hist.append((mono, self.foreign))
-        settle = self.cfg.scheduler.settle
-        while self.foreign_hist and self.foreign_hist[0][0] < mono - settle - 1e-6:
-            self.foreign_hist.popleft()
-        self.active_users = self.sensors.active_users(self.cfg.interactive.idle_minutes * 60, now)
-        self.limit = load_limit(h.max, h.wday, h.interactive, self.work_time, self.active_users)
-        if self.cfg.scheduler.memfree:
-            self.mem_available = self.sensors.mem_available()
+            self.outputs.append_history(now, self.m)
 
     def _check_control_file(self) -> None:
         path = self.files.control
@@ -595,7 +500,7 @@ class Scheduler:
         self.control_ack = str(req.get("id", ""))
         cmd = str(req["command"])
         if cmd == "kill":
-            self._write_status(self.clock())
+            self.outputs.write_status(self.status(self.clock()))
         self._command(cmd, f"control request from {req.get('by', '?')}")
 
     def _reload_hostfile(self, force: bool = False) -> None:
@@ -620,38 +525,25 @@ class Scheduler:
         if old != h and h is not None:
             self.log(f"hostfile reloaded: max {h.max:g} wday {h.wday:g} interactive {h.interactive}")
 
-    def _compact_if_due(self, now: float, force: bool = False) -> None:
-        """Cut the taken lines off the jobfile once they are ``compact_after`` old, even
-        when no scheduler is taking jobs, so ``cat JOBFILE`` soon shows only what is pending."""
-        q = self.queue.peek_state()
-        if q.offset <= 0 or (not force and now - (q.taken_since or now) < self.queue.compact_after):
-            return
-        try:
-            with self.queue.transaction() as txn:
-                txn.maybe_compact(force=force)
-        except PbqError as err:
-            self.ledger.disk_problem(err)
-
     # ---------------------------------------------------------------- act
 
     def view(self, now: float) -> View:
         assert self.executor is not None
         stopped = self.book.in_state(JobState.STOPPED)
-        recent = max((f for _, f in self.foreign_hist), default=self.foreign)
         mono = self.mono()
+        m = self.m
         return View(
             mode=self.mode,
-            limit=self.limit,
-            foreign=self.foreign,
-            foreign_recent=max(recent, self.foreign),
+            limit=m.limit,
+            foreign=m.foreign,
+            foreign_recent=m.foreign_recent,
             running=self.book.running_count(),
             stopped_by_load=sum(1 for j in stopped if j.stopped_by != "user"),
             stopped_by_user=sum(1 for j in stopped if j.stopped_by == "user"),
-            pending=self.executor.accepting(mono)
-            and self.ledger.disk_error is None
-            and (bool(self.book.in_state(JobState.CLAIMED)) or self.empty_sig != self._jobfile_sig()),
+            pending=self.executor.accepting(mono) and self.ledger.disk_error is None
+            and self.intake.may_have_lines(),
             hysteresis=self.cfg.scheduler.hysteresis if self.executor.counts_foreign_load else 0.0,
-            mem_available=self.mem_available,
+            mem_available=m.mem_available,
             memfree=self.cfg.scheduler.memfree,
             since_evict=mono - self.last_evict,
             settle=self.cfg.scheduler.settle,
@@ -683,8 +575,8 @@ class Scheduler:
         self.book.stop(job, by)  # RUNNING -> STOPPED
         jid = self.book.job_id(job)
         if self.executor.counts_foreign_load:
-            load = self.foreign + self.book.running_count() + 1
-            self.log(f"stopped {jid} {said} ({by}: load {load:.2f}, limit {self.limit:g})")
+            load = self.m.foreign + self.book.running_count() + 1
+            self.log(f"stopped {jid} {said} ({by}: load {load:.2f}, limit {self.m.limit:g})")
         else:
             self.log(f"stopped {jid} ({by}): {said}")
 
@@ -705,7 +597,7 @@ class Scheduler:
             self.ledger.disk_problem(err)
         self.executor.kill(job)
         self.last_evict = self.mono()
-        self.log(f"available memory {(self.mem_available or 0) >> 20} MiB is below half of memfree: "
+        self.log(f"available memory {(self.m.mem_available or 0) >> 20} MiB is below half of memfree: "
                  f"killing {self.book.job_id(job)}")
 
     def _start(self, n: int, now: float) -> None:
@@ -713,8 +605,9 @@ class Scheduler:
         assert self.executor is not None
         claimed = self.book.in_state(JobState.CLAIMED)
         if len(claimed) < n:
+            ahead = self.intake.prefetch(self.outcomes.avg_runtime, self.m.limit) if self.mode is Mode.RUN else 0
             try:
-                claimed += self._take(n - len(claimed) + self._prefetch(n), now)
+                claimed += self.intake.take(n - len(claimed) + ahead)
             except PbqError as err:
                 self.ledger.disk_problem(err)
         batch = claimed[:n]
@@ -748,7 +641,7 @@ class Scheduler:
             if isinstance(r, NotStarted) and r.outcome is not None:
                 job.started = now
                 self.log(f"could not start {jid}: {r.message}")
-                self._finish(job, r.outcome, when=now)
+                self.outcomes.finish(job, r.outcome, when=now)
             else:
                 # Out of processes/memory, or a DRM that did not take it: the job goes back.
                 self.log(f"{r.message}: putting {jid} back")
@@ -759,7 +652,7 @@ class Scheduler:
             except PbqError as err:
                 self.ledger.disk_problem(err)
         if failed and self.ledger.flush(self.queue):
-            self.empty_sig = None
+            self.intake.changed()
 
     def _env_for(self, job: Job) -> dict[str, str]:
         """What a job finds in its environment besides the scheduler's."""
@@ -767,159 +660,18 @@ class Scheduler:
         return {"PBQ_HOST": self.host, "PBQ_ARCH": self.host_entry.arch,
                 "PBQ_JOB_ID": self.book.job_id(job), "PBQ_JOBFILE": str(self.jobfile)}
 
-    def _prefetch(self, n: int) -> int:
-        """How many lines to take ahead: about half a second of work when jobs are short,
-        so that a lock round trip and two fsyncs are shared by many jobs."""
-        if self.avg_runtime is None or self.avg_runtime >= 0.5 or self.mode is not Mode.RUN:
-            return 0
-        slots = max(1, math.ceil(self.limit))
-        return min(PREFETCH_MAX, math.ceil(slots * 0.5 / max(self.avg_runtime, 0.001)))
-
-    def _give_back_claimed(self) -> None:
-        """Lines taken ahead go back to the front of the jobfile (quit, term)."""
-        claimed = self.book.in_state(JobState.CLAIMED)
-        for job in claimed:
-            self.book.requeue(job, front=True)  # CLAIMED -> REQUEUE_FRONT
-        if claimed and self.ledger.flush(self.queue):
-            self.empty_sig = None
-
-    def _take(self, n: int, now: float) -> list[Job]:
-        """Take up to ``n`` lines: write-ahead record (fsync), then commit in the jobfile."""
-        try:
-            # Its mode may have changed since start-up: whoever can write it runs commands as us.
-            check_input_file(self.jobfile, "jobfile", self.opts.allow_group_write)
-        except PbqError as err:
-            if self.input_error != str(err):
-                self.log(f"ERROR: {err}; taking no jobs from it until that is fixed")
-                sys.stderr.write(f"pbq-single: {err}\n")
-            self.input_error = str(err)
-            return []
-        if self.input_error is not None:
-            self.log("the jobfile is safe again: taking jobs")
-            self.input_error = None
-        with self.queue.transaction() as txn:
-            lines, end = txn.take(n)
-            if not lines:
-                if end > txn.state.offset:
-                    txn.commit_take(end, self.host, self.book.new_op())  # only comments
-                txn.maybe_compact()
-                self.empty_sig = self._jobfile_sig()
-                return []
-            op = self.book.new_op()
-            retries = self.cfg.scheduler.retries > 0 and self.queue.retries_path.exists()
-            jobs = [self.book.claim(pl.line, op, txn.retries_of(pl.line) if retries else 0) for pl in lines]
-            try:
-                self.ledger.save(fsync=True)  # write-ahead: ours on record before we commit
-                txn.commit_take(end, self.host, op)
-            except PbqError:
-                self.book.unclaim(jobs)
-                with contextlib.suppress(PbqError):
-                    self.ledger.save()
-                raise
-            txn.maybe_compact()
-        if len(lines) < n:
-            self.empty_sig = self._jobfile_sig()
-        return jobs
-
-    def _flush_usage(self) -> None:
-        """Peak memory and CPU time of finished jobs, for resource prediction."""
-        if not self.usage_buf:
-            return
-        from ..predict import ResourceStore, command_key
-
-        batch, self.usage_buf = self.usage_buf, []
-        store = ResourceStore(self.jobfile.with_name(self.jobfile.name + ".usage"))
-        try:
-            lines = [
-                json.dumps(
-                    {"key": command_key(line_to_text(line)), "peak_rss_bytes": rss or None,
-                     "cpu_seconds": round(cpu, 3), "runtime": round(rt, 3), "time": round(self.clock(), 3)},
-                    sort_keys=True,
-                )
-                for line, rss, cpu, rt in batch
-            ]
-            with store._lock:
-                append_bytes(store.path, ("\n".join(lines) + "\n").encode())
-        except (OSError, PbqError, ValueError):
-            pass
-
-    # ---------------------------------------------------------------- files
-
-    def _jobfile_sig(self) -> tuple[int | float, ...]:
-        try:
-            st = os.stat(self.jobfile)
-            q = os.stat(self.queue.state_path)
-            return (st.st_ino, st.st_size, st.st_mtime_ns, q.st_mtime_ns, q.st_size)
-        except OSError:
-            return ()
-
-    def _write_views(self, force: bool = False) -> None:
-        """``.running`` / ``.stopped``: exactly the job lines, rewritten when they change
-        (at most every VIEW_DEBOUNCE seconds while jobs churn; always at a tick and at exit)."""
-        mono = self.mono()
-        if not force and mono - self.views_written_at < VIEW_DEBOUNCE:
-            self.views_stale = True
-            return
-        self.views_written_at = mono
-        self.views_stale = False
-        # Lines taken ahead, and jobs being terminated, are listed too: `cat *.running
-        # *.stopped` must give back everything this host holds.
-        held = (JobState.RUNNING, JobState.STARTING, JobState.CLAIMED, JobState.STOPPED,
-                JobState.EVICTING, JobState.TERMINATING, JobState.TERMINATED)
-        jobs = self.book.in_state(*held)
-        stopped = [j for j in jobs if j.state is JobState.STOPPED or (j.stopped_by and j.state not in LIVE_RUNNING)]
-        running = [j for j in jobs if j not in stopped]
-        for ext, group in (("running", running), ("stopped", stopped)):
-            data = b"".join(j.line + b"\n" for j in group)
-            if self.written_views.get(ext) != data:
-                try:
-                    atomic_write(self.files.path(ext), data)
-                    self.written_views[ext] = data
-                except PbqError as err:
-                    self.ledger.disk_problem(err)
-
     def status(self, now: float, state: str | None = None) -> HostStatus:
         stopped = self.book.in_state(JobState.STOPPED)
-        c = self.book.counters
+        c, m = self.book.counters, self.m
         running = self.book.running_count()
         drm = None if self.executor is None or isinstance(self.executor, LocalExecutor) else self.executor.name
         return HostStatus.of_this_process(
             host=self.host, runner_pid=self.runner_pid, jobfile=str(self.jobfile),
             state=state or self.mode.value, time=now, interval=self.interval,
-            load=round(self.foreign + running, 3), foreign=round(self.foreign, 3), limit=self.limit,
-            work_time=self.work_time, active_users=self.active_users, running=running,
+            load=round(m.foreign + running, 3), foreign=round(m.foreign, 3), limit=m.limit,
+            work_time=m.work_time, active_users=m.active_users, running=running,
             stopped=len(stopped), stopped_by_user=sum(1 for j in stopped if j.stopped_by == "user"),
             claimed=len(self.book.in_state(JobState.CLAIMED)), done=c.done, failed=c.failed,
-            mem_available=self.mem_available, control_ack=self.control_ack,
+            mem_available=m.mem_available, control_ack=self.control_ack,
             error=self.ledger.disk_error, started=self.started_at, drm=drm,
         )
-
-    def _write_status(self, now: float, state: str | None = None) -> None:
-        try:
-            write_status(self.files.status, self.status(now, state))
-        except PbqError as err:
-            self.ledger.disk_problem(err)
-
-    def _append_history(self, now: float) -> None:
-        c = self.book.counters
-        rec = {
-            "t": round(now, 1),
-            "load": round(self.foreign + self.book.running_count(), 3),
-            "foreign": round(self.foreign, 3),
-            "limit": self.limit,
-            "running": self.book.running_count(),
-            "stopped": len(self.book.in_state(JobState.STOPPED)),
-            "done": c.done,
-            "failed": c.failed,
-            "users": self.active_users,
-        }
-        path = self.files.history
-        try:
-            if path.exists() and os.stat(path).st_size > self.cfg.history.max_bytes > 0:
-                os.replace(path, path.with_name(path.name + ".1"))
-            append_bytes(path, json.dumps(rec).encode() + b"\n")
-        except (OSError, PbqError):
-            pass
-
-
-LIVE_RUNNING = (JobState.RUNNING, JobState.STARTING, JobState.CLAIMED)

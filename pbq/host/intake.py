@@ -1,0 +1,127 @@
+"""Lines in: taking them from the shared jobfile (write-ahead, then commit), noticing
+that it grew, giving lines taken ahead back, and cutting the taken part off."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import sys
+
+from ..errors import PbqError
+from ..jobfile import JobQueue
+from ..safety import check_input_file
+from .jobs import Job, JobBook, JobState
+from .ledger import Ledger, Log
+
+PREFETCH_MAX = 16  # most lines a host takes ahead of its free slots
+
+
+class Intake:
+    def __init__(self, queue: JobQueue, book: JobBook, ledger: Ledger, log: Log,
+                 allow_group_write: bool, retries: int) -> None:
+        self.queue = queue
+        self.book = book
+        self.ledger = ledger
+        self.log = log
+        self.allow_group_write = allow_group_write
+        self.retries = retries
+        self.empty_sig: tuple[int | float, ...] | None = None  # signature when found empty
+        self.input_error: str | None = None  # the jobfile became unsafe (e.g. world-writable)
+
+    def signature(self) -> tuple[int | float, ...]:
+        """Changes whenever the jobfile or its commit record does."""
+        try:
+            st = os.stat(self.queue.jobfile)
+        except OSError:
+            return ()
+        try:
+            q = os.stat(self.queue.state_path)
+            qsig: tuple[int, ...] = (q.st_mtime_ns, q.st_size)
+        except OSError:
+            qsig = ()  # a fresh queue: the jobfile's own size and time tell it grew
+        return (st.st_ino, st.st_size, st.st_mtime_ns, *qsig)
+
+    def may_have_lines(self) -> bool:
+        return bool(self.book.in_state(JobState.CLAIMED)) or self.empty_sig != self.signature()
+
+    def drained(self) -> bool:
+        return self.empty_sig is not None and self.empty_sig == self.signature()
+
+    def changed(self) -> None:
+        """Lines went back into the jobfile: look again."""
+        self.empty_sig = None
+
+    @staticmethod
+    def prefetch(avg_runtime: float | None, limit: float) -> int:
+        """How many lines to take ahead: about half a second of work when jobs are short,
+        so that a lock round trip and two fsyncs are shared by many jobs."""
+        if avg_runtime is None or avg_runtime >= 0.5:
+            return 0
+        slots = max(1, math.ceil(limit))
+        return min(PREFETCH_MAX, math.ceil(slots * 0.5 / max(avg_runtime, 0.001)))
+
+    def _safe(self) -> bool:
+        try:
+            # Its mode may have changed since start-up: whoever can write it runs commands as us.
+            check_input_file(self.queue.jobfile, "jobfile", self.allow_group_write)
+        except PbqError as err:
+            if self.input_error != str(err):
+                self.log(f"ERROR: {err}; taking no jobs from it until that is fixed")
+                sys.stderr.write(f"pbq-single: {err}\n")
+            self.input_error = str(err)
+            return False
+        if self.input_error is not None:
+            self.log("the jobfile is safe again: taking jobs")
+            self.input_error = None
+        return True
+
+    def take(self, n: int) -> list[Job]:
+        """Take up to ``n`` lines: write-ahead record (fsync), then commit in the jobfile."""
+        if not self._safe():
+            return []
+        host = self.book.host
+        with self.queue.transaction() as txn:
+            lines, end = txn.take(n)
+            if not lines:
+                if end > txn.state.offset:
+                    txn.commit_take(end, host, self.book.new_op())  # only comments
+                txn.maybe_compact()
+                self.empty_sig = self.signature()
+                return []
+            op = self.book.new_op()
+            with_retries = self.retries > 0 and self.queue.retries_path.exists()
+            jobs = [self.book.claim(pl.line, op, txn.retries_of(pl.line) if with_retries else 0)
+                    for pl in lines]
+            try:
+                self.ledger.save(fsync=True)  # write-ahead: ours on record before we commit
+                txn.commit_take(end, host, op)
+            except PbqError:
+                self.book.unclaim(jobs)
+                with contextlib.suppress(PbqError):
+                    self.ledger.save()
+                raise
+            txn.maybe_compact()
+        if len(lines) < n:
+            self.empty_sig = self.signature()
+        return jobs
+
+    def give_back_claimed(self) -> None:
+        """Lines taken ahead go back to the front of the jobfile (quit, term)."""
+        claimed = self.book.in_state(JobState.CLAIMED)
+        for job in claimed:
+            self.book.requeue(job, front=True)  # CLAIMED -> REQUEUE_FRONT
+        if claimed and self.ledger.flush(self.queue):
+            self.changed()
+
+    def compact_if_due(self, now: float, force: bool = False) -> None:
+        """Cut the taken lines off the jobfile once they are ``compact_after`` old, even
+        when no scheduler is taking jobs, so ``cat JOBFILE`` soon shows only what is pending."""
+        q = self.queue.peek_state()
+        if q.offset <= 0 or (not force and now - (q.taken_since or now) < self.queue.compact_after):
+            return
+        try:
+            with self.queue.transaction() as txn:
+                txn.maybe_compact(force=force)
+        except PbqError as err:
+            self.ledger.disk_problem(err)
