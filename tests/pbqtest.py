@@ -185,3 +185,13 @@ def runner_of(scheduler_pid: int) -> int | None:
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return None
     return None
+
+
+def pending_lines(jf: Path) -> list[str]:
+    """The jobfile's job lines not taken yet (after the consumed offset in JOBFILE.queue)."""
+    try:
+        offset = int(json.loads((jf.parent / f"{jf.name}.queue").read_text()).get("offset", 0))
+    except (OSError, ValueError):
+        offset = 0
+    data = jf.read_bytes()[offset:].decode(errors="surrogateescape")
+    return [ln for ln in data.split("\n") if ln.strip() and not ln.strip().startswith("#")]

@@ -19,6 +19,7 @@ from pbqtest import (
     job_pids,
     jobfile,
     lines_of,
+    pending_lines,
     proc_state,
     run_cmd,
     session_members,
@@ -134,7 +135,10 @@ def test_quit_finishes_running_jobs_and_starts_no_more(tmp_path: Path) -> None:
     assert not hostfile_path(jf, "h1", "pid").exists()
 
 
-def test_term_kills_jobs_and_keeps_their_lines(tmp_path: Path) -> None:
+def test_term_kills_jobs_and_puts_their_lines_back(tmp_path: Path) -> None:
+    """term ends every job (SIGKILL for one that ignores SIGTERM) and puts their lines back
+    at the front of the jobfile at once: .running/.stopped are left empty, so PBQ's
+    ``cat *.running *.stopped >> JOBFILE`` idiom cannot run them twice."""
     hf = hostfile(tmp_path, ROOMY)
     config(tmp_path, FAST_CONFIG)
     jf = jobfile(tmp_path, ["sleep 61", "sh -c 'trap \"\" TERM; sleep 62'"])
@@ -146,7 +150,10 @@ def test_term_kills_jobs_and_keeps_their_lines(tmp_path: Path) -> None:
     assert wait_exit(p) == 0
     assert not any(alive(pid) for pid in pids)
     on_machine = lines_of(hostfile_path(jf, "h1", "running")) + lines_of(hostfile_path(jf, "h1", "stopped"))
-    assert sorted(on_machine) == sorted(["sleep 61", "sh -c 'trap \"\" TERM; sleep 62'"])
+    assert on_machine == []
+    assert sorted(pending_lines(jf)) == sorted(["sleep 61", "sh -c 'trap \"\" TERM; sleep 62'"])
+    log = hostfile_path(jf, "h1", "log").read_text()
+    assert log.count("term: putting h1.") == 2
     assert lines_of(hostfile_path(jf, "h1", "error")) == []
     assert not hostfile_path(jf, "h1", "pid").exists()
 
@@ -361,7 +368,8 @@ def test_sigint_terminates_like_term(tmp_path: Path) -> None:
     os.kill(sched, signal.SIGINT)
     assert wait_exit(p) == 0
     assert not alive(pid)
-    assert lines_of(hostfile_path(jf, "h1", "running")) == ["sleep 63"]
+    assert lines_of(hostfile_path(jf, "h1", "running")) == []
+    assert pending_lines(jf) == ["sleep 63"]
 
 
 if __name__ == "__main__":  # pragma: no cover

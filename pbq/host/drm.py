@@ -258,6 +258,9 @@ class DrmExecutor:
     def own_cpu_seconds(self, live: list[Job]) -> float:
         return 0.0
 
+    def stopped_by_others(self, running: list[Job]) -> list[Job]:
+        return []  # the DRM's holds are its own business
+
     def probe(self, jobs: list[Job]) -> dict[int, Probe]:
         out = {}
         for job in jobs:

@@ -85,6 +85,9 @@ class Executor(Protocol):
     def term_finished(self, jobs: list[Job], hard: bool) -> bool:
         """True when nothing of these jobs runs any more; ``hard``: SIGKILL what is left."""
 
+    def stopped_by_others(self, running: list[Job]) -> list[Job]:
+        """Jobs pbq believes running whose processes someone else stopped."""
+
     def own_cpu_seconds(self, live: list[Job]) -> float:
         """CPU seconds used so far by the scheduler, its helpers and its jobs (continuous)."""
 

@@ -66,6 +66,7 @@ class Ledger:
         self.error_lines: list[bytes] = []
         self.disk_error: str | None = None
         self._said: set[str] = set()
+        self.paused = False  # a user's `stop` is kept across restarts until `cont`
 
     # -- start-up -------------------------------------------------------------
 
@@ -75,6 +76,7 @@ class Ledger:
         check_format(raw, self.files.state, STATE_FORMAT)
         self.book.load_json(raw)  # in place: the loop's parts hold this book
         self.gen = int(raw.get("gen", 0)) if isinstance(raw, dict) else 0
+        self.paused = bool(raw.get("paused", False)) if isinstance(raw, dict) else False
         self.replay(read_json_lines(self.files.journal))
         return self.book
 
@@ -109,7 +111,8 @@ class Ledger:
     def save(self, fsync: bool = False) -> None:
         """Write a new snapshot; the journal before it is obsolete."""
         self.gen += 1
-        doc = {"format": STATE_FORMAT, "host": self.book.host, "gen": self.gen, **self.book.to_json()}
+        doc = {"format": STATE_FORMAT, "host": self.book.host, "gen": self.gen, "paused": self.paused,
+               **self.book.to_json()}
         try:
             atomic_write_json(self.files.state, doc, fsync=fsync)
         except PbqError:

@@ -70,7 +70,8 @@ def outcome_of(status: int, cpu: float = 0.0, maxrss: int = 0, note: str = "") -
     if os.WIFEXITED(status):
         return Outcome(os.WEXITSTATUS(status), 0, cpu, maxrss, note)
     if os.WIFSIGNALED(status):
-        return Outcome(UNKNOWN_EXIT, os.WTERMSIG(status), cpu, maxrss, note)
+        # As GNU Parallel writes it: Exitval 0, Signal N (Exitval -1 means unknown only).
+        return Outcome(0, os.WTERMSIG(status), cpu, maxrss, note)
     return Outcome(UNKNOWN_EXIT, note="unreadable exit status")
 
 
@@ -137,7 +138,6 @@ class LocalExecutor:
                                                             os.O_RDONLY, 0)])
         finally:
             theirs.close()
-        mine.setblocking(False)
         self.sock = mine
         self.reader = Reader()
         if self.on_runner_started is not None:
@@ -146,23 +146,18 @@ class LocalExecutor:
     def _send(self, msg: tuple[Any, ...]) -> bool:
         if self.sock is None:
             return False
-        data = encode(msg)
-        self.sock.setblocking(True)
         try:
-            self.sock.sendall(data)
+            self.sock.sendall(encode(msg))  # a blocking socket: reads use MSG_DONTWAIT
             return True
         except OSError:
             return False
-        finally:
-            if self.sock is not None:
-                self.sock.setblocking(False)
 
     def _drain(self) -> bool:
         """Read what the runner sent; False on end of file (the runner is gone)."""
         assert self.sock is not None
         while True:
             try:
-                data = self.sock.recv(1 << 16)
+                data = self.sock.recv(1 << 16, socket.MSG_DONTWAIT)
             except (BlockingIOError, InterruptedError):
                 return True
             except OSError:
@@ -377,6 +372,9 @@ class LocalExecutor:
             for sid in members:
                 signal_group(sid, signal.SIGKILL)
         return not members
+
+    def stopped_by_others(self, running: list[Job]) -> list[Job]:
+        return [j for j in running if j.pid is not None and process_state(j.pid) == "T"]
 
     def own_cpu_seconds(self, live: list[Job]) -> float:
         # Only running jobs use CPU: scan /proc for their sessions only when there are some

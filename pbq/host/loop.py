@@ -175,6 +175,10 @@ class Scheduler:
             self._apply_recovery(plan_recovery(list(self.book), committed, probes, self.host, drm), txn)
         self.ledger.save()
         self.outputs.write_views(force=True)
+        if self.ledger.paused:
+            self.paused = True  # -> PAUSED: the user's stop outlives the restart
+            self._update_mode()
+            self.log("stopped by the user before this restart: starting nothing until cont")
         h = self.host_entry
         assert h is not None
         self.log(
@@ -345,11 +349,13 @@ class Scheduler:
             if not self.paused:
                 self.log(f"{source}: stopping all jobs; starting nothing until cont")
             self.paused = True  # RUN/QUIT -> PAUSED: the policy stops every job
+            self._save_paused()
         elif command == "cont":
             if self.paused:
                 self.log(f"{source}: continuing")
             self.paused = False  # PAUSED -> RUN (or QUIT): jobs continue under the load policy
             self.book.release_user_stops()
+            self._save_paused()
         elif command == "quit":
             if not self.quitting:
                 self.log(f"{source}: quitting: starting nothing new; exiting when the jobs are done")
@@ -364,6 +370,16 @@ class Scheduler:
             os.kill(os.getpid(), signal.SIGKILL)
         self._update_mode()
 
+    def _save_paused(self) -> None:
+        """A user's stop is on record at once: a restart keeps it until `cont`."""
+        if self.ledger.paused == self.paused:
+            return
+        self.ledger.paused = self.paused
+        try:
+            self.ledger.save(fsync=True)
+        except PbqError as err:
+            self.ledger.disk_problem(err)
+
     def _update_mode(self) -> None:
         if self.term_deadline is not None:
             self.mode = Mode.TERM
@@ -376,8 +392,9 @@ class Scheduler:
 
     def _terminate(self, source: str) -> None:
         """TERM: SIGTERM to every job's group now, SIGKILL after the grace period (or cancel
-        in the DRM).  The jobs stay in .running/.stopped (and in the state, TERMINATING), so
-        a restart -- or ``cat *.running *.stopped >> JOBFILE`` -- puts them back."""
+        in the DRM).  Before the scheduler exits their lines go back to the front of the
+        jobfile (``_shutdown``), so other hosts can take them; a crash in between leaves
+        them TERMINATING on the ledger, and the restart puts them back."""
         assert self.executor is not None
         grace = self.cfg.scheduler.term_grace
         jobs = self.book.in_state(JobState.RUNNING, JobState.STOPPED, JobState.STARTING)
@@ -419,6 +436,8 @@ class Scheduler:
 
     def _shutdown(self) -> None:
         if self.executor is not None:
+            self._record_ends(self.executor.events(self.clock()), self.clock())
+            self._put_back_terminated()
             self.executor.close()
         self.ledger.flush(self.queue)
         self.outcomes.flush_usage()
@@ -435,6 +454,23 @@ class Scheduler:
         info = read_pidfile(self.files.pid)
         if info is not None and info.pid == os.getpid():
             unlink_quietly(self.files.pid)
+
+    def _put_back_terminated(self) -> None:
+        """`term`'s jobs go back to the front of the jobfile at once, and ``.running`` /
+        ``.stopped`` are left empty (so PBQ's ``cat *.running *.stopped >> JOBFILE`` idiom
+        cannot run them twice)."""
+        jobs = self.book.in_state(JobState.TERMINATING, JobState.TERMINATED)
+        if not jobs:
+            return
+        for job in jobs:
+            still = job.state is JobState.TERMINATING and self.executor is not None and \
+                not self.executor.term_finished([job], hard=False)
+            note = " (still running after SIGKILL: POSSIBLE DUPLICATE)" if still else ""
+            self.log(f"term: putting {self.book.job_id(job)} back at the front of the jobfile{note}: "
+                     f"{line_to_text(job.line)}")
+            self.book.requeue(job, front=True)
+        if self.ledger.flush(self.queue):
+            self.intake.changed()
 
     # ---------------------------------------------------------------- ends
 
@@ -464,7 +500,14 @@ class Scheduler:
         self._check_control_file()
         self._reload_hostfile()
         own = self.executor.own_cpu_seconds(self.book.live()) if self.executor.counts_foreign_load else None
-        self.m = self.sensing.sense(now, mono, self.host_entry, own)
+        before, self.m = self.m, self.sensing.sense(now, mono, self.host_entry, own)
+        if self.m.limit == 0 and (before.limit != 0 or self.next_load_log == 0.0):
+            self.log(f"the load limit is 0 now ({self._why_zero()}): starting nothing")
+        for job in self.executor.stopped_by_others(self.book.in_state(JobState.RUNNING)):
+            # PBQ's rule: only pbq stops a job for long; a job stopped by anyone else (or by
+            # itself, `kill -STOP $$`) would hold its slot, and --exit-when-empty, for ever.
+            if self.executor.cont(job) is not None:
+                self.log(f"job {self.book.job_id(job)} was stopped by someone else: continued it")
         self._record_ends(self.executor.poll(self.book.live(), now, mono), now)
         if self.ledger.flush(self.queue):
             self.intake.changed()
@@ -481,6 +524,15 @@ class Scheduler:
         if mono >= self.next_history:
             self.next_history = mono + self.cfg.history.every
             self.outputs.append_history(now, self.m)
+
+    def _why_zero(self) -> str:
+        h, m = self.host_entry, self.m
+        assert h is not None
+        if m.work_time and h.wday == 0:
+            return "wday is 0 and it is work time"
+        if not m.work_time and h.max == 0:
+            return "max is 0 outside work hours"
+        return f"{m.active_users} user(s) active, interactive {h.interactive}"
 
     def _check_control_file(self) -> None:
         path = self.files.control

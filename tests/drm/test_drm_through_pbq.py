@@ -15,11 +15,12 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from pbqtest import (  # noqa: E402
+from pbqtest import (
     hostfile,
     hostfile_path,
     jobfile,
     lines_of,
+    pending_lines,  # noqa: E402
     run_cmd,
     start_scheduler,
     status,
@@ -143,7 +144,9 @@ def test_slurm_resources_stop_cont_kill_restart_term(tmp_path: Path, slurm_testb
     assert r.returncode == 0, r.stdout + r.stderr
     wait_exit(p, 60)
     wait_for(lambda: squeue(env, "-j", ",".join(ids[2:]), "-o", "%T").split() in ([], ["CANCELLED", "CANCELLED"], ["CANCELLED"]), timeout=30, what="cancelled")
-    assert sorted(lines_of(hostfile_path(jf, "head", "running")) + lines_of(hostfile_path(jf, "head", "stopped"))) == ["sleep 300", "sleep 300"]
+    # their lines are back at the front of the jobfile, not left in .running/.stopped
+    assert lines_of(hostfile_path(jf, "head", "running")) + lines_of(hostfile_path(jf, "head", "stopped")) == []
+    assert pending_lines(jf) == ["sleep 300", "sleep 300"]
 
 
 @pytest.mark.root
