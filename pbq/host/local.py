@@ -459,6 +459,11 @@ class LocalExecutor:
         for job in jobs:
             if job.pid is not None:
                 self.adopted[job.seq] = job
+        if not self.old_runner_alive():
+            # Recovery has read every record an earlier runner left, and no runner of an
+            # earlier run is left to write more: the file starts afresh (it stays bounded).
+            with contextlib.suppress(OSError):
+                os.truncate(self.exits, 0)
 
     def close(self) -> None:
         if self.sock is not None:
