@@ -64,6 +64,12 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 BIN = ROOT / "bin"
 PY = sys.executable
+sys.path.insert(0, str(ROOT))  # the package's own readers of its files, from this checkout
+
+from pbq.sidefiles import read_joblog as read_joblog_rows  # noqa: E402
+from pbq.sidefiles import read_pidfile  # noqa: E402
+from pbq.statefiles import HostFiles  # noqa: E402
+
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 SECTIONS = ("dispatch", "scaling", "reaction", "idle", "hosts", "stress")
 EXTRA_SECTIONS = ("profile",)
@@ -332,7 +338,7 @@ def pbq_argv(hf: Path, jf: Path, host: str, *extra: str) -> list[str]:
 
 
 def host_file(jf: Path, host: str, ext: str) -> Path:
-    return jf.with_name(f"{jf.name}.{host}.{ext}")
+    return HostFiles(jf, host).path(ext)
 
 
 def read_json(path: Path) -> Any:
@@ -343,19 +349,8 @@ def read_json(path: Path) -> Any:
 
 
 def read_joblog(path: Path) -> list[tuple[float, float, int]]:
-    """(start, runtime, exitval) of each row of a GNU Parallel-style joblog."""
-    rows = []
-    try:
-        text = path.read_text(errors="replace")
-    except FileNotFoundError:
-        return rows
-    for line in text.splitlines()[1:]:
-        f = line.split("\t")
-        if len(f) < 9:
-            continue
-        with contextlib.suppress(ValueError):
-            rows.append((float(f[2]), float(f[3]), int(f[6])))
-    return rows
+    """(start, runtime, exitval) of each row of a joblog (pbq's or GNU Parallel's: one format)."""
+    return [(r.start, r.runtime, r.exitval) for r in read_joblog_rows(path)]
 
 
 def joblog_span(rows: list[tuple[float, float, int]]) -> float:
@@ -376,10 +371,8 @@ def wait_until(pred: Callable[[], Any], timeout: float, every: float = 0.02) -> 
 
 
 def scheduler_pid(jf: Path, host: str) -> int | None:
-    try:
-        return int(host_file(jf, host, "pid").read_text().split("\n")[0])
-    except (OSError, ValueError):
-        return None
+    rec = read_pidfile(host_file(jf, host, "pid"))
+    return rec.pid if rec is not None else None
 
 
 def job_pids(jf: Path, host: str) -> list[int]:
