@@ -254,27 +254,9 @@ def start_hosts(
             continue
         launch = _Launch(host, files, _identity(read_status(files.status)), _size(files.out))
         argv = scheduler_argv(command, host, hostfile, jobfile, options)
-        try:
-            if is_this_machine(host):
-                launch.local = True
-                flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
-                fd = os.open(files.out, flags, 0o666)
-                try:
-                    launch.proc = subprocess.Popen(
-                        argv, cwd=jobfile.parent, stdin=subprocess.DEVNULL, stdout=fd,
-                        stderr=subprocess.STDOUT, start_new_session=True,
-                    )
-                finally:
-                    os.close(fd)
-            else:
-                launch.proc = subprocess.Popen(
-                    [*rsh_argv, host, remote_shell_line(argv, jobfile, host)],
-                    stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                    start_new_session=True,
-                )
-        except OSError as err:
-            what = argv[0] if launch.local else rsh_argv[0]
-            results[host] = StartResult(host, "failed", f"cannot run {what}: {err.strerror or err}")
+        failed = _launch(launch, argv, rsh_argv, jobfile)
+        if failed is not None:
+            results[host] = failed
             continue
         launches[host] = launch
 
@@ -304,6 +286,33 @@ def start_hosts(
         if not la.local and la.proc is not None and la.proc.poll() is None:
             _stop_remote_shell(la.proc)
     return [results[h] for h in hosts]
+
+
+def _launch(la: _Launch, argv: list[str], rsh_argv: list[str], jobfile: Path) -> StartResult | None:
+    """Start one scheduler: here in a session of its own, elsewhere through the remote
+    shell.  None when it was launched (its heartbeat is waited for), else why not."""
+    try:
+        if is_this_machine(la.host):
+            la.local = True
+            flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+            fd = os.open(la.files.out, flags, 0o666)
+            try:
+                la.proc = subprocess.Popen(
+                    argv, cwd=jobfile.parent, stdin=subprocess.DEVNULL, stdout=fd,
+                    stderr=subprocess.STDOUT, start_new_session=True,
+                )
+            finally:
+                os.close(fd)
+        else:
+            la.proc = subprocess.Popen(
+                [*rsh_argv, la.host, remote_shell_line(argv, jobfile, la.host)],
+                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                start_new_session=True,
+            )
+    except OSError as err:
+        what = argv[0] if la.local else rsh_argv[0]
+        return StartResult(la.host, "failed", f"cannot run {what}: {err.strerror or err}")
+    return None
 
 
 def _last_line(text: str) -> str:

@@ -662,6 +662,7 @@ def _pts(samples: list[dict], key: str) -> list[tuple[float, float | None]]:
 
 
 def _host_section(h: HostData, t0: float, t1: float) -> str:
+    # Long only in layout: a heading and two charts, each series spelled out where it is drawn.
     r = h.row
     state = r.get("state") or "-"
     info = [f"{len(h.jobs)} job(s) in the joblog"]
