@@ -32,7 +32,7 @@ __all__ = [
     "parse_size",
 ]
 
-Kind = Literal["float", "int", "bool", "str", "size", "choice", "days", "hours"]
+Kind = Literal["float", "int", "bool", "str", "size", "choice", "days", "hours", "duration", "timeout"]
 
 
 @dataclass(frozen=True)
@@ -86,6 +86,16 @@ KEYS: tuple[KeySpec, ...] = (
        "seconds a lower load must persist before stopped jobs are continued", minimum=0),
     _k("scheduler", "term_grace", "float", 10.0,
        "seconds between SIGTERM and SIGKILL when terminating jobs", minimum=0),
+    _k("scheduler", "stop_after", "duration", 0.0,
+       "foreign load must stay over the limit this long before jobs are stopped, e.g. '30s'"),
+    _k("scheduler", "max_suspend", "duration", 0.0,
+       "a job stopped by the load policy longer than this is ended and its line goes back "
+       "to the front of the jobfile, e.g. '30m'; '0' = never"),
+    _k("scheduler", "timeout", "timeout", "",
+       "time limit of a job: an absolute duration ('2h') or a percentage of the median run "
+       "time of earlier successful runs of the same command ('300%'); '' = none"),
+    _k("scheduler", "timeout_floor", "duration", 10.0,
+       "a percentage timeout is never shorter than this"),
     _k("scheduler", "output_dir", "str", "",
        "directory for per-job output files; '' = jobs inherit the scheduler's stdout/stderr"),
     _k("scheduler", "exit_when_empty", "bool", False, "exit once the jobfile has no jobs left"),
@@ -152,6 +162,10 @@ class SchedulerSection:
     retries: int
     settle: float
     term_grace: float
+    stop_after: float
+    max_suspend: float
+    timeout: str
+    timeout_floor: float
     output_dir: str
     exit_when_empty: bool
     allow_group_write: bool
@@ -289,6 +303,45 @@ def _size(value: object) -> int:
     return (int(whole or "0") * scale) + (int(frac or "0") * scale) // denominator
 
 
+_DURATION_RE = re.compile(r"([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*([smhd]?)", re.IGNORECASE)
+_DURATION_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(value: object) -> float:
+    """Seconds from ``"30s"``, ``"30m"``, ``"2h"``, ``"1d"``, ``"90"`` or a number."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    elif isinstance(value, str):
+        m = _DURATION_RE.fullmatch(value.strip())
+        if m is None:
+            raise _Invalid(f"expected a duration like '30s', '30m' or '2h', got {_show(value)}")
+        seconds = float(m.group(1)) * _DURATION_UNITS[m.group(2).lower()]
+    else:
+        raise _Invalid(f"expected a duration like '30s', '30m' or '2h', got {_show(value)}")
+    if not math.isfinite(seconds) or seconds < 0:
+        raise _Invalid(f"a duration must be a finite number >= 0, got {_show(value)}")
+    return seconds
+
+
+def parse_timeout(value: str) -> tuple[float | None, float | None]:
+    """``"2h"`` -> (7200, None); ``"300%"`` -> (None, 3.0); ``""`` -> (None, None)."""
+    text = value.strip()
+    if not text:
+        return None, None
+    if text.endswith("%"):
+        try:
+            percent = float(text[:-1])
+        except ValueError:
+            raise _Invalid(f"expected a percentage like '300%', got {_show(value)}") from None
+        if not math.isfinite(percent) or percent <= 0:
+            raise _Invalid(f"a percentage timeout must be > 0, got {_show(value)}")
+        return None, percent / 100.0
+    seconds = parse_duration(text)
+    if seconds <= 0:
+        raise _Invalid(f"a timeout must be > 0 (or '' for none), got {_show(value)}")
+    return seconds, None
+
+
 def parse_size(text: str | int, source: str) -> int:
     """Bytes from ``"2G"``, ``"512M"``, ``"1.5G"``, ``"1000000"`` or an int.
 
@@ -339,6 +392,16 @@ def _convert(spec: KeySpec, value: Any, from_string: bool) -> Any:
             raise _Invalid(f"expected true or false, got {_show(value)}")
     elif kind == "size":
         value = _size(value)
+    elif kind == "duration":
+        value = parse_duration(value)
+    elif kind == "timeout":
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = f"{value:g}"
+        if not isinstance(value, str):
+            raise _Invalid(f"expected a duration like '2h' or a percentage like '300%', got {_show(value)}")
+        value = value.strip()
+        if value:
+            parse_timeout(value)
     elif kind in ("str", "choice", "hours"):
         if not isinstance(value, str):
             raise _Invalid(f"expected a string, got {_show(value)}")

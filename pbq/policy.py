@@ -9,8 +9,9 @@ Decision, with ``load = foreign + running`` (own running jobs count one each) an
 ``h`` the hysteresis:
 
 * stopped by the user: stop every running job, start nothing;
-* ``load > limit + h``: stop the fewest running jobs (newest first) that bring
-  ``load <= limit + h``;
+* ``load > limit + h`` for at least ``stop_after`` seconds: stop the fewest running jobs
+  (newest first) that bring ``load <= limit + h`` (before that: start and continue
+  nothing, stop nothing);
 * otherwise continue stopped jobs (oldest first), then start new ones, while
   ``foreign_recent + running + 1 <= limit + h``, where ``foreign_recent`` is the highest
   foreign load of the last ``settle`` seconds: stopping reacts to a load at once,
@@ -54,6 +55,8 @@ class View:
     memfree: int = 0  # bytes; 0 = off
     since_evict: float = math.inf  # seconds since the last eviction
     settle: float = 2.0
+    over_for: float = math.inf  # seconds the load has been over limit + hysteresis
+    stop_after: float = 0.0  # patience: stop jobs only once the load was over this long
 
 
 @dataclass(frozen=True)
@@ -85,6 +88,8 @@ def decide(v: View) -> Decision:
     load = v.foreign + v.running
     excess = load - v.limit
     if excess > v.hysteresis + 1e-9:
+        if v.over_for < v.stop_after:
+            return Decision(evict=evict)  # over the limit, but not for long yet: hold still
         stop = min(v.running, math.ceil(excess - v.hysteresis - 1e-9))
         return Decision(stop=stop, evict=evict)
     if evict:

@@ -34,6 +34,7 @@ import math
 import os
 import re
 import shlex
+import statistics
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -117,6 +118,14 @@ class Run:
     cpu_seconds: float | None
     runtime: float | None
     time: float = 0.0
+    ok: bool | None = None  # exit 0 (None: not recorded, e.g. written by the first release)
+
+    def to_json(self) -> str:
+        d = {"key": self.key, "peak_rss_bytes": self.peak_rss_bytes,
+             "cpu_seconds": self.cpu_seconds, "runtime": self.runtime, "time": self.time}
+        if self.ok is not None:
+            d["ok"] = self.ok
+        return json.dumps(d, sort_keys=True)
 
 
 class ResourceStore:
@@ -134,19 +143,16 @@ class ResourceStore:
         runtime: float | None,
     ) -> None:
         """Append one finished run of KEY (None where it was not measured)."""
-        line = json.dumps(
-            {
-                "key": key,
-                "peak_rss_bytes": peak_rss_bytes,
-                "cpu_seconds": cpu_seconds,
-                "runtime": runtime,
-                "time": round(time.time(), 3),
-            },
-            sort_keys=True,
-        )
+        self.record_many([Run(key, peak_rss_bytes, cpu_seconds, runtime, round(time.time(), 3))])
+
+    def record_many(self, runs: list[Run]) -> None:
+        """Append finished runs, in one write under the store's lock."""
+        if not runs:
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        data = "".join(r.to_json() + "\n" for r in runs)
         with self._lock, open(self.path, "a", encoding="utf-8") as f:
-            f.write(line + "\n")
+            f.write(data)
 
     def runs(self, key: str | None = None) -> list[Run]:
         """Every recorded run (of KEY only, when given), oldest first."""
@@ -165,12 +171,22 @@ class ResourceStore:
                     _opt_float(data.get("cpu_seconds")),
                     _opt_float(data.get("runtime")),
                     float(data.get("time") or 0.0),
+                    data.get("ok") if isinstance(data.get("ok"), bool) else None,
                 )
             except (ValueError, TypeError, KeyError):
                 continue
             if key is None or run.key == key:
                 result.append(run)
         return result
+
+    def median_runtimes(self, min_runs: int = 3) -> dict[str, float]:
+        """Per key, the median run time of its successful runs (keys with at least
+        ``min_runs`` of them)."""
+        by_key: dict[str, list[float]] = {}
+        for r in self.runs():
+            if r.ok and r.runtime is not None:
+                by_key.setdefault(r.key, []).append(r.runtime)
+        return {k: statistics.median(v) for k, v in by_key.items() if len(v) >= min_runs}
 
     def predict_mem(self, key: str) -> int | None:
         """Predicted peak memory of KEY in bytes (see :func:`predict_from_peaks`)."""

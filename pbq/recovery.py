@@ -109,6 +109,7 @@ def _put_back_host(files: HostFiles, txn: Txn, cfg: Config) -> int:
             log(f"recover: putting job {book.job_id(job)} back at the front: {job.line.decode(errors='replace')}")
             book.requeue(job, front=True)
     count = ledger.put_back(txn)
+    ledger.paused = False  # the host was declared dead: its next scheduler starts afresh
     ledger.save(fsync=cfg.jobfile.fsync)
     log.flush()
     return count

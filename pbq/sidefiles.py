@@ -277,6 +277,8 @@ class HostStatus:
     claimed: int = 0
     done: int = 0
     failed: int = 0
+    timed_out: int = 0  # jobs ended by [scheduler] timeout
+    suspend_ended: int = 0  # jobs ended by [scheduler] max_suspend (their lines went back)
     mem_available: int | None = None
     control_ack: str | None = None
     error: str | None = None

@@ -32,6 +32,7 @@ METHODS: dict[str, Transition] = {
     "stop": lambda b, j: b.stop(j, "load"),
     "cont": lambda b, j: b.cont(j),
     "evicting": lambda b, j: b.evicting(j),
+    "timing-out": lambda b, j: b.timing_out(j, kill_at=0.0),
     "terminating": lambda b, j: b.terminating(j),
     "terminated": lambda b, j: b.terminated(j),
     "requeue-front": lambda b, j: b.requeue(j, front=True),
@@ -58,6 +59,10 @@ ALLOWED: list[tuple[JobState, str, JobState | None]] = [
     (S.STOPPED, "cont", S.RUNNING),
     (S.RUNNING, "evicting", S.EVICTING),
     (S.STOPPED, "evicting", S.EVICTING),
+    (S.RUNNING, "timing-out", S.TIMING_OUT),
+    (S.STOPPED, "timing-out", S.TIMING_OUT),
+    (S.TIMING_OUT, "requeue-front", S.REQUEUE_FRONT),
+    (S.TIMING_OUT, "settling", S.SETTLING),
     (S.RUNNING, "terminating", S.TERMINATING),
     (S.STOPPED, "terminating", S.TERMINATING),
     (S.STARTING, "terminating", S.TERMINATING),
@@ -79,7 +84,7 @@ ALLOWED: list[tuple[JobState, str, JobState | None]] = [
 ]
 
 # Adopting a job that is being evicted or terminated leaves it alone (its end decides).
-ADOPT_NO_OP = (S.EVICTING, S.TERMINATING)
+ADOPT_NO_OP = (S.EVICTING, S.TIMING_OUT, S.TERMINATING)
 
 ILLEGAL: list[tuple[str, JobState]] = [
     (method, state)
@@ -96,6 +101,7 @@ PATHS: dict[JobState, list[str]] = {
     S.RUNNING: ["starting", "started"],
     S.STOPPED: ["starting", "started", "stop"],
     S.EVICTING: ["starting", "started", "evicting"],
+    S.TIMING_OUT: ["starting", "started", "timing-out"],
     S.TERMINATING: ["starting", "started", "terminating"],
     S.TERMINATED: ["starting", "started", "terminating", "terminated"],
     S.SETTLING: ["starting", "started", "settling"],
@@ -261,7 +267,8 @@ def test_running_count_counts_running_and_starting() -> None:
     for state in S:
         walk(book, book.claim(state.value.encode(), op=1), state)
     assert book.running_count() == 2
-    assert {j.state for j in book.live()} == {S.RUNNING, S.STOPPED, S.EVICTING, S.TERMINATING}
+    assert {j.state for j in book.live()} == {S.RUNNING, S.STOPPED, S.EVICTING, S.TIMING_OUT,
+                                             S.TERMINATING}
     assert [j.state for j in book.in_state(S.CLAIMED, S.SETTLING)] == [S.CLAIMED, S.SETTLING]
 
 

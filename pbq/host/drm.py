@@ -233,6 +233,9 @@ class DrmExecutor:
             said = f"could not continue: {err}"
         return f"{self.name} job {job.cluster_id}: {said}"
 
+    def term(self, job: Job) -> None:
+        self.kill(job)  # a DRM's cancel is its own TERM-then-KILL
+
     def kill(self, job: Job) -> bool:
         if job.cluster_id:
             try:

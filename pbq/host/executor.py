@@ -76,6 +76,9 @@ class Executor(Protocol):
 
     def cont(self, job: Job) -> str | None: ...
 
+    def term(self, job: Job) -> None:
+        """Ask one job to end, whole: SIGTERM (and SIGCONT, so a stopped one can), or cancel."""
+
     def kill(self, job: Job) -> bool:
         """End it now, whole (eviction): SIGKILL here, cancel in a DRM."""
 

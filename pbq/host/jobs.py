@@ -6,16 +6,16 @@ refuses any other)::
 
     (jobfile line) --take--> CLAIMED --start--> STARTING --started--> RUNNING <--stop/cont--> STOPPED
                                 |                  |                     |  \\                  /
-                                |                  |                     |   +-- evict/term --+
+                                |                  |                     |   +-- evict/term/timeout --+
                                 |                  |                     v         v
-                                |                  |                EVICTING   TERMINATING --gone--> TERMINATED
+                                |                  |    EVICTING, TIMING_OUT   TERMINATING --gone--> TERMINATED
                                 |                  |                     |         |                    |
                                 +------------------+---------------------+---------+--------------------+
                                                    |  put back (front: crash, eviction, term, quit;
                                                    v            end: a retry)
                                      REQUEUE_FRONT / REQUEUE_END --committed--> (gone: the line is pending again)
 
-    STARTING/RUNNING/STOPPED --ended--> (gone: joblog/.error written)
+    STARTING/RUNNING/STOPPED/TIMING_OUT --ended--> (gone: joblog/.error written)
                                     \\-> SETTLING (its retry count is cleared under the next lock) --> (gone)
 
 A put-back carries the operation number under which it is written ahead (``putback_op``);
@@ -39,7 +39,8 @@ class JobState(StrEnum):
     STARTING = "starting"  # being started: if the scheduler dies now, it may have run
     RUNNING = "running"
     STOPPED = "stopped"  # stopped by the load policy or by the user (``stopped_by``)
-    EVICTING = "evicting"  # killed to free memory: its line goes back to the front
+    EVICTING = "evicting"  # ended by pbq (memory, max_suspend): its line goes back to the front
+    TIMING_OUT = "timing_out"  # past its time limit, being ended: its line goes to .error
     TERMINATING = "terminating"  # `term` signalled it: its line goes back when the host restarts
     TERMINATED = "terminated"  # ... and its processes are gone
     SETTLING = "settling"  # outcome on record; its retry count is cleared under the next lock
@@ -47,7 +48,8 @@ class JobState(StrEnum):
     REQUEUE_END = "requeue_end"  # its line is being put back at the end (a retry)
 
 
-LIVE = (JobState.RUNNING, JobState.STOPPED, JobState.EVICTING, JobState.TERMINATING)
+LIVE = (JobState.RUNNING, JobState.STOPPED, JobState.EVICTING, JobState.TIMING_OUT,
+        JobState.TERMINATING)
 REQUEUE = (JobState.REQUEUE_FRONT, JobState.REQUEUE_END)
 # States whose process may still run (it must be watched, signalled on term, adopted).
 WATCHED = LIVE
@@ -83,17 +85,29 @@ class Job:
     tries: int = 0  # earlier failed attempts of this line
     cluster_id: str | None = None  # on a DRM host: the resource manager's job id
     putback_op: int | None = None  # REQUEUE_*: the operation that puts the line back
+    stopped_at: float | None = None  # STOPPED: since when (wall clock)
+    stopped_secs: float = 0.0  # time spent stopped before (a time limit excludes it)
+    kill_at: float | None = None  # EVICTING/TIMING_OUT: SIGKILL what is left at this time
     cpu_seconds: float = 0.0  # last CPU sample (not saved)
+
+    def running_time(self, now: float) -> float:
+        """Seconds it has run, time stopped excluded."""
+        stopped = self.stopped_secs + (now - self.stopped_at if self.stopped_at is not None else 0.0)
+        started = now if self.started is None else self.started
+        return max(0.0, now - started - stopped)
 
     def to_json(self) -> dict[str, Any]:
         d: dict[str, Any] = {"seq": self.seq, "line": line_to_text(self.line), "op": self.op,
                              "state": self.state.value}
-        for key in ("pid", "pid_start", "started", "stopped_by", "cluster_id", "putback_op"):
+        for key in ("pid", "pid_start", "started", "stopped_by", "cluster_id", "putback_op",
+                    "stopped_at", "kill_at"):
             value = getattr(self, key)
             if value is not None:
                 d[key] = value
         if self.tries:
             d["tries"] = self.tries
+        if self.stopped_secs:
+            d["stopped_secs"] = self.stopped_secs
         return d
 
     @classmethod
@@ -128,6 +142,9 @@ class Job:
             tries=int(d.get("tries", 0) or 0),
             cluster_id=None if d.get("cluster_id") is None else str(d["cluster_id"]),
             putback_op=_opt_int(putback),
+            stopped_at=_opt_float(d.get("stopped_at")),
+            stopped_secs=float(d.get("stopped_secs", 0.0) or 0.0),
+            kill_at=_opt_float(d.get("kill_at")),
         )
 
 
@@ -147,6 +164,8 @@ class Counters:
     next_op: int = 1
     done: int = 0
     failed: int = 0
+    timed_out: int = 0  # ended by [scheduler] timeout
+    suspend_ended: int = 0  # ended by [scheduler] max_suspend (their lines went back)
 
 
 @dataclass
@@ -223,21 +242,25 @@ class JobBook:
     def adopt(self, job: Job, stopped: bool) -> None:
         """A job of an earlier run whose process (or cluster job) still exists."""
         to = JobState.STOPPED if stopped else JobState.RUNNING
-        if job.state in (JobState.EVICTING, JobState.TERMINATING):
-            return  # EVICTING/TERMINATING stay: their end decides where the line goes
+        if job.state in (JobState.EVICTING, JobState.TIMING_OUT, JobState.TERMINATING):
+            return  # these stay: their end decides where the line goes
         self._move(job, to, (JobState.STARTING, JobState.RUNNING, JobState.STOPPED))
         if stopped and not job.stopped_by:
             job.stopped_by = "load"
         if not stopped:
             job.stopped_by = None
 
-    def stop(self, job: Job, by: str) -> None:
+    def stop(self, job: Job, by: str, now: float | None = None) -> None:
         self._move(job, JobState.STOPPED, (JobState.RUNNING,))  # RUNNING -> STOPPED
         job.stopped_by = by
+        job.stopped_at = now
 
-    def cont(self, job: Job) -> None:
+    def cont(self, job: Job, now: float | None = None) -> None:
         self._move(job, JobState.RUNNING, (JobState.STOPPED,))  # STOPPED -> RUNNING
         job.stopped_by = None
+        if job.stopped_at is not None and now is not None:
+            job.stopped_secs += max(0.0, now - job.stopped_at)
+        job.stopped_at = None
 
     def release_user_stops(self) -> None:
         """`cont`: jobs the user stopped are the load policy's to continue now."""
@@ -246,8 +269,13 @@ class JobBook:
                 job.stopped_by = "load"
                 self.changed = True
 
-    def evicting(self, job: Job) -> None:
+    def evicting(self, job: Job, kill_at: float | None = None) -> None:
         self._move(job, JobState.EVICTING, (JobState.RUNNING, JobState.STOPPED))  # -> EVICTING
+        job.kill_at = kill_at
+
+    def timing_out(self, job: Job, kill_at: float) -> None:
+        self._move(job, JobState.TIMING_OUT, (JobState.RUNNING, JobState.STOPPED))  # -> TIMING_OUT
+        job.kill_at = kill_at
 
     def terminating(self, job: Job) -> None:
         # RUNNING/STOPPED/STARTING -> TERMINATING
@@ -269,8 +297,9 @@ class JobBook:
         job.putback_op = None
 
     def settling(self, job: Job) -> None:
-        # ended with a retry count to clear: STARTING/RUNNING/STOPPED -> SETTLING
-        self._move(job, JobState.SETTLING, (JobState.STARTING, JobState.RUNNING, JobState.STOPPED))
+        # ended with a retry count to clear: STARTING/RUNNING/STOPPED/TIMING_OUT -> SETTLING
+        self._move(job, JobState.SETTLING, (JobState.STARTING, JobState.RUNNING, JobState.STOPPED,
+                                            JobState.TIMING_OUT))
 
     def drop(self, job: Job) -> None:
         """The job leaves the book: its outcome is written, or its line is pending again."""
@@ -284,6 +313,7 @@ class JobBook:
     def to_json(self) -> dict[str, Any]:
         c = self.counters
         return {"next_seq": c.next_seq, "next_op": c.next_op, "done": c.done, "failed": c.failed,
+                "timed_out": c.timed_out, "suspend_ended": c.suspend_ended,
                 "jobs": [j.to_json() for j in self._jobs.values()]}
 
     @classmethod
@@ -299,7 +329,8 @@ class JobBook:
         if not isinstance(d, dict):
             return
         self.counters = Counters(int(d.get("next_seq", 1)), int(d.get("next_op", 1)),
-                                 int(d.get("done", 0)), int(d.get("failed", 0)))
+                                 int(d.get("done", 0)), int(d.get("failed", 0)),
+                                 int(d.get("timed_out", 0)), int(d.get("suspend_ended", 0)))
         for raw in d.get("jobs", []):
             job = Job.from_json(raw)
             self._jobs[job.seq] = job

@@ -351,6 +351,10 @@ class LocalExecutor:
     def cont(self, job: Job) -> str | None:
         return f"pid {job.pid}" if self._signal(job, signal.SIGCONT) else None
 
+    def term(self, job: Job) -> None:
+        self._signal(job, signal.SIGTERM)
+        self._signal(job, signal.SIGCONT)  # a stopped process can't act on SIGTERM
+
     def kill(self, job: Job) -> bool:
         done = self._signal(job, signal.SIGKILL)
         self._signal(job, signal.SIGCONT)

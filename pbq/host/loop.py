@@ -48,6 +48,7 @@ from .executor import Ended, Executor, NotStarted, Started
 from .intake import Intake
 from .jobs import Job, JobBook, JobState
 from .ledger import Ledger
+from .limits import TimeLimits
 from .local import LocalExecutor, set_subreaper
 from .outcomes import Outcomes
 from .outputs import VIEW_DEBOUNCE, HostOutputs
@@ -104,6 +105,8 @@ class Scheduler:
                                  opts.jobfile.with_name(opts.jobfile.name + ".usage"), clock)
         self.outputs = HostOutputs(self.files, self.book, self.cfg, monotonic, self.ledger.disk_problem)
         self.sensing = LoadSensing(self.cfg, self.sensors)
+        self.limits = TimeLimits(self.cfg, opts.jobfile.with_name(opts.jobfile.name + ".usage"))
+        self.over_since: float | None = None  # monotonic time the load went over the limit
         self.m = Measurements()
         self.executor: Executor | None = None
         self.host_entry: Host | None = None
@@ -509,6 +512,7 @@ class Scheduler:
             if self.executor.cont(job) is not None:
                 self.log(f"job {self.book.job_id(job)} was stopped by someone else: continued it")
         self._record_ends(self.executor.poll(self.book.live(), now, mono), now)
+        self._enforce_limits(now)
         if self.ledger.flush(self.queue):
             self.intake.changed()
         self.outcomes.flush_usage()
@@ -524,6 +528,38 @@ class Scheduler:
         if mono >= self.next_history:
             self.next_history = mono + self.cfg.history.every
             self.outputs.append_history(now, self.m)
+
+    def _enforce_limits(self, now: float) -> None:
+        """Time limits and max_suspend: SIGTERM to the whole job now, SIGKILL after
+        ``term_grace``; a timed-out job's line goes to .error, a long-stopped one's back to
+        the front of the jobfile."""
+        assert self.executor is not None
+        grace = self.cfg.scheduler.term_grace
+        ending = False
+        if self.limits.active and self.mode is not Mode.TERM:
+            self.limits.refresh()
+            for job, limit in self.limits.timed_out(self.book.in_state(JobState.RUNNING, JobState.STOPPED), now):
+                self.executor.term(job)
+                self.book.timing_out(job, kill_at=now + grace)  # RUNNING/STOPPED -> TIMING_OUT
+                self.log(f"job {self.book.job_id(job)} timed out after {limit:.1f}s of running time: "
+                         f"SIGTERM (SIGKILL after {grace:g} s)")
+                ending = True
+            for job in self.limits.suspended_too_long(self.book.in_state(JobState.STOPPED), now):
+                stopped_for = now - (job.stopped_at or now)
+                self.executor.term(job)
+                self.book.evicting(job, kill_at=now + grace)  # STOPPED -> EVICTING
+                self.book.counters.suspend_ended += 1
+                self.log(f"job {self.book.job_id(job)} was stopped for {stopped_for:.0f}s (max_suspend "
+                         f"{self.limits.max_suspend:g}s): ending it; its line goes back to the front")
+                ending = True
+        for job in self.book.in_state(JobState.EVICTING, JobState.TIMING_OUT):
+            if job.kill_at is not None and now >= job.kill_at:
+                self.executor.kill(job)  # what SIGTERM did not end (repeated each tick until gone)
+        if ending:
+            try:
+                self.ledger.save(fsync=True)  # on record before they end: a restart knows why
+            except PbqError as err:
+                self.ledger.disk_problem(err)
 
     def _why_zero(self) -> str:
         h, m = self.host_entry, self.m
@@ -584,6 +620,11 @@ class Scheduler:
         stopped = self.book.in_state(JobState.STOPPED)
         mono = self.mono()
         m = self.m
+        h = self.cfg.scheduler.hysteresis if self.executor.counts_foreign_load else 0.0
+        if m.foreign + self.book.running_count() - m.limit > h + 1e-9:
+            self.over_since = mono if self.over_since is None else self.over_since
+        else:
+            self.over_since = None
         return View(
             mode=self.mode,
             limit=m.limit,
@@ -594,11 +635,13 @@ class Scheduler:
             stopped_by_user=sum(1 for j in stopped if j.stopped_by == "user"),
             pending=self.executor.accepting(mono) and self.ledger.disk_error is None
             and self.intake.may_have_lines(),
-            hysteresis=self.cfg.scheduler.hysteresis if self.executor.counts_foreign_load else 0.0,
+            hysteresis=h,
             mem_available=m.mem_available,
             memfree=self.cfg.scheduler.memfree,
             since_evict=mono - self.last_evict,
             settle=self.cfg.scheduler.settle,
+            over_for=0.0 if self.over_since is None else mono - self.over_since,
+            stop_after=self.cfg.scheduler.stop_after,
         )
 
     def act(self, now: float) -> Decision:
@@ -624,7 +667,7 @@ class Scheduler:
         said = self.executor.stop(job)
         if said is None:
             return
-        self.book.stop(job, by)  # RUNNING -> STOPPED
+        self.book.stop(job, by, now=self.clock())  # RUNNING -> STOPPED
         jid = self.book.job_id(job)
         if self.executor.counts_foreign_load:
             load = self.m.foreign + self.book.running_count() + 1
@@ -637,7 +680,7 @@ class Scheduler:
         said = self.executor.cont(job)
         if said is None:
             return
-        self.book.cont(job)  # STOPPED -> RUNNING
+        self.book.cont(job, now=self.clock())  # STOPPED -> RUNNING
         self.log(f"continued {self.book.job_id(job)} {said}")
 
     def _evict(self, job: Job) -> None:
@@ -724,6 +767,7 @@ class Scheduler:
             work_time=m.work_time, active_users=m.active_users, running=running,
             stopped=len(stopped), stopped_by_user=sum(1 for j in stopped if j.stopped_by == "user"),
             claimed=len(self.book.in_state(JobState.CLAIMED)), done=c.done, failed=c.failed,
+            timed_out=c.timed_out, suspend_ended=c.suspend_ended,
             mem_available=m.mem_available, control_ack=self.control_ack,
             error=self.ledger.disk_error, started=self.started_at, drm=drm,
         )

@@ -3,14 +3,13 @@ jobfile) and what is written for it (joblog row, ``.error`` line, log line, usag
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 
 from ..config import Config
 from ..errors import PbqError
 from ..sidefiles import joblog_row
-from ..statefiles import append_bytes, line_to_text
+from ..statefiles import line_to_text
 from .executor import Ended
 from .jobs import UNKNOWN_EXIT, Job, JobBook, JobState, Outcome
 from .ledger import Ledger, Log
@@ -26,7 +25,8 @@ class Outcomes:
         self.usage_path = usage_path
         self.clock = clock
         self.avg_runtime: float | None = None  # moving average of job run times
-        self.usage_buf: list[tuple[bytes, int, float, float]] = []  # (line, maxrss, cpu, runtime)
+        self.ok_by_seq: dict[int, bool] = {}  # ended, usage not reported yet
+        self.usage_buf: list[tuple[bytes, int, float, float, bool]] = []  # line, rss, cpu, runtime, ok
 
     def ended(self, e: Ended, terminating: bool) -> None:
         """A job's process (or cluster job) ended; ``terminating``: the host is in `term`."""
@@ -38,19 +38,28 @@ class Outcomes:
             return
         if job.state is JobState.EVICTING:
             self.book.requeue(job, front=True)  # EVICTING -> REQUEUE_FRONT
-            self.log(f"job {self.book.job_id(job)} killed to free memory: back at the front of the jobfile")
+            self.log(f"job {self.book.job_id(job)} ended by pbq (killed to free memory, or stopped too "
+                     "long): back at the front of the jobfile")
+            return
+        if job.state is JobState.TIMING_OUT:
+            out = e.outcome
+            out.note = "timed out" + (f"; {out.note}" if out.note else "")
+            self.book.counters.timed_out += 1
+            self.finish(job, out, when=e.when, retry=False)  # TIMING_OUT -> .error
             return
         if job.state in (JobState.RUNNING, JobState.STOPPED, JobState.STARTING):
             self.finish(job, e.outcome, when=e.when)
 
-    def finish(self, job: Job, out: Outcome, when: float | None = None) -> None:
+    def finish(self, job: Job, out: Outcome, when: float | None = None, retry: bool = True) -> None:
         """Its joblog row, .error line and log line; then the job leaves the book, settles
         its retry count, or goes back for a retry."""
         end = when or self.clock()
         runtime = max(0.0, end - (job.started or end))
         self.avg_runtime = runtime if self.avg_runtime is None else 0.8 * self.avg_runtime + 0.2 * runtime
         if out.maxrss or out.cpu_seconds:
-            self.usage_buf.append((job.line, out.maxrss, out.cpu_seconds, runtime))
+            self.usage_buf.append((job.line, out.maxrss, out.cpu_seconds, job.running_time(end), out.ok))
+        elif job.pid is not None:
+            self.ok_by_seq[job.seq] = out.ok  # for the usage the job runner reports next
         host = self.book.host
         host_col = f"{host}:{job.cluster_id}" if job.cluster_id else host
         self.ledger.record(row=joblog_row(job.seq, host_col, job.started or end, runtime,
@@ -63,7 +72,7 @@ class Outcomes:
         jid = self.book.job_id(job)
         self.log(f"finished {jid} {who} {how} after {runtime:.1f}s{note}: {line_to_text(job.line)}")
         retries = self.cfg.scheduler.retries
-        if not out.ok and job.tries < retries and out.exit_code != UNKNOWN_EXIT:
+        if retry and not out.ok and job.tries < retries and out.exit_code != UNKNOWN_EXIT:
             job.tries += 1
             self.book.requeue(job, front=False)
             self.log(f"retry {job.tries}/{retries} of {jid}: back at the end of the jobfile")
@@ -80,24 +89,21 @@ class Outcomes:
             self.ledger.drop(job)
 
     def usage(self, job: Job, cpu: float, maxrss: int, now: float) -> None:
-        self.usage_buf.append((job.line, maxrss, cpu, max(0.0, now - (job.started or now))))
+        ok = self.ok_by_seq.pop(job.seq, False)
+        self.usage_buf.append((job.line, maxrss, cpu, job.running_time(now), ok))
 
     def flush_usage(self) -> None:
         """Peak memory and CPU time of finished jobs, for resource prediction."""
         if not self.usage_buf:
             return
-        from ..predict import ResourceStore, command_key
+        from ..predict import ResourceStore, Run, command_key
 
         batch, self.usage_buf = self.usage_buf, []
-        store = ResourceStore(self.usage_path)
+        now = round(self.clock(), 3)
         try:
-            lines = [
-                json.dumps({"key": command_key(line_to_text(line)), "peak_rss_bytes": rss or None,
-                            "cpu_seconds": round(cpu, 3), "runtime": round(rt, 3),
-                            "time": round(self.clock(), 3)}, sort_keys=True)
-                for line, rss, cpu, rt in batch
-            ]
-            with store._lock:
-                append_bytes(store.path, ("\n".join(lines) + "\n").encode())
+            ResourceStore(self.usage_path).record_many([
+                Run(command_key(line_to_text(line)), rss or None, round(cpu, 3), round(rt, 3), now, ok)
+                for line, rss, cpu, rt, ok in batch
+            ])
         except (OSError, PbqError, ValueError):
             pass  # information for prediction: never worth stopping for

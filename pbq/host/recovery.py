@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from ..statefiles import line_to_text
-from .jobs import Job, JobState, Outcome
+from .jobs import UNKNOWN_EXIT, Job, JobState, Outcome
 
 
 @dataclass(frozen=True)
@@ -82,7 +82,12 @@ def _plan_one(job: Job, committed: int, p: Probe, jid: str, drm: str | None) -> 
     if p.alive:
         return Step(job, Action.ADOPT, probe=p)
     if st is JobState.EVICTING:
-        return Step(job, Action.BACK_FRONT, f"job {jid} was killed to free memory: putting it back at the front")
+        return Step(job, Action.BACK_FRONT, f"job {jid} was ended by pbq (to free memory, or stopped "
+                                            "too long): putting it back at the front")
+    if st is JobState.TIMING_OUT and p.exit is None:
+        # Its end is known well enough: it was being killed for running too long.
+        return Step(job, Action.FINISH, probe=Probe(exit=Outcome(UNKNOWN_EXIT, note="timed out; "
+                                                                 "its end was not recorded")))
     if p.exit is not None:
         return Step(job, Action.FINISH, probe=p)
     return Step(job, Action.BACK_FRONT, f"job {jid} did not finish (its process is gone, reboot?; POSSIBLE "

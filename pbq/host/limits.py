@@ -1,0 +1,81 @@
+"""How long a job may run, and how long it may stay stopped: ``[scheduler] timeout``,
+``timeout_floor`` and ``max_suspend``.
+
+A timeout is absolute (``"2h"``) or a share of the median run time of earlier successful
+runs of the same command key (``"300%"``, as GNU Parallel's ``--timeout 300%``), used once
+the key has at least ``MIN_RUNS`` of them and never below ``timeout_floor``.  Run time
+excludes time stopped.  The medians come from ``JOBFILE.usage``, read again only when it
+changed.  The deciding functions take the time and the jobs, and read no clock.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..config import Config, parse_timeout
+from ..predict import ResourceStore, command_key
+from ..statefiles import line_to_text
+from .jobs import Job, JobState
+
+MIN_RUNS = 3  # successful runs of a command key before a percentage timeout applies
+
+
+class TimeLimits:
+    def __init__(self, cfg: Config, usage_path: Path) -> None:
+        self.absolute, self.share = parse_timeout(cfg.scheduler.timeout)
+        self.floor = cfg.scheduler.timeout_floor
+        self.max_suspend = cfg.scheduler.max_suspend
+        self.store = ResourceStore(usage_path)
+        self._medians: dict[str, float] = {}
+        self._seen: tuple[int, int] | None = None  # (size, mtime) of the usage file read
+        self._keys: dict[int, str] = {}  # seq -> command key (computed once per job)
+
+    @property
+    def active(self) -> bool:
+        return bool(self.absolute or self.share or self.max_suspend)
+
+    def refresh(self) -> None:
+        """Re-read the medians if the usage file changed (a stat per tick, not a read)."""
+        if not self.share:
+            return
+        try:
+            st = os.stat(self.store.path)
+        except OSError:
+            return
+        seen = (st.st_size, st.st_mtime_ns)
+        if seen != self._seen:
+            self._seen = seen
+            self._medians = self.store.median_runtimes(MIN_RUNS)
+
+    def limit_for(self, job: Job) -> float | None:
+        if self.absolute:
+            return self.absolute
+        if not self.share:
+            return None
+        key = self._keys.get(job.seq)
+        if key is None:
+            key = self._keys[job.seq] = command_key(line_to_text(job.line))
+        median = self._medians.get(key)
+        return None if median is None else max(self.floor, median * self.share)
+
+    def timed_out(self, jobs: list[Job], now: float) -> list[tuple[Job, float]]:
+        """Running or stopped jobs past their limit, with the limit."""
+        out = []
+        for job in jobs:
+            if job.state not in (JobState.RUNNING, JobState.STOPPED) or job.started is None:
+                continue
+            limit = self.limit_for(job)
+            if limit is not None and job.running_time(now) > limit:
+                out.append((job, limit))
+        return out
+
+    def suspended_too_long(self, jobs: list[Job], now: float) -> list[Job]:
+        """Jobs the load policy has kept stopped longer than ``max_suspend``."""
+        if not self.max_suspend:
+            return []
+        return [j for j in jobs if j.state is JobState.STOPPED and j.stopped_by == "load"
+                and j.stopped_at is not None and now - j.stopped_at > self.max_suspend]
+
+    def forget(self, seq: int) -> None:
+        self._keys.pop(seq, None)
