@@ -37,9 +37,10 @@ from ..hostfile import Host, find_host, load_hostfile
 from ..hostlog import HostLog
 from ..jobfile import JobQueue, Txn
 from ..policy import Candidate, Decision, Mode, View, choose, decide, load_limit
-from ..safety import check_input_file, control_file_trusted
+from ..safety import check_input_file
 from ..sensors import Sensors
 from ..sidefiles import (
+    ControlInbox,
     HostStatus,
     PidRecord,
     is_local,
@@ -55,7 +56,6 @@ from ..statefiles import (
     append_bytes,
     atomic_write,
     line_to_text,
-    read_json,
     unlink_quietly,
 )
 from .executor import Ended, Executor, NotStarted, Started
@@ -106,6 +106,7 @@ class Scheduler:
             stale_lock_after=self.cfg.jobfile.stale_lock_after,
             log=self.log,
             clock=clock,
+            allow_group_write=opts.allow_group_write,
         )
         self.interval = self.cfg.scheduler.interval
         self.book = JobBook(opts.host)
@@ -138,6 +139,7 @@ class Scheduler:
         self.views_stale = False
         self.signals: list[int] = []
         self.control_ack: str | None = None
+        self.control_inbox = ControlInbox(self.files.control, opts.allow_group_write)
         self.hostfile_mtime: float | None = None
         self.usage_buf: list[tuple[bytes, int, float, float]] = []  # (line, maxrss, cpu, runtime)
         self.started_at = clock()
@@ -166,7 +168,8 @@ class Scheduler:
                                self.jobfile.with_name(self.jobfile.name + ".usage"), self.mono)
         local = old is not None and is_local(old)
         ex = LocalExecutor(self.host, self.jobfile, self.files.exits, self.cfg.scheduler.nice, self.opts.output_dir,
-                           self.log, self.sensors, old.runner if local and old is not None else None)
+                           self.log, self.sensors, old.runner if local and old is not None else None,
+                           allow_group_write=self.opts.allow_group_write)
         ex.on_runner_started = self._runner_started
         return ex
 
@@ -183,7 +186,7 @@ class Scheduler:
                                path=str(self.opts.output_dir)) from None
         old = read_pidfile(self.files.pid)
         self.executor = self._make_executor(old)
-        self.book = self.ledger.load()
+        self.book = self.ledger.load(self.opts.allow_group_write)
         probes = self.executor.probe(list(self.book))  # outside the lock: it may wait
         with self.queue.transaction() as txn:
             self._claim_pidfile()
@@ -578,19 +581,8 @@ class Scheduler:
             self.mem_available = self.sensors.mem_available()
 
     def _check_control_file(self) -> None:
-        path = self.files.control
-        try:
-            st = os.stat(path)
-        except OSError:
-            return
-        why = control_file_trusted(st)
-        req = read_json(path)
-        unlink_quietly(path)
-        if why is not None:
-            self.log(f"ignoring control request {path.name}: {why}")
-            return
-        if not isinstance(req, dict) or req.get("command") not in ("stop", "cont", "quit", "term", "kill"):
-            self.log(f"ignoring unreadable control request {path.name}")
+        req = self.control_inbox.take(self.log)
+        if req is None:
             return
         self.control_ack = str(req.get("id", ""))
         cmd = str(req["command"])
@@ -890,7 +882,7 @@ class Scheduler:
             work_time=self.work_time, active_users=self.active_users, running=running,
             stopped=len(stopped), stopped_by_user=sum(1 for j in stopped if j.stopped_by == "user"),
             claimed=len(self.book.in_state(JobState.CLAIMED)), done=c.done, failed=c.failed,
-            mem_available=self.mem_available, control_ack=self.control_ack,
+            mem_available=self.mem_available, control_ack=self.control_ack, quitting=self.quitting,
             error=self.ledger.disk_error, started=self.started_at, drm=drm,
         )
 
