@@ -211,6 +211,7 @@ def append(jobfile: Path, morejobs: Path, lock: str | None, config_path: Path | 
         lock=cfg.jobfile.lock,
         fsync=cfg.jobfile.fsync,
         stale_lock_after=cfg.jobfile.stale_lock_after,
+        allow_group_write=cfg.scheduler.allow_group_write,
     )
     n = append_file(queue, lines)
     click.echo(f"appended {n} line(s) to {jobfile}", err=True)
