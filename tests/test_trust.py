@@ -91,7 +91,9 @@ def marker_job(d: Path) -> tuple[str, Path]:
     return f"touch {marker}", marker
 
 
-def test_requeue_errors_refuses_a_planted_error_file(shared_dir: Path, mallory: pwd.struct_passwd) -> None:
+def test_requeue_errors_refuses_a_planted_error_file(
+    shared_dir: Path, mallory: pwd.struct_passwd
+) -> None:
     hf = hostfile(shared_dir)
     jf = jobfile(shared_dir, "")
     line, marker = marker_job(shared_dir)
@@ -116,7 +118,9 @@ def _plant_state(jf: Path, host: str, line: str) -> tuple[dict, dict]:
     return state, queue
 
 
-def test_planted_state_and_queue_are_refused_at_start(shared_dir: Path, tmp_path: Path, mallory: pwd.struct_passwd) -> None:
+def test_planted_state_and_queue_are_refused_at_start(
+    shared_dir: Path, tmp_path: Path, mallory: pwd.struct_passwd
+) -> None:
     line, marker = marker_job(tmp_path)
     state, queue = _plant_state(shared_dir / "jobfile", "vm", line)
     # The same files, yours: the job is put back and run (what the planted ones would do).
@@ -144,7 +148,9 @@ def test_planted_state_and_queue_are_refused_at_start(shared_dir: Path, tmp_path
     assert not marker.exists()
 
 
-def test_control_symlink_is_not_followed(shared_dir: Path, tmp_path: Path, mallory: pwd.struct_passwd) -> None:
+def test_control_symlink_is_not_followed(
+    shared_dir: Path, tmp_path: Path, mallory: pwd.struct_passwd
+) -> None:
     hf = hostfile(shared_dir, "* linux 50 50 0\n")
     config(shared_dir, FAST_CONFIG)
     jf = jobfile(shared_dir, ["sleep 60"])
@@ -168,7 +174,9 @@ def test_control_symlink_is_not_followed(shared_dir: Path, tmp_path: Path, mallo
         wait_exit(p)
 
 
-def test_planted_config_beside_the_jobfile_is_refused(shared_dir: Path, tmp_path: Path, mallory: pwd.struct_passwd) -> None:
+def test_planted_config_beside_the_jobfile_is_refused(
+    shared_dir: Path, tmp_path: Path, mallory: pwd.struct_passwd
+) -> None:
     line, marker = marker_job(tmp_path)
     hf, jf = hostfile(shared_dir), jobfile(shared_dir, [line])
     planted = plant(shared_dir / "pbq.toml", '[cluster]\nplugin_dir = "/tmp"\n', mallory)
@@ -179,7 +187,9 @@ def test_planted_config_beside_the_jobfile_is_refused(shared_dir: Path, tmp_path
     assert not marker.exists() and jf.read_text() == line + "\n"
 
 
-def test_user_private_group_file_is_accepted(tmp_path: Path, mallory: pwd.struct_passwd, shared_group: grp.struct_group) -> None:
+def test_user_private_group_file_is_accepted(
+    tmp_path: Path, mallory: pwd.struct_passwd, shared_group: grp.struct_group
+) -> None:
     # The rule itself, on a real user private group and on a shared group.
     probe = write(tmp_path / "probe", "x", 0o664)
     os.chown(probe, mallory.pw_uid, mallory.pw_gid)
@@ -199,7 +209,9 @@ def test_user_private_group_file_is_accepted(tmp_path: Path, mallory: pwd.struct
     assert marker.exists()
 
 
-def test_group_writable_file_of_a_shared_group_needs_allow_group_write(tmp_path: Path, shared_group: grp.struct_group) -> None:
+def test_group_writable_file_of_a_shared_group_needs_allow_group_write(
+    tmp_path: Path, shared_group: grp.struct_group
+) -> None:
     line, marker = marker_job(tmp_path)
     hf, jf = hostfile(tmp_path), jobfile(tmp_path, [line])
     for path in (hf, jf):
