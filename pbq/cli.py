@@ -29,6 +29,7 @@ from .cli_ops import report_cmd, start_cmd, status_cmd
 from .errors import PbqError
 
 if TYPE_CHECKING:
+    from .config import Config
     from .host.loop import SchedulerOptions  # imported when pbq-single runs, not before
 
 SHELLS = ("bash", "zsh", "fish")
@@ -125,7 +126,13 @@ def _scheduler_options(
         raise PbqError(f"unusable host name {host!r}")
     sc = cfg.scheduler
     check_queue_files(hostfile, jobfile, sc.allow_group_write)
-    find_host(load_hostfile(hostfile), host, str(hostfile))
+    entry = find_host(load_hostfile(hostfile), host, str(hostfile))
+    if entry.max <= 0 and entry.wday <= 0:
+        raise PbqError(
+            f"host {host} has max 0 and wday 0 (line {entry.line}): no job could ever run here",
+            path=str(hostfile),
+        )
+    _check_memfree(cfg)
     return SchedulerOptions(
         hostfile=hostfile,
         jobfile=jobfile,
@@ -137,6 +144,28 @@ def _scheduler_options(
         lock=cfg.jobfile.lock,
         echo_log=verbose,
     )
+
+
+def _check_memfree(cfg: Config) -> None:
+    """A memfree above the machine's memory would keep every job waiting forever."""
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    memfree = cfg.scheduler.memfree
+    if memfree <= total:
+        return
+    setting = next(s for s in cfg.settings() if (s.section, s.key) == ("scheduler", "memfree"))
+    source = setting.source
+    raise PbqError(
+        f"[scheduler] memfree {_size_text(memfree)} is more than this machine's memory "
+        f"({_size_text(total)}): no job could ever start (set by {source})"
+    )
+
+
+def _size_text(nbytes: int) -> str:
+    """Bytes as the largest unit (K, M, G, T) that keeps one decimal meaningful."""
+    for unit, power in (("T", 4), ("G", 3), ("M", 2), ("K", 1)):
+        if nbytes >= 1024**power:
+            return f"{nbytes / 1024**power:.1f}".removesuffix(".0") + unit
+    return str(nbytes)
 
 
 def single_main() -> None:
@@ -182,6 +211,7 @@ def append(jobfile: Path, morejobs: Path, lock: str | None, config_path: Path | 
         lock=cfg.jobfile.lock,
         fsync=cfg.jobfile.fsync,
         stale_lock_after=cfg.jobfile.stale_lock_after,
+        allow_group_write=cfg.scheduler.allow_group_write,
     )
     n = append_file(queue, lines)
     click.echo(f"appended {n} line(s) to {jobfile}", err=True)

@@ -98,6 +98,7 @@ def control_cmd(
     if command == "load":
         rows = control.load_table(jobfile, targets)
         click.echo(control.dumps(rows) if as_json else control.format_table(rows, LOAD_COLUMNS))
+        sys.exit(0 if all(row["alive"] for row in rows) else 1)
     elif command == "check":
         sys.exit(_check(jobfile, targets, all_hosts=not hosts, as_json=as_json))
     elif command in ("recover", "requeue-errors"):

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pbq.errors import PbqError
+from pbq.safety import read_trusted
 from pbq.workhours import DAY_NAMES, Calendar, parse_calendar, parse_workdays, parse_workhours
 
 __all__ = [
@@ -62,6 +63,9 @@ class KeySpec:
         return f"--{self.key}".replace("_", "-")
 
 
+MIN_INTERVAL = 0.05  # seconds: a shorter tick only busy-loops
+
+
 def _k(section: str, key: str, kind: Kind, default: Any, help: str, **limits: Any) -> KeySpec:
     return KeySpec(section, key, kind, default, help, **limits)
 
@@ -74,8 +78,9 @@ KEYS: tuple[KeySpec, ...] = (
     _k("interactive", "idle_minutes", "float", 10.0,
        "a logged-in user counts as active if their terminal was used within this many minutes",
        minimum=0),
-    _k("scheduler", "interval", "float", 1.0, "seconds between scheduler ticks",
-       minimum=0, exclusive_min=True),
+    _k("scheduler", "interval", "float", 1.0,
+       f"seconds between scheduler ticks (at least {MIN_INTERVAL:g}: less only burns CPU)",
+       minimum=MIN_INTERVAL),
     _k("scheduler", "hysteresis", "float", 0.5,
        "load margin around the limit before jobs are stopped or started", minimum=0),
     _k("scheduler", "nice", "int", 19, "nice value jobs run at (0..19)", minimum=0, maximum=19),
@@ -486,10 +491,20 @@ def _locate(text: str, section: str, key: str | None) -> int | None:
     return None
 
 
-def _read_file(path: Path) -> tuple[dict[str, Any], str]:
+def _read_file(
+    path: Path, trusted_only: bool, allow_group_write: bool
+) -> tuple[dict[str, Any], str]:
     shown = str(path)
     try:
-        data = path.read_bytes()
+        if trusted_only:
+            # Found beside the jobfile, in a directory others may share: its plugin_dir is
+            # imported, so it must be yours, like the jobfile.
+            found = read_trusted(path, "config file", allow_group_write)
+            if found is None:
+                raise FileNotFoundError
+            data = found
+        else:
+            data = path.read_bytes()
     except FileNotFoundError:
         raise PbqError("config file not found", shown) from None
     except OSError as e:
@@ -505,8 +520,10 @@ def _read_file(path: Path) -> tuple[dict[str, Any], str]:
         raise PbqError(f"invalid TOML: {e}", shown) from None
 
 
-def _file_values(path: Path) -> dict[tuple[str, str], Any]:
-    table, text = _read_file(path)
+def _file_values(
+    path: Path, trusted_only: bool, allow_group_write: bool
+) -> dict[tuple[str, str], Any]:
+    table, text = _read_file(path, trusted_only, allow_group_write)
     shown = str(path)
     values: dict[tuple[str, str], Any] = {}
     for section, body in table.items():
@@ -526,18 +543,43 @@ def _find_config_file(
     jobfile: str | os.PathLike[str] | None,
     explicit: str | os.PathLike[str] | None,
     environ: Mapping[str, str],
-) -> Path | None:
+) -> tuple[Path | None, bool]:
+    """The config file, and whether it was found beside the jobfile (not named by you)."""
     if explicit is not None and os.fspath(explicit) != "":
-        return Path(explicit)
+        return Path(explicit), False
     env = environ.get("PBQ_CONFIG", "")
     if env:
-        return Path(env)
+        return Path(env), False
     if jobfile is not None:
         beside = Path(jobfile).parent / "pbq.toml"
         # Only a missing file is fine here; an unreadable one is still an error.
         if os.path.lexists(beside):
-            return beside
-    return None
+            return beside, True
+    return None, False
+
+
+def _check_environment_keys(environ: Mapping[str, str]) -> None:
+    """``PBQ_<SECTION>_<KEY>`` with a known section but an unknown key is a typo, refused
+    like one in the file.  Other ``PBQ_*`` variables (those pbq gives jobs) are not config."""
+    for name in environ:
+        for section in SECTIONS:
+            prefix = f"PBQ_{section.upper()}_"
+            if name.startswith(prefix) and name[len(prefix):]:
+                _lookup(section, name[len(prefix):].lower(), f"environment {name}", None)
+
+
+def _early_allow_group_write(
+    flags: Mapping[tuple[str, str], Any], environ: Mapping[str, str]
+) -> bool:
+    """allow_group_write before the config file is read (the file cannot vouch for itself)."""
+    spec = _BY_NAME[("scheduler", "allow_group_write")]
+    flag = flags.get((spec.section, spec.key))
+    if flag is not None:
+        return bool(_resolve(spec, flag, True, f"flag {spec.flag_name}", None))
+    if spec.env_name in environ:
+        source = f"environment {spec.env_name}"
+        return bool(_resolve(spec, environ[spec.env_name], True, source, None))
+    return False
 
 
 def load_config(
@@ -548,13 +590,19 @@ def load_config(
 ) -> Config:
     """Resolve every key: flag > environment > config file > default.
 
-    ``environ`` defaults to ``os.environ``.  Unknown ``PBQ_*`` environment
-    variables are ignored (jobs may carry their own); unknown flag keys are
-    errors.  A flag value of None means the flag was not given.
+    ``environ`` defaults to ``os.environ``.  ``PBQ_<SECTION>_<KEY>`` variables of a
+    known section must name a known key; other ``PBQ_*`` variables are ignored (jobs
+    carry their own); unknown flag keys are errors.  A flag value of None means the
+    flag was not given.  A ``pbq.toml`` found beside the jobfile is read only if it
+    is yours and closed to others (see pbq.safety).
     """
     env = os.environ if environ is None else environ
-    path = _find_config_file(jobfile, explicit, env)
-    from_file = _file_values(path) if path is not None else {}
+    _check_environment_keys(env)
+    path, beside_jobfile = _find_config_file(jobfile, explicit, env)
+    from_file: dict[tuple[str, str], Any] = {}
+    if path is not None:
+        group_ok = _early_allow_group_write(flags or {}, env)
+        from_file = _file_values(path, beside_jobfile, group_ok)
     flag_values: dict[tuple[str, str], Any] = {}
     for (section, key), value in (flags or {}).items():
         if value is None:

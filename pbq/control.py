@@ -116,9 +116,12 @@ def _confirmed(
     if command == "stop":
         return state == "stopped" and status.running == 0
     if command == "cont":
-        return state in ("running", "quitting") and status.stopped_by_user == 0
+        # A scheduler that was quitting while stopped may finish at once on cont.
+        continued = state in ("running", "quitting") and status.stopped_by_user == 0
+        return continued or status.final
     if command == "quit":
-        return state in ("quitting", "exited")
+        # A stopped scheduler stays "stopped" while it quits: its heartbeat says quitting.
+        return state in ("quitting", "exited") or bool(status.quitting)
     if command == "term":
         return state == "terminated"
     if command == "kill":
@@ -205,24 +208,43 @@ def _describe_done(command: str, status: HostStatus | None, gone: bool) -> str:
     if command == "stop":
         return f"stopped ({stopped} jobs stopped)"
     if command == "cont":
+        if status is not None and status.final:
+            return f"continued; it was quitting and has {status.state}"
         return f"running ({running} running, {stopped} stopped by load)"
     if command == "quit":
         exited = gone or (status is not None and status.state == "exited")
+        if not exited and status is not None and status.state == "stopped":
+            return f"quitting once continued (stopped, {stopped} jobs stopped)"
         return "exited" if exited else f"quitting ({running} running)"
     if command == "term":
         return "terminated" if gone else "terminating"
     return "killed (jobs keep running)"
 
 
+LOAD_KEYS = ("load", "foreign", "limit", "running", "stopped", "active_users")
+
+
 def load_table(jobfile: Path, hosts: list[str], now: float | None = None) -> list[dict]:
+    """One row per host.  Its state is the heartbeat's while the scheduler is alive (the
+    one liveness rule decides), else ``dead``, ``stale`` or ``not running``, with
+    ``alive`` False; a dead scheduler's last figures are not shown as current."""
     now = time.time() if now is None else now
     rows = []
     for host in hosts:
-        status = read_status(HostFiles(jobfile, host).status)
+        info, status, verdict = host_liveness(HostFiles(jobfile, host), now)
         age = heartbeat_age(status, now)
         row: dict = {"host": host, "heartbeat_age": None if age is None else round(age, 1)}
-        for key in ("state", "load", "foreign", "limit", "running", "stopped", "active_users"):
-            row[key] = getattr(status, key) if status else None
+        if verdict.alive and info is not None:
+            state = (status.state if status and status.pid == info.pid else None) or "running"
+        elif info is None:
+            state = "not running"
+        else:
+            state = verdict.state.value
+        row["state"], row["alive"] = state, verdict.alive
+        for key in LOAD_KEYS:
+            row[key] = getattr(status, key) if status and verdict.alive else None
+        if not verdict.alive:
+            row["detail"] = verdict.reason
         rows.append(row)
     return rows
 

@@ -22,11 +22,13 @@ import math
 import os
 import re
 import socket
+import stat
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from pbq.errors import PbqError
+from pbq.safety import file_kind
 
 __all__ = ["Host", "find_host", "load_hostfile", "machine_name", "parse_hostfile"]
 
@@ -181,10 +183,19 @@ def load_hostfile(path: str | os.PathLike[str]) -> list[Host]:
     """Read and parse a hostfile; a missing or unreadable file is a PbqError."""
     shown = os.fspath(path)
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        # O_NONBLOCK: a FIFO must get an answer, not hang the open.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as e:
         raise PbqError(f"cannot read hostfile: {e.strerror or e}", shown) from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise PbqError(f"cannot read hostfile: it is {file_kind(mode)}, not a regular file", shown)
+    with open(fd, "rb") as f:
+        try:
+            data = f.read()
+        except OSError as e:
+            raise PbqError(f"cannot read hostfile: {e.strerror or e}", shown) from None
     return parse_hostfile(data, shown)
 
 

@@ -42,7 +42,8 @@ from typing import Any
 
 from .errors import PbqError
 from .locking import QueueLock, make_lock
-from .statefiles import _describe_os_error, atomic_write_json, fsync_dir, read_json, unlink_quietly
+from .safety import read_trusted_json
+from .statefiles import _describe_os_error, atomic_write_json, fsync_dir, unlink_quietly
 
 CHUNK = 1 << 16
 MARK_BYTES = 32
@@ -125,8 +126,10 @@ class JobQueue:
         stale_lock_after: float = 30.0,
         log: Callable[[str], None] | None = None,
         clock: Callable[[], float] = time.time,
+        allow_group_write: bool = False,
     ) -> None:
         self.jobfile = Path(jobfile)
+        self.allow_group_write = allow_group_write  # for .queue and .retries (pbq.safety)
         self.state_path = self.jobfile.with_name(self.jobfile.name + ".queue")
         self.retries_path = self.jobfile.with_name(self.jobfile.name + ".retries")
         self.compact_tmp = self.jobfile.with_name(f".{self.jobfile.name}.compact.tmp")
@@ -148,7 +151,11 @@ class JobQueue:
 
     def peek_state(self) -> QueueState:
         """The committed state without taking the lock (for status displays)."""
-        return QueueState.from_json(read_json(self.state_path), self.state_path)
+        return QueueState.from_json(self.read_record(self.state_path), self.state_path)
+
+    def read_record(self, path: Path) -> Any | None:
+        """``.queue`` or ``.retries``: they decide what runs, so only if they are yours."""
+        return read_trusted_json(path, "queue record", self.allow_group_write)
 
 
 class Txn:
@@ -156,7 +163,7 @@ class Txn:
 
     def __init__(self, queue: JobQueue) -> None:
         self.q = queue
-        self.state = QueueState.from_json(read_json(queue.state_path), queue.state_path)
+        self.state = QueueState.from_json(queue.read_record(queue.state_path), queue.state_path)
         self._size: int | None = None
 
     # -- reading -------------------------------------------------------------------
@@ -441,7 +448,7 @@ class Txn:
     # -- retry counts --------------------------------------------------------------------
 
     def _retries(self) -> dict[str, int]:
-        data = read_json(self.q.retries_path)
+        data = self.q.read_record(self.q.retries_path)
         return {str(k): int(v) for k, v in data.items()} if isinstance(data, dict) else {}
 
     def retries_of(self, line: bytes) -> int:

@@ -15,6 +15,7 @@ kept simple and predictable).
 4. Then every later word that starts with ``-`` (but is not ``-`` alone), with an ``=value`` part
    cut off (``--threads=8`` -> ``--threads``), in command-line order. The words that follow
    options (their values) and every other argument (inputs, outputs) are left out.
+5. Only the first 64 KiB of the line count, and the key is cut at 256 characters.
 
 So ``bwa mem -t 8 ref.fa a.fq > a.sam`` and ``bwa mem -t 16 ref.fa b.fq > b.sam`` both have the
 key ``bwa mem -t``.
@@ -33,7 +34,6 @@ import json
 import math
 import os
 import re
-import shlex
 import statistics
 import time
 from collections.abc import Iterable, Sequence
@@ -45,6 +45,8 @@ from filelock import FileLock
 MIN_RUNS = 3
 MARGIN = 1.2
 MB = 1 << 20
+KEY_SCAN = 1 << 16  # characters of a command line that its key is made from
+KEY_MAX = 256  # characters of a key
 INTERPRETERS = frozenset({"sh", "bash", "python", "python3", "perl", "Rscript", "ruby", "node"})
 
 _CONTROL = {"|", "||", "&&", ";", "&", ";;", "|&", "(", ")"}
@@ -53,19 +55,53 @@ _ASSIGN_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
 _SUBCOMMAND_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
 
 
+# One token: blanks, a run of operator characters, a comment, or a word made of unquoted
+# characters, quoted strings and backslash escapes (shlex's posix, punctuation_chars rules).
+_TOKEN_RE = re.compile(
+    r"""(?P<blank>\s+)
+      | (?P<op>[();<>|&]+)
+      | (?P<comment>\#.*)
+      | (?P<word>(?:[^\s();<>|&'"\\]+|'[^']*'|"(?:[^"\\]|\\.)*"|\\.)+)""",
+    re.VERBOSE | re.DOTALL,
+)
+# The parts of a word, to take its quotes off.
+_PART_RE = re.compile(r"""'([^']*)'|"((?:[^"\\]|\\.)*)"|\\(.)|([^'"\\]+)""", re.DOTALL)
+_DQ_ESCAPE_RE = re.compile(r"""\\([\\"])""")
+
+
+def _unquote(word: str) -> str:
+    out = []
+    for single, double, escaped, plain in _PART_RE.findall(word):
+        out.append(single or _DQ_ESCAPE_RE.sub(r"\1", double) or escaped or plain)
+    return "".join(out)
+
+
 def _words(command: str) -> list[str]:
-    lexer = shlex.shlex(command, posix=True, punctuation_chars=True)
-    lexer.whitespace_split = True
-    try:
-        return list(lexer)
-    except ValueError:  # unbalanced quotes: fall back to plain words
-        return command.split()
+    """The command's words and operators, in time linear in its length (shlex is quadratic
+    in a word's length: a 2 MB line took it about a minute)."""
+    words: list[str] = []
+    pos = 0
+    while pos < len(command):
+        m = _TOKEN_RE.match(command, pos)
+        if m is None:  # an unbalanced quote: fall back to plain words
+            return command.split()
+        pos = m.end()
+        if m.lastgroup == "op":
+            words.append(m.group())
+        elif m.lastgroup == "word":
+            words.append(_unquote(m.group()))
+        elif m.lastgroup == "comment" and (not words or command[m.start() - 1].isspace()):
+            break  # "#" starts a comment only at the start of a word
+    return words
 
 
 def command_key(command: str) -> str:
-    """The key of COMMAND (see the module docstring); "" for an empty command."""
+    """The key of COMMAND (see the module docstring); "" for an empty command.
+
+    Only the first KEY_SCAN characters are looked at and the key is cut at KEY_MAX, so a
+    huge job line costs little and makes no huge key."""
     words: list[str] = []
-    raw = _words(command)
+    raw = _words(command[:KEY_SCAN])
     i = 0
     while i < len(raw):
         word = raw[i]
@@ -95,7 +131,7 @@ def command_key(command: str) -> str:
             key.append(first)
             rest = rest[1:]
     key += [w.split("=", 1)[0] for w in rest if w.startswith("-") and w != "-"]
-    return " ".join(key)
+    return " ".join(key)[:KEY_MAX]
 
 
 def predict_from_peaks(peaks: Iterable[int | None]) -> int | None:

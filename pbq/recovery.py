@@ -7,7 +7,6 @@ about to go back is put on record first, and the jobfile's commit record
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import time
@@ -19,6 +18,7 @@ from .host.jobs import JobBook, JobState
 from .host.ledger import Ledger
 from .hostlog import HostLog
 from .jobfile import JobQueue, Txn
+from .safety import check_input_file, check_jobfile_directory, read_trusted
 from .sidefiles import Liveness, host_liveness
 from .statefiles import (
     HostFiles,
@@ -30,13 +30,25 @@ from .statefiles import (
 
 
 def _queue(jobfile: Path, cfg: Config) -> JobQueue:
+    """The jobfile's queue, once the jobfile and its directory are safe to put lines in."""
+    group_ok = cfg.scheduler.allow_group_write
+    check_jobfile_directory(jobfile, group_ok)
+    check_input_file(jobfile, "jobfile", group_ok)
     return JobQueue(
         jobfile,
         lock=cfg.jobfile.lock,
         fsync=cfg.jobfile.fsync,
         compact_after=cfg.jobfile.compact_after,
         stale_lock_after=cfg.jobfile.stale_lock_after,
+        allow_group_write=group_ok,
     )
+
+
+def _job_lines(path: Path, what: str, cfg: Config) -> list[bytes]:
+    """The job lines of a side file that is to go back into the jobfile: only from a file
+    that is yours and closed to others (UntrustedFile otherwise)."""
+    data = read_trusted(path, what, cfg.scheduler.allow_group_write) or b""
+    return [ln for ln in data.split(b"\n") if ln.strip()]
 
 
 RECOVER_STALE_AFTER = 600.0  # seconds of silence before recover takes a remote host's jobs
@@ -70,9 +82,7 @@ def recover_hosts(
                 # No state file (an old PBQ-style host): trust .running/.stopped.
                 lines = []
                 for ext in ("running", "stopped"):
-                    with contextlib.suppress(OSError):
-                        data = files.path(ext).read_bytes()
-                        lines += [ln for ln in data.split(b"\n") if ln.strip()]
+                    lines += _job_lines(files.path(ext), f".{ext} file", cfg)
                 if lines:
                     key = f"recover:{host}"
                     txn.prepend(lines, key, txn.state.ops.get(key, 0) + 1)
@@ -95,7 +105,7 @@ def _put_back_host(files: HostFiles, txn: Txn, cfg: Config) -> int:
     put-back, under the lock the caller holds)."""
     log = HostLog(files.log, cfg.log.max_bytes, cfg.log.backups)
     ledger = Ledger(files, JobBook(files.host), log, cfg.jobfile.fsync, time.monotonic)
-    book = ledger.load()
+    book = ledger.load(cfg.scheduler.allow_group_write)
     committed = txn.state.ops.get(files.host, 0)
     for job in book:
         if job.state in (JobState.REQUEUE_FRONT, JobState.REQUEUE_END):
@@ -106,7 +116,8 @@ def _put_back_host(files: HostFiles, txn: Txn, cfg: Config) -> int:
         elif job.state in (JobState.STARTING, JobState.CLAIMED) and job.op > committed:
             book.drop(job)  # a take that never committed: the line is still pending
         elif job.state is not JobState.SETTLING:
-            log(f"recover: putting job {book.job_id(job)} back at the front: {job.line.decode(errors='replace')}")
+            line = job.line.decode(errors="replace")
+            log(f"recover: putting job {book.job_id(job)} back at the front: {line}")
             book.requeue(job, front=True)
     count = ledger.put_back(txn)
     ledger.paused = False  # the host was declared dead: its next scheduler starts afresh
@@ -118,26 +129,35 @@ def _put_back_host(files: HostFiles, txn: Txn, cfg: Config) -> int:
 _REQUEUE_RE = re.compile(r"\.error\.requeue-(\d+)$")
 
 
+def _leftovers(files: HostFiles) -> list[Path]:
+    """``.error`` files of a requeue that a crash interrupted."""
+    prefix = files.error.name + ".requeue-"
+    directory = files.jobfile.parent
+    return [directory / name for name in sorted(os.listdir(directory)) if name.startswith(prefix)]
+
+
 def requeue_errors(jobfile: Path, hosts: list[str] | None, cfg: Config) -> list[str]:
     """Append the ``.error`` lines back to the jobfile and empty those files (under the lock)."""
     out = []
     queue = _queue(jobfile, cfg)
-    for host in hosts or hosts_with(jobfile, "error"):
+    targets = hosts or hosts_with(jobfile, "error")
+    for host in targets:
+        # Every file first: a planted one refuses the whole command before anything moves.
+        for path in [HostFiles(jobfile, host).error, *_leftovers(HostFiles(jobfile, host))]:
+            _job_lines(path, "error file", cfg)
+    for host in targets:
         files = HostFiles(jobfile, host)
         key = f"errors:{host}"
         with queue.transaction() as txn:
             # Finish a requeue that a crash interrupted: the file name carries its op.
-            prefix = files.error.name + ".requeue-"
-            leftovers = sorted(p for p in os.listdir(jobfile.parent) if p.startswith(prefix))
             count = 0
-            for name in leftovers:
-                m = _REQUEUE_RE.search(name)
+            for path in _leftovers(files):
+                m = _REQUEUE_RE.search(path.name)
                 if not m:
                     continue
                 op = int(m.group(1))
-                path = jobfile.parent / name
                 if txn.state.ops.get(key, 0) < op:
-                    lines = [ln for ln in path.read_bytes().split(b"\n") if ln.strip()]
+                    lines = _job_lines(path, "error file", cfg)
                     txn.append(lines, key, op)
                     count += len(lines)
                 unlink_quietly(path)
@@ -145,7 +165,7 @@ def requeue_errors(jobfile: Path, hosts: list[str] | None, cfg: Config) -> list[
                 op = txn.state.ops.get(key, 0) + 1
                 moving = files.error.with_name(f"{files.error.name}.requeue-{op}")
                 os.replace(files.error, moving)  # a scheduler appending now starts a new .error
-                lines = [ln for ln in moving.read_bytes().split(b"\n") if ln.strip()]
+                lines = _job_lines(moving, "error file", cfg)
                 txn.append(lines, key, op)
                 unlink_quietly(moving)
                 count += len(lines)

@@ -22,6 +22,7 @@ a half-upgraded fleet must never corrupt a queue.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import json
 import math
@@ -33,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import PbqError
+from .safety import UntrustedFile, read_trusted, read_trusted_json
 from .sensors import boot_id, process_cmdline, process_start, same_process
 from .statefiles import HostFiles, append_bytes, atomic_write, line_to_text, read_json
 
@@ -223,15 +225,15 @@ def append_exit_records(path: Path, records: Iterable[ExitRecord], fsync: bool =
         append_bytes(path, data, fsync=fsync)
 
 
-def read_exit_records(path: Path) -> dict[tuple[int, float | None], ExitRecord]:
+def read_exit_records(
+    path: Path, allow_group_write: bool = False
+) -> dict[tuple[int, float | None], ExitRecord]:
     """The records of ``.exits`` keyed by ``(pid, start rounded to 1/100 s)``; a later record
-    of the same process wins.  Torn and garbage lines are skipped."""
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
+    of the same process wins.  Torn and garbage lines are skipped.  A file someone else could
+    have written is refused (UntrustedFile): it decides which jobs failed."""
+    raw = read_trusted(path, "exit record file", allow_group_write)
+    if raw is None:
         return {}
-    except OSError as err:
-        raise PbqError(f"cannot read: {err.strerror or err}", path=str(path)) from None
     out: dict[tuple[int, float | None], ExitRecord] = {}
     for line in raw.splitlines():
         try:
@@ -280,6 +282,7 @@ class HostStatus:
     timed_out: int = 0  # jobs ended by [scheduler] timeout
     suspend_ended: int = 0  # jobs ended by [scheduler] max_suspend (their lines went back)
     mem_available: int | None = None
+    quitting: bool | None = None  # quit was asked for (the state may still say stopped)
     control_ack: str | None = None
     error: str | None = None
     started: float | None = None
@@ -459,6 +462,51 @@ def first_joblog_start(path: Path) -> float | None:
         if row is not None:
             return row.start
     return None
+
+
+# ------------------------------------------------------------------ .control
+
+CONTROL_COMMANDS = ("stop", "cont", "quit", "term", "kill")
+
+
+class ControlInbox:
+    """A host's ``.control`` requests, as the scheduler takes them: each is read (not
+    through a symlink, only if it is yours and closed to others), removed, and returned
+    when valid; anything else is logged once and ignored."""
+
+    def __init__(self, path: Path, allow_group_write: bool) -> None:
+        self.path = path
+        self.allow_group_write = allow_group_write
+        self._refused: tuple[int, int, int] | None = None  # (dev, ino, mtime) said once
+
+    def take(self, log: Callable[[str], None]) -> dict[str, Any] | None:
+        try:
+            st = os.lstat(self.path)
+        except OSError:
+            return None
+        try:
+            req = read_trusted_json(self.path, "control request", self.allow_group_write)
+        except PbqError as err:
+            why = err.reason if isinstance(err, UntrustedFile) else err.message
+            self._ignore(st, log, why)
+            return None
+        self._unlink()
+        if not isinstance(req, dict) or req.get("command") not in CONTROL_COMMANDS:
+            log(f"ignoring unreadable control request {self.path.name}")
+            return None
+        return req
+
+    def _ignore(self, st: os.stat_result, log: Callable[[str], None], why: str) -> None:
+        seen = (st.st_dev, st.st_ino, st.st_mtime_ns)
+        if seen != self._refused:  # another user's file we may not remove: say it once
+            log(f"ignoring control request {self.path.name}: {why}")
+            self._refused = seen
+        self._unlink()
+
+    def _unlink(self) -> None:
+        # In a sticky directory another user's file cannot be removed; it is ignored.
+        with contextlib.suppress(OSError):
+            os.unlink(self.path)
 
 
 # ------------------------------------------------------------------ liveness

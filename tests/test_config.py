@@ -156,7 +156,7 @@ def test_missing_explicit_config_is_an_error(tmp_path: Path, how: str) -> None:
 
 def test_unreadable_config_is_an_error(tmp_path: Path) -> None:
     (tmp_path / "pbq.toml").mkdir()
-    with pytest.raises(PbqError, match=r"pbq\.toml: cannot read config file: "):
+    with pytest.raises(PbqError, match=r"pbq\.toml: refusing the config file: it is a directory"):
         load_config(tmp_path / "jobs", environ={})
 
 
@@ -166,9 +166,19 @@ def test_default_environ_is_os_environ(monkeypatch: pytest.MonkeyPatch) -> None:
     assert load_config().control.timeout == 5.0
 
 
-def test_unknown_environment_variables_are_ignored() -> None:
-    cfg = load_config(environ={"PBQ_SCHEDULER_INTERVALL": "x", "PBQ_JOB_ID": "3"})
+def test_variables_pbq_gives_jobs_are_not_config() -> None:
+    job_env = {"PBQ_JOB_ID": "h1.3", "PBQ_HOST": "h1", "PBQ_ARCH": "linux", "PBQ_SEQ": "3",
+               "PBQ_JOBFILE": "/x/jobs", "PBQ_OTHER_THING": "x"}
+    cfg = load_config(environ=job_env)
     assert cfg.scheduler.interval == 1.0
+
+
+def test_unknown_key_of_a_known_section_in_the_environment_is_an_error() -> None:
+    with pytest.raises(PbqError) as info:
+        load_config(environ={"PBQ_SCHEDULER_INTERVALL": "2"})
+    assert str(info.value).startswith(
+        "environment PBQ_SCHEDULER_INTERVALL: [scheduler] unknown key 'intervall'; known keys: "
+    )
 
 
 # --- values from every source ------------------------------------------------------
@@ -342,8 +352,8 @@ def test_fuzz_parse_size(text: str | int) -> None:
             "[scheduler] interval: expected a number, got 'fast'",
         ),
         ("[scheduler]\ninterval = true\n", 2, "[scheduler] interval: expected a number, got True"),
-        ("[scheduler]\ninterval = 0\n", 2, "[scheduler] interval: must be > 0, got 0.0"),
-        ("[scheduler]\ninterval = -1\n", 2, "[scheduler] interval: must be > 0, got -1.0"),
+        ("[scheduler]\ninterval = 0\n", 2, "[scheduler] interval: must be >= 0.05, got 0.0"),
+        ("[scheduler]\ninterval = -1\n", 2, "[scheduler] interval: must be >= 0.05, got -1.0"),
         (
             "[scheduler]\ninterval = nan\n",
             2,
@@ -458,7 +468,7 @@ def test_config_not_utf8(tmp_path: Path) -> None:
         ("PBQ_SCHEDULER_INTERVAL", "", "[scheduler] interval: expected a number, got ''"),
         ("PBQ_SCHEDULER_INTERVAL", "nan", "expected a number, got 'nan'"),
         ("PBQ_SCHEDULER_INTERVAL", "1e9999", "expected a finite number"),
-        ("PBQ_SCHEDULER_INTERVAL", "0", "must be > 0, got 0.0"),
+        ("PBQ_SCHEDULER_INTERVAL", "0", "must be >= 0.05, got 0.0"),
         ("PBQ_SCHEDULER_NICE", "1.5", "[scheduler] nice: expected an integer, got '1.5'"),
         ("PBQ_SCHEDULER_NICE", "99", "[scheduler] nice: must be <= 19, got 99"),
         ("PBQ_SCHEDULER_NICE", "9" * 5000, "expected an integer"),
@@ -490,7 +500,7 @@ def test_environment_errors(env_name: str, text: str, message: str) -> None:
     [
         (
             {("scheduler", "interval"): 0},
-            "flag --interval: [scheduler] interval: must be > 0, got 0.0",
+            "flag --interval: [scheduler] interval: must be >= 0.05, got 0.0",
         ),
         (
             {("scheduler", "interval"): "x"},

@@ -823,11 +823,11 @@ def test_control_file_of_another_user_is_ignored(tmp_path: Path) -> None:
             os.chmod(control, 0o600)
             os.chown(control, pw.pw_uid, pw.pw_gid)
             wait_for(lambda: "ignoring control request" in log.read_text(), what="foreign request ignored")
-            assert f"owned by uid {pw.pw_uid}" in log.read_text()
+            assert f"owned by another user, {pw.pw_name} (uid {pw.pw_uid})" in log.read_text()
         # our own file, but writable by others: ignored as well
         control.write_text(json.dumps(request("quit")))
         os.chmod(control, 0o666)
-        wait_for(lambda: "writable by others" in log.read_text(), what="group/world-writable request ignored")
+        wait_for(lambda: "world-writable control request" in log.read_text(), what="world-writable request ignored")
         assert not control.exists()
         assert proc_state(job) in ("S", "R"), "the job was not stopped"
         st = status(jf, "h1")

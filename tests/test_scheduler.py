@@ -316,6 +316,12 @@ def test_bad_input_is_one_clear_error(tmp_path: Path, hosttext: str, jobtext: st
     if jobtext is not None:
         jobfile(tmp_path, jobtext)
         os.chmod(jf, mode)
+        if mode & 0o020 and os.stat(jf).st_gid == os.getgid():
+            # The owner's own (private) group may write; another group may not.
+            try:
+                os.chown(jf, -1, 1 if os.getgid() != 1 else 2)
+            except PermissionError:
+                pytest.skip("needs root to put the jobfile in another group")
     r = run_cmd("pbq-single", "--host", "h1", "--exit-when-empty", hf, jf)
     assert r.returncode == 2
     assert expect in r.stderr

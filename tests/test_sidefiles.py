@@ -307,8 +307,8 @@ def test_status_round_trip_keeps_the_json_keys(tmp_path: Path) -> None:
     write_status(path, st)
     raw = json.loads(path.read_text())
     v1_keys = set(json.loads((V1 / "jobfile.h1.status").read_text()))
-    assert set(raw) == (v1_keys - {"keeper_pid"}) | {"format", "pidns", "runner_pid", "timed_out",
-                                                     "suspend_ended"}
+    new_keys = {"format", "pidns", "runner_pid", "quitting", "timed_out", "suspend_ended"}
+    assert set(raw) == (v1_keys - {"keeper_pid"}) | new_keys
     assert raw["format"] == FORMAT_VERSION
     assert read_status(path) == st
 

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import functools
 import importlib
-import importlib.util
 import os
 import pkgutil
 import sys
@@ -46,6 +45,7 @@ from pathlib import Path
 from types import ModuleType
 
 from pbq.errors import PbqError
+from pbq.safety import check_plugin_dir, read_trusted
 
 BUILTIN_PACKAGE = "pbq.drm.cluster_models"
 ENTRY_POINT_GROUP = "pbq.drm"
@@ -88,14 +88,17 @@ def _entry_point_specs() -> dict[str, PluginSpec]:
 
 
 def _load_file(path: Path) -> ModuleType:
+    """Import a plugin file from the bytes that were checked (pbq.safety): yours, closed to
+    others, not a symlink -- it runs as you."""
     module_name = f"pbq_drm_plugin_{path.stem.lower()}"
-    spec = importlib.util.spec_from_file_location(module_name, path)
-    if spec is None or spec.loader is None:
-        raise ImportError(f"cannot load {path}")
-    module = importlib.util.module_from_spec(spec)
+    source = read_trusted(path, "DRM plugin", allow_group_write=False)
+    if source is None:
+        raise ImportError(f"cannot load {path}: it is gone")
+    module = ModuleType(module_name)
+    module.__file__ = str(path)
     sys.modules[module_name] = module
     try:
-        spec.loader.exec_module(module)
+        exec(compile(source, str(path), "exec"), module.__dict__)
     except BaseException:
         sys.modules.pop(module_name, None)
         raise
@@ -106,6 +109,7 @@ def _dir_specs(plugin_dir: str | os.PathLike[str]) -> dict[str, PluginSpec]:
     folder = Path(plugin_dir).expanduser()
     if not folder.is_dir():
         raise PbqError(f"DRM plugin folder {folder} does not exist")
+    check_plugin_dir(folder)  # whoever can add a file there runs Python as you
     specs = {}
     for path in sorted(folder.glob("*.py")):
         if path.name.startswith("_"):
@@ -149,6 +153,8 @@ def load(
     if module is None:
         try:
             module = spec.loader()
+        except PbqError:
+            raise  # refused (pbq.safety): already one clear message
         except (Exception, SystemExit) as exc:  # anything a third-party module may raise
             raise PbqError(
                 f"DRM plugin {spec.name!r} ({spec.origin}) failed to import: "

@@ -22,8 +22,9 @@ from typing import Any, Protocol
 
 from ..errors import PbqError
 from ..jobfile import JobQueue, Txn
+from ..safety import read_trusted_json, read_trusted_json_lines
 from ..sidefiles import append_joblog_rows
-from ..statefiles import HostFiles, append_bytes, atomic_write_json, read_json, read_json_lines
+from ..statefiles import HostFiles, append_bytes, atomic_write_json
 from .jobs import Job, JobBook, JobState
 
 SNAPSHOT_EVERY = 0.5  # seconds between state snapshots while jobs churn (the journal fills in)
@@ -70,14 +71,17 @@ class Ledger:
 
     # -- start-up -------------------------------------------------------------
 
-    def load(self) -> JobBook:
-        """The book as the last run left it: the snapshot plus the journal after it."""
-        raw = read_json(self.files.state)
+    def load(self, allow_group_write: bool = False) -> JobBook:
+        """The book as the last run left it: the snapshot plus the journal after it.
+
+        Both decide which lines run and go back to the jobfile, so a file that someone
+        other than you could have written (or planted) is refused: UntrustedFile."""
+        raw = read_trusted_json(self.files.state, "state file", allow_group_write)
         check_format(raw, self.files.state, STATE_FORMAT)
         self.book.load_json(raw)  # in place: the loop's parts hold this book
         self.gen = int(raw.get("gen", 0)) if isinstance(raw, dict) else 0
         self.paused = bool(raw.get("paused", False)) if isinstance(raw, dict) else False
-        self.replay(read_json_lines(self.files.journal))
+        self.replay(read_trusted_json_lines(self.files.journal, "journal", allow_group_write))
         return self.book
 
     def replay(self, records: list[Any]) -> None:
@@ -170,8 +174,9 @@ class Ledger:
 
     def pending(self) -> bool:
         """Outcomes or put-backs not written yet (a full disk): the host must not exit."""
-        return bool(self.joblog_rows or self.error_lines
-                    or self.book.in_state(JobState.REQUEUE_FRONT, JobState.REQUEUE_END, JobState.SETTLING))
+        unsettled = self.book.in_state(JobState.REQUEUE_FRONT, JobState.REQUEUE_END,
+                                       JobState.SETTLING)
+        return bool(self.joblog_rows or self.error_lines or unsettled)
 
     def flush(self, queue: JobQueue, txn: Txn | None = None) -> int:
         """Write what ended: joblog and .error first, then put-backs.  Returns how many lines
@@ -211,7 +216,8 @@ class Ledger:
         if front or end:
             # One operation per side: each commits on its own, so a crash between the two
             # redoes exactly the one that did not commit.
-            ops = {id(j): op for group in (front, end) if group for op in [self.book.new_op()] for j in group}
+            ops = {id(j): op for group in (front, end) if group
+                   for op in [self.book.new_op()] for j in group}
             for job in front + end:
                 job.putback_op = ops[id(job)]
             try:

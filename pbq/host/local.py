@@ -91,8 +91,10 @@ class LocalExecutor:
     counts_foreign_load = True
 
     def __init__(self, host: str, jobfile: Path, exits: Path, nice: int, output_dir: Path | None,
-                 log: Log, sensors: Sensors, old_runner: int | None = None) -> None:
+                 log: Log, sensors: Sensors, old_runner: int | None = None,
+                 allow_group_write: bool = False) -> None:
         self.host = host
+        self.allow_group_write = allow_group_write  # whether a group-writable .exits is trusted
         self.jobfile = jobfile
         self.exits = exits
         self.nice = nice
@@ -318,7 +320,7 @@ class LocalExecutor:
             if self.adopted_alive(job):
                 continue
             if records is None:
-                records = read_exit_records(self.exits)
+                records = read_exit_records(self.exits, self.allow_group_write)
             rec = records.get((job.pid or 0, _round(job.pid_start)))
             if rec is not None:
                 ended.append(Ended(job, outcome_of(rec.status, rec.cpu, rec.maxrss,
@@ -405,7 +407,7 @@ class LocalExecutor:
         """Before the lock: which saved jobs live, and how the gone ones ended.  A job whose
         end the old runner may still be writing is given ``RECORD_WAIT`` seconds (here, with
         no lock held)."""
-        records = read_exit_records(self.exits)
+        records = read_exit_records(self.exits, self.allow_group_write)
         out: dict[int, Probe] = {}
         waiting: list[Job] = []
         for job in jobs:
@@ -428,7 +430,7 @@ class LocalExecutor:
         deadline = time.monotonic() + RECORD_WAIT
         while waiting and time.monotonic() < deadline and self.old_runner_alive():
             time.sleep(0.05)
-            records = read_exit_records(self.exits)
+            records = read_exit_records(self.exits, self.allow_group_write)
             for job in list(waiting):
                 rec = records.get((job.pid or 0, _round(job.pid_start)))
                 if rec is not None:

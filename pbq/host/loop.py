@@ -32,9 +32,10 @@ from ..hostfile import Host, find_host, load_hostfile
 from ..hostlog import HostLog
 from ..jobfile import JobQueue, Txn
 from ..policy import Candidate, Decision, Mode, View, choose, decide
-from ..safety import check_input_file, control_file_trusted
+from ..safety import check_input_file
 from ..sensors import Sensors
 from ..sidefiles import (
+    ControlInbox,
     HostStatus,
     PidRecord,
     is_local,
@@ -43,7 +44,11 @@ from ..sidefiles import (
     read_status,
     write_pidfile,
 )
-from ..statefiles import HostFiles, line_to_text, read_json, unlink_quietly
+from ..statefiles import (
+    HostFiles,
+    line_to_text,
+    unlink_quietly,
+)
 from .executor import Ended, Executor, NotStarted, Started
 from .intake import Intake
 from .jobs import Job, JobBook, JobState
@@ -94,6 +99,7 @@ class Scheduler:
             stale_lock_after=self.cfg.jobfile.stale_lock_after,
             log=self.log,
             clock=clock,
+            allow_group_write=opts.allow_group_write,
         )
         self.interval = self.cfg.scheduler.interval
         # The parts, each with one reason to change; the loop only wires them together.
@@ -124,6 +130,7 @@ class Scheduler:
         self.next_history = 0.0
         self.signals: list[int] = []
         self.control_ack: str | None = None
+        self.control_inbox = ControlInbox(self.files.control, opts.allow_group_write)
         self.hostfile_mtime: float | None = None
         self.started_at = clock()
         self.runner_pid: int | None = None
@@ -150,7 +157,8 @@ class Scheduler:
                                self.jobfile.with_name(self.jobfile.name + ".usage"), self.mono)
         local = old is not None and is_local(old)
         ex = LocalExecutor(self.host, self.jobfile, self.files.exits, self.cfg.scheduler.nice, self.opts.output_dir,
-                           self.log, self.sensors, old.runner if local and old is not None else None)
+                           self.log, self.sensors, old.runner if local and old is not None else None,
+                           allow_group_write=self.opts.allow_group_write)
         ex.on_runner_started = self._runner_started
         return ex
 
@@ -167,7 +175,7 @@ class Scheduler:
                                path=str(self.opts.output_dir)) from None
         old = read_pidfile(self.files.pid)
         self.executor = self._make_executor(old)
-        self.ledger.load()
+        self.ledger.load(self.opts.allow_group_write)
         probes = self.executor.probe(list(self.book))  # outside the lock: it may wait
         with self.queue.transaction() as txn:
             self._claim_pidfile()
@@ -571,19 +579,8 @@ class Scheduler:
         return f"{m.active_users} user(s) active, interactive {h.interactive}"
 
     def _check_control_file(self) -> None:
-        path = self.files.control
-        try:
-            st = os.stat(path)
-        except OSError:
-            return
-        why = control_file_trusted(st)
-        req = read_json(path)
-        unlink_quietly(path)
-        if why is not None:
-            self.log(f"ignoring control request {path.name}: {why}")
-            return
-        if not isinstance(req, dict) or req.get("command") not in ("stop", "cont", "quit", "term", "kill"):
-            self.log(f"ignoring unreadable control request {path.name}")
+        req = self.control_inbox.take(self.log)
+        if req is None:
             return
         self.control_ack = str(req.get("id", ""))
         cmd = str(req["command"])
@@ -767,7 +764,7 @@ class Scheduler:
             work_time=m.work_time, active_users=m.active_users, running=running,
             stopped=len(stopped), stopped_by_user=sum(1 for j in stopped if j.stopped_by == "user"),
             claimed=len(self.book.in_state(JobState.CLAIMED)), done=c.done, failed=c.failed,
-            timed_out=c.timed_out, suspend_ended=c.suspend_ended,
+            timed_out=c.timed_out, suspend_ended=c.suspend_ended, quitting=self.quitting,
             mem_available=m.mem_available, control_ack=self.control_ack,
             error=self.ledger.disk_error, started=self.started_at, drm=drm,
         )
