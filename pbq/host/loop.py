@@ -443,6 +443,9 @@ class Scheduler:
         self._flush_usage()
         if self.opts.exit_when_empty and self.mode is Mode.RUN:
             self._compact_if_due(self.clock(), force=True)
+            with contextlib.suppress(PbqError):
+                if self.queue.partial_tail() is not None:
+                    self.log("exiting with an unterminated last line still pending (not run)")
         state = "terminated" if self.mode is Mode.TERM else "exited"
         with contextlib.suppress(PbqError):
             self.ledger.save(fsync=True)
@@ -846,12 +849,7 @@ class Scheduler:
     # ---------------------------------------------------------------- files
 
     def _jobfile_sig(self) -> tuple[int | float, ...]:
-        try:
-            st = os.stat(self.jobfile)
-            q = os.stat(self.queue.state_path)
-            return (st.st_ino, st.st_size, st.st_mtime_ns, q.st_mtime_ns, q.st_size)
-        except OSError:
-            return ()
+        return self.queue.signature()  # also before JOBFILE.queue exists
 
     def _write_views(self, force: bool = False) -> None:
         """``.running`` / ``.stopped``: exactly the job lines, rewritten when they change
