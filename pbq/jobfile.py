@@ -479,13 +479,20 @@ class Txn:
         """Append lines at the end, all or nothing.
 
         An unterminated last line is somebody's half-written line or a hand-written last
-        line: with ``end_last_line`` (``jobfile-append``) it is ended with a newline first;
-        otherwise (a scheduler putting jobs back) the lines go in before it, by a rewrite,
-        and it stays as it is, in the replaced file that its writer still writes to."""
+        line.  With ``end_last_line`` (``jobfile-append``) it is ended with a newline
+        first, unless a process on this machine holds JOBFILE open for writing; otherwise
+        (and always for a scheduler putting jobs back) the lines go in before it, by a
+        rewrite, and it stays last -- in the replaced file, if someone is writing it."""
         data = b"".join(line + b"\n" for line in lines)
         if not data and host is None:
             return
         self._observe_growth()
+        size = self.size()
+        unterminated = data and size > self.state.offset and self._byte_at(size - 1) != b"\n"
+        # (the lease is asked before opening: our own descriptor would count as a writer)
+        if unterminated and (not end_last_line or local_writers(self.q.jobfile)):
+            self._replace(b"", host, op, suffix=data)
+            return
         flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
         try:
             fd = os.open(self.q.jobfile, flags, 0o666)
@@ -493,12 +500,7 @@ class Txn:
             raise _describe_os_error(self.q.jobfile, err, "append to") from None
         try:
             size0 = os.fstat(fd).st_size
-            if data and size0 > self.state.offset and self._byte_at(size0 - 1) != b"\n":
-                if not end_last_line:
-                    os.close(fd)
-                    fd = -1
-                    self._replace(b"", host, op, suffix=data)
-                    return
+            if data and size0 > 0 and self._byte_at(size0 - 1) != b"\n":
                 data = b"\n" + data  # never glue a job onto an unterminated last line
             self.state.pending = {
                 "kind": "append",
@@ -510,8 +512,7 @@ class Txn:
             self._save()
             self._write_or_undo(fd, data, size0)
         finally:
-            if fd >= 0:
-                os.close(fd)
+            os.close(fd)
         self.state.pending = None
         self.state.size = size0 + len(data)
         if host is not None and op is not None:

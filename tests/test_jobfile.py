@@ -55,7 +55,7 @@ def peek(q: JobQueue, n: int = 10**9) -> list[bytes]:
 def take_commit(q: JobQueue, n: int, host: str = "h1", op: int = 1) -> list[bytes]:
     with q.transaction(timeout=10) as txn:
         lines, end = txn.take(n)
-        if end > txn.state.offset:
+        if lines or end > txn.state.offset:  # lines may come from a replaced file only
             txn.commit_take(end, host, op)
         return [pl.line for pl in lines]
 
@@ -771,7 +771,7 @@ def _taker(jobfile: str, host: str, out: str, stop: str, lock: str, seed: int) -
         stopping = os.path.exists(stop)  # read before taking: nothing is appended after it
         with q.transaction(timeout=60) as txn:
             lines, end = txn.take(rnd.randint(1, 4))
-            if end > txn.state.offset:
+            if lines or end > txn.state.offset:
                 op += 1
                 txn.commit_take(end, host, op)
             got = [pl.line for pl in lines]
@@ -890,3 +890,163 @@ def test_appended_lines_come_back(pre: bytes, lines: list[bytes]) -> None:
         assert drain(q, 3) == [
             x.rstrip(b"\r") for x in lines if x.strip() and not x.strip().startswith(b"#")
         ]
+
+
+# ---------------------------------------------------------------------- unlocked appends
+
+
+def test_compaction_waits_until_half_is_consumed(tmp_path: Path) -> None:
+    """Compaction copies at most what was consumed: amortized O(1) per line."""
+    path = tmp_path / "jobs"
+    content = b"".join(b"line %03d\n" % i for i in range(100))  # 9 bytes a line
+    q = make(path, content, compact_after=0, compact_min=300)
+    take_commit(q, 30)  # 270 bytes: under compact_min
+    with q.transaction() as txn:
+        assert not txn.maybe_compact()
+    take_commit(q, 10, op=2)  # 360 bytes, but under half of 900
+    with q.transaction() as txn:
+        assert not txn.maybe_compact()
+    take_commit(q, 10, op=3)  # 450 of 900
+    with q.transaction() as txn:
+        assert txn.maybe_compact()
+    assert path.read_bytes() == content[450:]
+
+
+def test_compaction_waits_for_unlocked_appends_to_stop(tmp_path: Path) -> None:
+    clock = FakeClock(100.0)
+    path = tmp_path / "jobs"
+    q = make(path, b"a\nb\n", compact_after=2.0, clock=clock)
+    assert drain(q) == [b"a", b"b"]
+    clock.t = 103.0
+    with open(path, "ab") as f:
+        f.write(b"c\n")  # an unlocked append
+    with q.transaction() as txn:
+        assert not txn.maybe_compact(), "grown outside the lock just now"
+    assert q.peek_state().grew_at == 103.0
+    assert take_commit(q, 5, op=3) == [b"c"]
+    clock.t = 104.9
+    with q.transaction() as txn:
+        assert not txn.maybe_compact()
+    clock.t = 105.0
+    with q.transaction() as txn:
+        assert txn.maybe_compact()
+    assert path.read_bytes() == b""
+
+
+def test_no_compaction_while_a_writer_holds_the_file_open(tmp_path: Path) -> None:
+    path = tmp_path / "jobs"
+    q = make(path, b"a\nb\n", compact_after=0)
+    assert drain(q) == [b"a", b"b"]
+    with open(path, "ab"), q.transaction() as txn:
+        assert not txn.maybe_compact(), "the read lease saw a writer"
+        assert not txn.maybe_compact(force=True)
+    with q.transaction() as txn:
+        assert txn.maybe_compact()
+
+
+def test_no_compaction_while_the_last_line_is_unfinished(tmp_path: Path) -> None:
+    path = tmp_path / "jobs"
+    q = make(path, b"a\nb\nrm -rf /scratch/me", compact_after=0)
+    assert drain(q) == [b"a", b"b"]
+    with q.transaction() as txn:
+        assert not txn.maybe_compact(force=True)
+        assert txn.find_tail() == b"rm -rf /scratch/me"
+    assert path.read_bytes() == b"a\nb\nrm -rf /scratch/me"
+
+
+def test_partial_tail_is_logged_once_per_tail(tmp_path: Path) -> None:
+    logs: list[str] = []
+    path = tmp_path / "jobs"
+    q = make(path, b"a\npart", log=logs.append)
+    assert peek(q) == [b"a"]
+    assert peek(q) == [b"a"]
+    with open(path, "ab") as f:
+        f.write(b"ial")
+    assert peek(q) == [b"a"]
+    assert [m.split(": ")[-1] for m in logs if "no newline yet" in m] == ["part", "partial"]
+    with open(path, "ab") as f:
+        f.write(b"\n")
+    assert peek(q) == [b"a", b"partial"]
+    with q.transaction() as txn:
+        assert txn.find_tail() is None and txn.count_pending() == 2
+
+
+def test_writes_into_the_replaced_file_are_taken_once(tmp_path: Path) -> None:
+    path = tmp_path / "jobs"
+    q = make(path, b"a\nb\nhalf", compact_after=0)
+    with open(path, "ab", buffering=0) as w:  # opened before the rename
+        assert take_commit(q, 1) == [b"a"]
+        with q.transaction() as txn:
+            txn.prepend([b"back"], "h1", 2)  # a rewrite while w is open
+        w.write(b" line\nlate\n")
+        st = q.peek_state()
+        assert st.format() == 3 and [o.name for o in st.olds] == [".jobs.old-1"]
+        assert json.loads(q.state_path.read_text())["format"] == 3
+        assert path.read_bytes() == b"back\nb\n", "the unfinished line stays with its writer"
+        with q.transaction() as txn:
+            assert txn.count_pending() == 4
+        assert take_commit(q, 1, op=3) == [b"half line"], "replaced files first"
+        assert drain(q) == [b"late", b"back", b"b"]
+        assert peek(q) == []
+        assert (tmp_path / ".jobs.old-1").exists(), "still open for writing: kept"
+    assert peek(q) == []  # any lock holder tends the replaced files
+    assert not (tmp_path / ".jobs.old-1").exists(), "consumed, closed and quiet: removed"
+    st = q.peek_state()
+    assert st.olds == [] and json.loads(q.state_path.read_text())["format"] == 2
+
+
+def test_replaced_file_is_kept_while_open_for_writing(tmp_path: Path) -> None:
+    clock = FakeClock(0.0)
+    path = tmp_path / "jobs"
+    q = make(path, b"a\n", compact_after=1.0, clock=clock)
+    w = open(path, "ab", buffering=0)  # noqa: SIM115
+    try:
+        with q.transaction() as txn:
+            txn.prepend([b"x"], "h1", 1)
+        clock.t = 10.0
+        assert peek(q) == [b"x", b"a"]
+        assert (tmp_path / ".jobs.old-1").exists(), "someone here may still write to it"
+    finally:
+        w.close()
+    assert peek(q) == [b"x", b"a"]
+    assert not (tmp_path / ".jobs.old-1").exists()
+
+
+def test_stray_link_of_a_dead_holder_is_removed(tmp_path: Path) -> None:
+    path = tmp_path / "jobs"
+    q = make(path, b"a\nb\n", compact_after=0)
+    os.link(path, tmp_path / ".jobs.old-4")  # linked, then the holder died before deciding
+    assert drain(q) == [b"a", b"b"]
+    with q.transaction() as txn:
+        assert txn.maybe_compact()
+    assert [o.name for o in q.peek_state().olds] == [".jobs.old-1"]
+    assert not (tmp_path / ".jobs.old-4").exists()
+
+
+def test_signature_changes_before_a_commit_record_exists(tmp_path: Path) -> None:
+    path = tmp_path / "jobs"
+    q = make(path, b"")
+    sig = q.signature()
+    assert not q.state_path.exists()
+    with open(path, "ab") as f:
+        f.write(b"echo hi\n")
+    assert q.signature() != sig
+
+
+def test_epochs(tmp_path: Path) -> None:
+    q = make(tmp_path / "jobs", b"a\n")
+    assert q.peek_state().epochs == {}
+    with q.transaction() as txn:
+        assert txn.epoch_of("h1") == 0
+        assert txn.bump_epoch("h1") == 1
+        assert txn.bump_epoch("h1") == 2
+        assert txn.bump_epoch("h2") == 1
+    assert q.peek_state().epochs == {"h1": 2, "h2": 1}
+    record = json.loads(q.state_path.read_text())
+    assert record["format"] == 2, "format-2 readers ignore epochs"
+    take_commit(q, 1)
+    with q.transaction() as txn:
+        assert txn.epoch_of("h1") == 2, "kept by every commit"
+    del record["epochs"]
+    q.state_path.write_text(json.dumps(record))
+    assert q.peek_state().epochs == {}
