@@ -109,8 +109,8 @@ class OldFile:
     @classmethod
     def from_json(cls, obj: Any) -> OldFile:
         name = str(obj["name"])
-        if "/" in name or not name.startswith("."):
-            raise ValueError(name)  # only ever a hidden name beside the jobfile
+        if "/" in name:
+            raise ValueError(name)  # only ever a name beside the jobfile
         return cls(name, int(obj["done"]), int(obj.get("size", 0)), float(obj.get("seen", 0)))
 
 
@@ -267,6 +267,11 @@ class Txn:
     def __init__(self, queue: JobQueue) -> None:
         self.q = queue
         self.state = QueueState.from_json(read_json(queue.state_path), queue.state_path)
+        # Only names pbq makes: a doctored record must not make us read or remove other files.
+        self.state.olds = [
+            o for o in self.state.olds
+            if o.name.startswith(queue.old_prefix) and o.name[len(queue.old_prefix) :].isdigit()
+        ]
         self._size: int | None = None
         # What the last take() saw: its end and how far it read each replaced file, so
         # that commit_take(end) consumes exactly those lines.
