@@ -11,9 +11,23 @@ Files (all beside the jobfile)::
 
 Taking a job costs the same for a 100-line and a 100,000-line jobfile: the taker reads
 from the consumed offset and commits a new offset; nothing is rewritten.  The consumed
-prefix is cut off later by *compaction* (rewrite the rest to a temp file, rename it over
-JOBFILE), at most every ``compact_after`` seconds, so ``cat JOBFILE`` shows the pending
-lines plus at most the lines taken in the last ``compact_after`` seconds.
+prefix is cut off later by *compaction* (copy the rest to a temp file, rename it over
+JOBFILE), and only when that is cheap and safe: the consumed part is at least half of the
+file and at least ``compact_min`` bytes (or all of it), so the bytes copied are at most
+the bytes consumed; the first take is ``compact_after`` seconds old; JOBFILE has not grown
+outside locked appends for ``compact_after`` seconds; its last line is complete; and no
+process on this machine holds it open for writing (a read lease, see
+:func:`~pbq.locking.local_writers`).
+
+Appends without the lock (``generator >> JOBFILE``, ``echo ... >> JOBFILE``) lose
+nothing on this machine: a writer that opened JOBFILE before a rename keeps writing into
+the replaced file, so every rename first hard-links the old file to ``.JOBFILE.old-<n>``
+and records it in ``JOBFILE.queue`` with how much of it was consumed or copied; its
+later lines are taken from there like JOBFILE's own, and it is removed once it is
+consumed and quiet.
+
+A line is a job only once it ends with a newline: an unterminated last line (a writer may
+be in the middle of it) is never run; it is logged once.  ``jobfile-append`` ends it first.
 
 Crash safety (write-ahead, a crash at any instant loses nothing):
 
@@ -41,16 +55,31 @@ from pathlib import Path
 from typing import Any
 
 from .errors import PbqError
-from .locking import QueueLock, make_lock
+from .locking import QueueLock, local_writers, make_lock
 from .safety import read_trusted_json
-from .statefiles import _describe_os_error, atomic_write_json, fsync_dir, unlink_quietly
+from .statefiles import (
+    _describe_os_error,
+    atomic_write_json,
+    fsync_dir,
+    line_to_text,
+    unlink_quietly,
+)
 
 CHUNK = 1 << 16
 MARK_BYTES = 32
 # Format of JOBFILE.queue.  1 = pbq 0.1.0 ("version": 1, no "format" field); 2 adds the
 # "format" field and nothing else, so a queue can be upgraded mid-run and format-1 readers
-# still read it.  A newer format is refused: its fields may mean what this pbq can't know.
-FORMAT = 2
+# still read it.  3 = a record that lists replaced files still holding pending lines
+# ("olds", or a rewrite in progress that keeps one): a format-2 reader would drop them and
+# lose those lines, so it must refuse.  A record is written in the lowest format that
+# describes it (the "epochs" and "grew_at" keys are ignored by format-2 readers).  A newer
+# format is refused: its fields may mean what this pbq can't know.
+FORMAT = 3
+COMPACT_MIN = 1 << 20  # bytes consumed before a partly consumed jobfile is compacted
+# Seconds a drained replaced file is kept after its last growth when a lease can't tell
+# whether anyone on this machine still writes to it (NFS, files of another user).
+OLD_KEEP_BLIND = 600.0
+TAIL_SHOWN = 200  # characters of an unterminated last line quoted in the log
 
 
 def is_job_line(line: bytes) -> bool:
@@ -65,13 +94,37 @@ class PendingLine:
 
 
 @dataclass
+class OldFile:
+    """A replaced JOBFILE kept under a hidden name: writers that opened JOBFILE before the
+    rename append to it.  Its lines after ``done`` are pending like JOBFILE's own."""
+
+    name: str  # beside the jobfile
+    done: int  # bytes consumed, or copied into the JOBFILE that replaced it
+    size: int  # its size when a lock holder last looked
+    seen: float  # wall time it last grew (or was made)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "done": self.done, "size": self.size, "seen": self.seen}
+
+    @classmethod
+    def from_json(cls, obj: Any) -> OldFile:
+        name = str(obj["name"])
+        if "/" in name:
+            raise ValueError(name)  # only ever a name beside the jobfile
+        return cls(name, int(obj["done"]), int(obj.get("size", 0)), float(obj.get("seen", 0)))
+
+
+@dataclass
 class QueueState:
     offset: int = 0  # bytes of JOBFILE already consumed
-    size: int = 0  # JOBFILE's size at the last commit (a smaller file was rewritten by hand)
+    size: int = 0  # JOBFILE's size when a lock holder last looked
     mark: str = ""  # hex of the bytes just before ``offset`` (a mismatch means rewritten)
     ops: dict[str, int] = field(default_factory=dict)  # last committed operation per host
     taken_since: float | None = None  # wall time of the oldest take not yet compacted away
     pending: dict[str, Any] | None = None  # a JOBFILE change in progress, for crash recovery
+    epochs: dict[str, int] = field(default_factory=dict)  # per host, see Txn.bump_epoch
+    olds: list[OldFile] = field(default_factory=list)  # replaced files with pending lines
+    grew_at: float | None = None  # wall time JOBFILE was last seen grown by unlocked appends
 
     @classmethod
     def from_json(cls, obj: object, path: Path) -> QueueState:
@@ -97,20 +150,35 @@ class QueueState:
             s.taken_since = float(ts) if ts is not None else None
             p = obj.get("pending")
             s.pending = p if isinstance(p, dict) else None
-        except (TypeError, ValueError, AttributeError):
+            s.epochs = {str(k): int(v) for k, v in dict(obj.get("epochs") or {}).items()}
+            s.olds = [OldFile.from_json(o) for o in list(obj.get("olds") or [])]
+            g = obj.get("grew_at")
+            s.grew_at = float(g) if g is not None else None
+        except (TypeError, ValueError, AttributeError, KeyError):
             return cls()
         return s
 
+    def format(self) -> int:
+        """The lowest format that describes this state (see FORMAT)."""
+        keeps_old = self.pending is not None and self.pending.get("old") is not None
+        return 3 if self.olds or keeps_old else 2
+
     def to_json(self) -> dict[str, Any]:
-        return {
-            "format": FORMAT,
+        out: dict[str, Any] = {
+            "format": self.format(),
             "offset": self.offset,
             "size": self.size,
             "mark": self.mark,
             "ops": self.ops,
             "taken_since": self.taken_since,
             "pending": self.pending,
+            "epochs": self.epochs,
         }
+        if self.olds:
+            out["olds"] = [o.to_json() for o in self.olds]
+        if self.grew_at is not None:
+            out["grew_at"] = self.grew_at
+        return out
 
 
 class JobQueue:
@@ -123,6 +191,7 @@ class JobQueue:
         lock: str = "flock",
         fsync: bool = True,
         compact_after: float = 2.0,
+        compact_min: int = COMPACT_MIN,
         stale_lock_after: float = 30.0,
         log: Callable[[str], None] | None = None,
         clock: Callable[[], float] = time.time,
@@ -135,7 +204,12 @@ class JobQueue:
         self.compact_tmp = self.jobfile.with_name(f".{self.jobfile.name}.compact.tmp")
         self.fsync = fsync
         self.compact_after = compact_after
+        self.compact_min = compact_min
+        self.old_prefix = f".{self.jobfile.name}.old-"
         self.log = log or (lambda msg: None)
+        self.tail_logged: bytes | None = None  # the unterminated last line logged last
+        self._sig_key: tuple[int, int] | None = None
+        self._sig_olds: list[str] = []
         self.clock = clock
         self.lock: QueueLock = make_lock(self.jobfile, lock, stale_lock_after, log=self.log)
 
@@ -157,6 +231,41 @@ class JobQueue:
         """``.queue`` or ``.retries``: they decide what runs, so only if they are yours."""
         return read_trusted_json(path, "queue record", self.allow_group_write)
 
+    def old_path(self, old: OldFile) -> Path:
+        return self.jobfile.with_name(old.name)
+
+    def signature(self) -> tuple[int | float, ...]:
+        """Changes whenever JOBFILE, its commit record or a replaced file still holding
+        pending lines changes (grows, is replaced, is committed to); no lock, no write.
+        A missing file counts as a value too, so that a queue without a record yet still
+        notices its first append."""
+        sig: list[int | float] = []
+        for path in (self.jobfile, self.state_path):
+            try:
+                st = os.stat(path)
+                sig += [st.st_ino, st.st_size, st.st_mtime_ns]
+            except OSError:
+                sig += [-1, -1, -1]
+        key = (int(sig[4]), int(sig[5]))
+        if key != self._sig_key:  # re-read the record only when it changed
+            self._sig_key = key
+            try:
+                self._sig_olds = [o.name for o in self.peek_state().olds]
+            except PbqError:
+                self._sig_olds = []
+        for name in self._sig_olds:
+            try:
+                st = os.stat(self.jobfile.with_name(name))
+                sig += [st.st_size, st.st_mtime_ns]
+            except OSError:
+                sig += [-1, -1]
+        return tuple(sig)
+
+    def partial_tail(self) -> bytes | None:
+        """An unterminated last line of a job (not run until it ends with a newline)."""
+        with self.transaction() as txn:
+            return txn.find_tail()
+
 
 class Txn:
     """What may be done with the jobfile while its lock is held."""
@@ -164,17 +273,27 @@ class Txn:
     def __init__(self, queue: JobQueue) -> None:
         self.q = queue
         self.state = QueueState.from_json(queue.read_record(queue.state_path), queue.state_path)
+        # Only names pbq makes: a doctored record must not make us read or remove other files.
+        self.state.olds = [
+            o for o in self.state.olds
+            if o.name.startswith(queue.old_prefix) and o.name[len(queue.old_prefix) :].isdigit()
+        ]
         self._size: int | None = None
+        # What the last take() saw: its end and how far it read each replaced file, so
+        # that commit_take(end) consumes exactly those lines.
+        self._plan: tuple[int, dict[str, int]] | None = None
+        self.partial_tail: bytes | None = None  # an unterminated last line the take saw
 
     # -- reading -------------------------------------------------------------------
 
-    def _open(self) -> io.BufferedReader | None:
+    def _open(self, path: Path | None = None) -> io.BufferedReader | None:
+        path = path or self.q.jobfile
         try:
-            return open(self.q.jobfile, "rb")  # noqa: SIM115 - closed by callers
+            return open(path, "rb")  # noqa: SIM115 - closed by callers
         except FileNotFoundError:
             return None
         except OSError as err:
-            raise _describe_os_error(self.q.jobfile, err, "read") from None
+            raise _describe_os_error(path, err, "read") from None
 
     def size(self) -> int:
         if self._size is None:
@@ -192,14 +311,34 @@ class Txn:
         return self.q.jobfile.exists()
 
     def take(self, n: int) -> tuple[list[PendingLine], int]:
-        """The next ``n`` job lines after the consumed offset, and the offset after the
-        last line read (skipped blank and comment lines included).  Nothing is committed."""
+        """The next ``n`` job lines -- first those of replaced files still being written
+        to, then JOBFILE's after the consumed offset -- and the offset in JOBFILE after the
+        last line read (skipped blank and comment lines included).  Nothing is committed;
+        ``commit_take(end)`` commits exactly these lines.  A last line without a newline is
+        not taken (see ``partial_tail``)."""
         out: list[PendingLine] = []
-        pos = self.state.offset
+        olds: dict[str, int] = {}
+        self.partial_tail = None
+        end = self.state.offset
+        if n > 0:
+            for old in self.state.olds:
+                if len(out) >= n:
+                    break
+                got, old_end = self._scan(self.q.old_path(old), old.done, n - len(out))
+                out += got
+                if old_end > old.done:
+                    olds[old.name] = old_end
+            if len(out) < n:
+                got, end = self._scan(self.q.jobfile, end, n - len(out))
+                out += got
+        self._plan = (end, olds)
+        return out, end
+
+    def _scan(self, path: Path, pos: int, n: int) -> tuple[list[PendingLine], int]:
+        """Up to ``n`` complete job lines of ``path`` from ``pos``, and the offset after them."""
+        out: list[PendingLine] = []
         end = pos
-        if n <= 0:
-            return out, end
-        f = self._open()
+        f = self._open(path)
         if f is None:
             return out, end
         with f:
@@ -209,10 +348,8 @@ class Txn:
             while len(out) < n:
                 chunk = f.read(CHUNK)
                 if not chunk:
-                    if buf:  # a last line without a newline is still a line
-                        if is_job_line(buf):
-                            out.append(PendingLine(buf.rstrip(b"\r"), buf_start + len(buf)))
-                        end = buf_start + len(buf)
+                    if buf:
+                        self._saw_tail(path, buf)
                     break
                 buf += chunk
                 i = 0
@@ -230,21 +367,50 @@ class Txn:
                 buf_start += i
         return out, end
 
+    def _saw_tail(self, path: Path, tail: bytes) -> None:
+        """An unterminated last line: never run (its writer may be in the middle of it --
+        ``rm -rf /scratch/me/tmp`` must not run as ``rm -rf /scratch/me``); logged once."""
+        if not is_job_line(tail):
+            return
+        self.partial_tail = tail
+        if tail != self.q.tail_logged:
+            self.q.tail_logged = tail
+            text = line_to_text(tail.rstrip(b"\r"))
+            if len(text) > TAIL_SHOWN:
+                text = text[:TAIL_SHOWN] + "..."
+            self.q.log(
+                f"{path.name}: the last line has no newline yet; it is not run until it "
+                f"ends with one (if nothing is writing it any more, append a newline): {text}"
+            )
+
+    def find_tail(self) -> bytes | None:
+        """The unterminated last job line of JOBFILE or of a replaced file, if any."""
+        self.partial_tail = None
+        for path, start in [(self.q.old_path(o), o.done) for o in self.state.olds] + [
+            (self.q.jobfile, self.state.offset)
+        ]:
+            tail = _tail_of(path, start)
+            if tail:
+                self._saw_tail(path, tail)
+        return self.partial_tail
+
     def has_pending(self) -> bool:
         lines, _ = self.take(1)
         return bool(lines)
 
     def count_pending(self) -> int:
-        """Job lines after the consumed offset (reads the rest of the file)."""
-        f = self._open()
-        if f is None:
-            return 0
+        """Complete job lines not consumed yet (reads the rest of each file)."""
         count = 0
-        with f:
-            f.seek(self.state.offset)
-            data = f.read()
-        for line in data.split(b"\n"):
-            count += is_job_line(line)
+        sources = [(self.q.old_path(o), o.done) for o in self.state.olds]
+        for path, start in [*sources, (self.q.jobfile, self.state.offset)]:
+            f = self._open(path)
+            if f is None:
+                continue
+            with f:
+                f.seek(start)
+                data = f.read()
+            for line in data.split(b"\n")[:-1]:  # the last piece is unterminated (or empty)
+                count += is_job_line(line)
         return count
 
     # -- committing ------------------------------------------------------------------
@@ -263,15 +429,32 @@ class Txn:
             f.seek(start)
             return f.read(offset - start).hex()
 
+    def _observe_growth(self) -> bool:
+        """Note JOBFILE grown by something other than a locked change (an unlocked append):
+        compaction waits until that has stopped for ``compact_after`` seconds."""
+        size = self.size()
+        if size == self.state.size:
+            return False
+        if size > self.state.size:
+            self.state.grew_at = self.q.clock()
+        self.state.size = size
+        return True
+
     def commit_take(self, end: int, host: str, op: int) -> None:
-        """Give away the lines before ``end``: the commit point of a take.  The caller has
-        already recorded them durably as its own under operation ``op``."""
+        """Give away the lines the last ``take`` returned (``end`` is the offset it gave):
+        the commit point of a take.  The caller has already recorded them durably as its
+        own under operation ``op``."""
         if end < self.state.offset:
             raise ValueError("cannot move the consumed offset backwards")
+        plan = self._plan
+        if plan is not None and plan[0] == end:
+            for old in self.state.olds:
+                old.done = max(old.done, plan[1].get(old.name, old.done))
+        self._plan = None
         if self.state.taken_since is None and end > self.state.offset:
             self.state.taken_since = self.q.clock()  # compaction is due compact_after from now
+        self._observe_growth()
         self.state.offset = end
-        self.state.size = max(self.size(), end)
         self.state.mark = self._mark_at(end)
         self.state.ops[host] = op
         self._save()
@@ -281,10 +464,45 @@ class Txn:
         self.state.ops[host] = op
         self._save()
 
-    def append(self, lines: list[bytes], host: str | None = None, op: int | None = None) -> None:
-        """Append lines at the end, all or nothing."""
+    # -- host epochs -------------------------------------------------------------------
+
+    def epoch_of(self, host: str) -> int:
+        """The committed epoch of ``host`` (0 if it never had one)."""
+        return self.state.epochs.get(host, 0)
+
+    def bump_epoch(self, host: str) -> int:
+        """Increment and commit the epoch of ``host``; returns the new epoch."""
+        epoch = self.epoch_of(host) + 1
+        self.state.epochs[host] = epoch
+        self._save()
+        return epoch
+
+    # -- changing JOBFILE ----------------------------------------------------------------
+
+    def append(
+        self,
+        lines: list[bytes],
+        host: str | None = None,
+        op: int | None = None,
+        *,
+        end_last_line: bool = False,
+    ) -> None:
+        """Append lines at the end, all or nothing.
+
+        An unterminated last line is somebody's half-written line or a hand-written last
+        line.  With ``end_last_line`` (``jobfile-append``) it is ended with a newline
+        first, unless a process on this machine holds JOBFILE open for writing; otherwise
+        (and always for a scheduler putting jobs back) the lines go in before it, by a
+        rewrite, and it stays last -- in the replaced file, if someone is writing it."""
         data = b"".join(line + b"\n" for line in lines)
         if not data and host is None:
+            return
+        self._observe_growth()
+        size = self.size()
+        unterminated = data and size > self.state.offset and self._byte_at(size - 1) != b"\n"
+        # (the lease is asked before opening: our own descriptor would count as a writer)
+        if unterminated and (not end_last_line or local_writers(self.q.jobfile)):
+            self._replace(b"", host, op, suffix=data)
             return
         flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
         try:
@@ -293,7 +511,7 @@ class Txn:
             raise _describe_os_error(self.q.jobfile, err, "append to") from None
         try:
             size0 = os.fstat(fd).st_size
-            if size0 > 0 and self._byte_at(size0 - 1) != b"\n":
+            if data and size0 > 0 and self._byte_at(size0 - 1) != b"\n":
                 data = b"\n" + data  # never glue a job onto an unterminated last line
             self.state.pending = {
                 "kind": "append",
@@ -338,27 +556,66 @@ class Txn:
         self._replace(b"".join(line + b"\n" for line in lines), host, op)
 
     def maybe_compact(self, force: bool = False) -> bool:
-        """Cut off the consumed prefix if it is old enough (or ``force``)."""
-        if self.state.offset <= 0:
+        """Cut off the consumed prefix when that is due (see the module's doc); ``force``
+        skips the age, share and quiet rules, never the safety ones (a complete last line,
+        no writer on this machine)."""
+        s = self.state
+        if s.offset <= 0:
             return False
-        age = self.q.clock() - (self.state.taken_since or 0.0)
-        if not force and age < self.q.compact_after:
-            return False
+        if self._observe_growth():
+            self._save()  # so that every host waits for the same quiet spell
+        now = self.q.clock()
+        size = self.size()
+        if not force:
+            if now - (s.taken_since or 0.0) < self.q.compact_after:
+                return False
+            if s.grew_at is not None and now - s.grew_at < self.q.compact_after:
+                return False
+            if s.offset < size and (2 * s.offset < size or s.offset < self.q.compact_min):
+                return False  # copying the rest would cost more than what was consumed
+        if size > s.offset and self._byte_at(size - 1) != b"\n":
+            return False  # a writer may be in the middle of the last line
+        if local_writers(self.q.jobfile):
+            return False  # someone here holds it open for writing: it will grow
         self._replace(b"", None, None)
         return True
 
-    def _replace(self, prefix: bytes, host: str | None, op: int | None) -> None:
+    def _replace(
+        self, prefix: bytes, host: str | None, op: int | None, suffix: bytes = b""
+    ) -> None:
+        """Rename ``prefix`` + the pending lines + ``suffix`` over JOBFILE.  The old file is
+        linked to a hidden name first and recorded with how far it was copied, so what a
+        writer still appends to it (or the rest of an unterminated last line) is taken
+        from there."""
         tmp = self.q.compact_tmp
+        old = self._link_old()
         src = self._open()
+        copied = self.state.offset
         try:
             mode = os.stat(self.q.jobfile).st_mode & 0o7777 if src is not None else 0o666
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
             try:
                 _write_all(fd, prefix)  # write(2) may write less than asked
+                tail = b""
                 if src is not None:
-                    src.seek(self.state.offset)
+                    src.seek(copied)
                     while chunk := src.read(CHUNK * 16):
                         _write_all(fd, chunk)
+                        copied += len(chunk)
+                    cut = _tail_len(src, self.state.offset, copied)
+                    if cut:
+                        # An unterminated last line stays last, and its writer (if any)
+                        # finishes it in the old file: it is taken from there.  When nobody
+                        # here writes to JOBFILE it is a hand-written line: kept in view.
+                        if old is None or local_writers(self.q.jobfile) is False:
+                            src.seek(copied - cut)
+                            tail = src.read(cut)
+                        else:
+                            copied -= cut
+                        os.ftruncate(fd, os.fstat(fd).st_size - cut)
+                        os.lseek(fd, 0, os.SEEK_END)
+                _write_all(fd, suffix)  # before an unterminated last line, never glued to it
+                _write_all(fd, tail)
                 os.fchmod(fd, mode)
                 if self.q.fsync:
                     os.fsync(fd)
@@ -373,8 +630,45 @@ class Txn:
                 src.close()
         # From here on the change is decided: the next lock holder redoes the rename.
         self.state.pending = {"kind": "replace", "size": new_size, "host": host, "op": op}
+        if old is not None:
+            self.state.pending.update(old=old, done=copied)
         self._save()
         self._finish_replace()
+
+    def _link_old(self) -> str | None:
+        """Link JOBFILE to a new hidden name ``.JOBFILE.old-<n>`` (None: no JOBFILE, or
+        hard links unsupported).  A link a crash left unrecorded is removed first."""
+        if not self.q.jobfile.exists():
+            return None
+        known = {o.name for o in self.state.olds}
+        prefix = self.q.old_prefix
+        top = 0
+        try:
+            names = [n for n in os.listdir(self.q.jobfile.parent) if n.startswith(prefix)]
+            here = os.stat(self.q.jobfile)
+        except OSError:
+            return None
+        for name in names:
+            num = name[len(prefix) :]
+            if not num.isdigit():
+                continue
+            path = self.q.jobfile.with_name(name)
+            with contextlib.suppress(OSError):
+                st = os.stat(path)
+                if name not in known and (st.st_ino, st.st_dev) == (here.st_ino, here.st_dev):
+                    os.unlink(path)  # linked, then the holder died before deciding
+                    continue
+            top = max(top, int(num))
+        name = f"{prefix}{top + 1}"
+        try:
+            os.link(self.q.jobfile, self.q.jobfile.with_name(name))
+        except OSError as err:
+            self.q.log(
+                f"cannot keep the replaced jobfile ({err.strerror}): a process still "
+                f"appending to it without the lock loses those lines"
+            )
+            return None
+        return name
 
     def _finish_replace(self) -> None:
         p = self.state.pending or {}
@@ -385,6 +679,14 @@ class Txn:
                 raise _describe_os_error(self.q.jobfile, err, "rewrite") from None
             if self.q.fsync:
                 fsync_dir(self.q.jobfile.parent)
+        old = p.get("old")
+        if isinstance(old, str) and not any(o.name == old for o in self.state.olds):
+            with contextlib.suppress(OSError, ValueError):
+                size = os.stat(self.q.jobfile.with_name(old)).st_size
+                self.state.olds.append(
+                    OldFile.from_json({"name": old, "done": int(p.get("done", size)),
+                                       "size": size, "seen": self.q.clock()})
+                )
         self.state.offset = 0
         self.state.mark = ""
         self.state.taken_since = None
@@ -394,6 +696,42 @@ class Txn:
         if p.get("host") is not None and p.get("op") is not None:
             self.state.ops[str(p["host"])] = int(p["op"])
         self._save()
+
+    # -- replaced files ----------------------------------------------------------------
+
+    def _tend_olds(self) -> None:
+        """Note the growth of replaced files; remove those consumed and quiet: nobody on
+        this machine has them open for writing and they have not grown for
+        ``compact_after`` seconds (``OLD_KEEP_BLIND`` when a lease can't tell)."""
+        if not self.state.olds:
+            return
+        now = self.q.clock()
+        keep: list[OldFile] = []
+        changed = False
+        for old in self.state.olds:
+            path = self.q.old_path(old)
+            try:
+                size = os.stat(path).st_size
+            except FileNotFoundError:
+                changed = True  # removed by a holder that died before recording it
+                continue
+            except OSError:
+                keep.append(old)
+                continue
+            if size != old.size:
+                old.size, old.seen = size, now
+                changed = True
+            elif _nothing_left(path, old.done):
+                writers = local_writers(path)
+                wait = self.q.compact_after if writers is False else OLD_KEEP_BLIND
+                if not writers and now - old.seen >= wait:
+                    unlink_quietly(path)
+                    changed = True
+                    continue
+            keep.append(old)
+        if changed:
+            self.state.olds = keep
+            self._save()
 
     # -- recovery ----------------------------------------------------------------------
 
@@ -411,6 +749,7 @@ class Txn:
         else:
             self.state.pending = None
         self._notice_rewrite()
+        self._tend_olds()
 
     def _recover_append(self, pending: dict[str, Any]) -> None:
         """Keep an append that reached the disk whole; cut off one that did not."""
@@ -466,6 +805,46 @@ class Txn:
         atomic_write_json(self.q.retries_path, data, fsync=self.q.fsync)
 
 
+def _tail_len(f: io.BufferedReader, start: int, end: int) -> int:
+    """How many bytes of ``f`` before ``end`` (and after ``start``) follow its last newline."""
+    pos = end
+    while pos > start:
+        step = min(CHUNK, pos - start)
+        f.seek(pos - step)
+        j = f.read(step).rfind(b"\n")
+        if j >= 0:
+            return end - (pos - step + j + 1)
+        pos -= step
+    return end - start
+
+
+def _tail_of(path: Path, start: int) -> bytes | None:
+    """The bytes after the last newline of ``path`` (from ``start`` on), or None."""
+    try:
+        with open(path, "rb") as f:
+            end = os.fstat(f.fileno()).st_size
+            n = _tail_len(f, start, end) if end > start else 0
+            if n <= 0:
+                return None
+            f.seek(end - n)
+            return f.read(n)
+    except OSError:
+        return None
+
+
+def _nothing_left(path: Path, done: int) -> bool:
+    """Whether ``path`` holds nothing after ``done`` but complete blank and comment lines."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(done)
+            rest = f.read(CHUNK + 1)
+    except OSError:
+        return False
+    if len(rest) > CHUNK or (rest and not rest.endswith(b"\n")):
+        return False
+    return not any(is_job_line(line) for line in rest.split(b"\n"))
+
+
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
@@ -479,5 +858,5 @@ def line_key(line: bytes) -> str:
 def append_file(queue: JobQueue, lines: list[bytes]) -> int:
     """``jobfile-append``: append job lines under the lock; returns how many were appended."""
     with queue.transaction() as txn:
-        txn.append(lines)
+        txn.append(lines, end_last_line=True)
     return len(lines)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import sys
 
 from ..errors import PbqError
@@ -30,17 +29,9 @@ class Intake:
         self.input_error: str | None = None  # the jobfile became unsafe (e.g. world-writable)
 
     def signature(self) -> tuple[int | float, ...]:
-        """Changes whenever the jobfile or its commit record does."""
-        try:
-            st = os.stat(self.queue.jobfile)
-        except OSError:
-            return ()
-        try:
-            q = os.stat(self.queue.state_path)
-            qsig: tuple[int, ...] = (q.st_mtime_ns, q.st_size)
-        except OSError:
-            qsig = ()  # a fresh queue: the jobfile's own size and time tell it grew
-        return (st.st_ino, st.st_size, st.st_mtime_ns, *qsig)
+        """Changes whenever the jobfile, a replaced one, or the commit record does (also
+        before JOBFILE.queue exists)."""
+        return self.queue.signature()
 
     def may_have_lines(self) -> bool:
         return bool(self.book.in_state(JobState.CLAIMED)) or self.empty_sig != self.signature()

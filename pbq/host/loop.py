@@ -454,6 +454,9 @@ class Scheduler:
         self.outcomes.flush_usage()
         if self.opts.exit_when_empty and self.mode is Mode.RUN:
             self.intake.compact_if_due(self.clock(), force=True)
+            with contextlib.suppress(PbqError):
+                if self.queue.partial_tail() is not None:
+                    self.log("exiting with an unterminated last line still pending (not run)")
         state = "terminated" if self.mode is Mode.TERM else "exited"
         with contextlib.suppress(PbqError):
             self.ledger.save(fsync=True)
