@@ -94,11 +94,16 @@ def single(
         scheduler__memfree=memfree,
     )
     opts = _scheduler_options(hostfile, jobfile, host_name, config_path, flags, verbose)
+    from .host.ledger import Replaced
+
     try:
         code = Scheduler(opts).run()
     except PbqError as err:
         click.echo(f"pbq-single: {err}", err=True)
         code = err.exit_code
+    except Replaced as err:
+        click.echo(f"pbq-single: {err}", err=True)
+        code = 3
     sys.exit(code)
 
 
@@ -118,7 +123,9 @@ def _scheduler_options(
     from .safety import check_queue_files
 
     # A symlinked jobfile is followed: compaction replaces the file it points to.
-    jobfile = jobfile.resolve() if jobfile.is_symlink() else jobfile.absolute()
+    # The jobfile's identity is its resolved path: reached through a symlink (to the file or
+    # to a directory) it is still one queue, with one set of host files.
+    jobfile = jobfile.resolve()
     hostfile = hostfile.absolute()
     cfg = load_config(jobfile, config_path, flags=flags)
     host = host_name or machine_name()

@@ -119,6 +119,7 @@ def _put_back_host(files: HostFiles, txn: Txn, cfg: Config) -> int:
             line = job.line.decode(errors="replace")
             log(f"recover: putting job {book.job_id(job)} back at the front: {line}")
             book.requeue(job, front=True)
+    txn.bump_epoch(files.host)  # a scheduler of that host that was only frozen is fenced off
     count = ledger.put_back(txn)
     ledger.paused = False  # the host was declared dead: its next scheduler starts afresh
     ledger.save(fsync=cfg.jobfile.fsync)

@@ -281,6 +281,7 @@ class HostStatus:
     failed: int = 0
     timed_out: int = 0  # jobs ended by [scheduler] timeout
     suspend_ended: int = 0  # jobs ended by [scheduler] max_suspend (their lines went back)
+    epoch: int = 0  # the writer's ownership of the host: an older epoch's heartbeat is stale
     mem_available: int | None = None
     quitting: bool | None = None  # quit was asked for (the state may still say stopped)
     control_ack: str | None = None

@@ -6,9 +6,10 @@ from __future__ import annotations
 import contextlib
 import math
 import sys
+from collections.abc import Callable
 
 from ..errors import PbqError
-from ..jobfile import JobQueue
+from ..jobfile import JobQueue, Txn
 from ..safety import check_input_file
 from .jobs import Job, JobBook, JobState
 from .ledger import Ledger, Log
@@ -27,6 +28,7 @@ class Intake:
         self.retries = retries
         self.empty_sig: tuple[int | float, ...] | None = None  # signature when found empty
         self.input_error: str | None = None  # the jobfile became unsafe (e.g. world-writable)
+        self.fence: Callable[[Txn | None], None] | None = None  # raises when no longer the owner
 
     def signature(self) -> tuple[int | float, ...]:
         """Changes whenever the jobfile, a replaced one, or the commit record does (also
@@ -73,6 +75,8 @@ class Intake:
             return []
         host = self.book.host
         with self.queue.transaction() as txn:
+            if self.fence is not None:
+                self.fence(txn)  # a replaced owner takes nothing
             lines, end = txn.take(n)
             if not lines:
                 if end > txn.state.offset:

@@ -32,6 +32,12 @@ JOURNAL_CUT = 1 << 16  # bytes of obsolete journal records before the file is em
 STATE_FORMAT = 2  # 1: the first release (flags in "extra"); 2: every state a JobState
 
 
+class Replaced(RuntimeError):
+    """Another scheduler took this host over (a newer epoch in the queue record): this one
+    must not signal, reap, record or take anything again.  Not a PbqError, so that no
+    handler of a full disk or a refused file mistakes it for something to retry."""
+
+
 class Log(Protocol):
     def __call__(self, message: str, when: float | None = None) -> None: ...
     def flush(self) -> None: ...
@@ -68,6 +74,8 @@ class Ledger:
         self.disk_error: str | None = None
         self._said: set[str] = set()
         self.paused = False  # a user's `stop` is kept across restarts until `cont`
+        self.epoch = 0  # the owner's epoch, written into every snapshot
+        self.fence: Callable[[Txn | None], None] | None = None  # raises when no longer the owner
 
     # -- start-up -------------------------------------------------------------
 
@@ -116,6 +124,7 @@ class Ledger:
         """Write a new snapshot; the journal before it is obsolete."""
         self.gen += 1
         doc = {"format": STATE_FORMAT, "host": self.book.host, "gen": self.gen, "paused": self.paused,
+               "epoch": self.epoch,
                **self.book.to_json()}
         try:
             atomic_write_json(self.files.state, doc, fsync=fsync)
@@ -209,6 +218,8 @@ class Ledger:
 
         The put-back is written ahead (state, fsync'ed) under a new operation number, so a
         crash before the jobfile's commit record redoes it and one after it does not."""
+        if self.fence is not None:
+            self.fence(txn)  # a replaced owner puts nothing back: its jobs are the new owner's
         front = [j for j in self.book.in_state(JobState.REQUEUE_FRONT) if j.putback_op is None]
         end = [j for j in self.book.in_state(JobState.REQUEUE_END) if j.putback_op is None]
         settling = self.book.in_state(JobState.SETTLING)

@@ -52,13 +52,16 @@ from ..statefiles import (
 from .executor import Ended, Executor, NotStarted, Started
 from .intake import Intake
 from .jobs import Job, JobBook, JobState
-from .ledger import Ledger
+from .ledger import Ledger, Replaced
 from .limits import TimeLimits
 from .local import LocalExecutor, set_subreaper
 from .outcomes import Outcomes
 from .outputs import VIEW_DEBOUNCE, HostOutputs
 from .recovery import Action, Step, plan_recovery
 from .sensing import LoadSensing, Measurements
+
+
+EPOCH_CHECK_EVERY = 0.1  # seconds; a frozen scheduler resumed checks before its next pass acts
 
 
 @dataclass
@@ -134,6 +137,10 @@ class Scheduler:
         self.hostfile_mtime: float | None = None
         self.started_at = clock()
         self.runner_pid: int | None = None
+        self.epoch = 0  # this scheduler's ownership of the host (a fencing token)
+        self.epoch_checked = -float("inf")
+        self.ledger.fence = self._fence
+        self.intake.fence = self._fence
         self._wake_r = self._wake_w = -1
 
     # ---------------------------------------------------------------- set-up
@@ -178,7 +185,7 @@ class Scheduler:
         self.ledger.load(self.opts.allow_group_write)
         probes = self.executor.probe(list(self.book))  # outside the lock: it may wait
         with self.queue.transaction() as txn:
-            self._claim_pidfile()
+            self._claim_pidfile(txn)
             committed = txn.state.ops.get(self.host, 0)
             if self.book.counters.next_op <= committed:
                 self.book.counters.next_op = committed + 1
@@ -199,10 +206,14 @@ class Scheduler:
         )
         self.log.flush()
 
-    def _claim_pidfile(self) -> None:
-        """Refuse a second scheduler for this host and jobfile; else write ``.pid``.
+    def _claim_pidfile(self, txn: Txn) -> None:
+        """Refuse a second scheduler for this host and jobfile; else take the host over with
+        a new epoch and write ``.pid``.
 
-        Runs under the jobfile lock so two schedulers starting at once can't both win.
+        Runs under the jobfile lock so two schedulers starting at once can't both win.  The
+        epoch (Chubby's sequencer, a fencing token) is committed in the queue record: a
+        scheduler that was frozen or partitioned while this one took over finds a newer
+        epoch there, and stops before it writes anything.
         """
         info = read_pidfile(self.files.pid)
         verdict = liveness(info, read_status(self.files.status), self.clock(), self.jobfile)
@@ -216,10 +227,21 @@ class Scheduler:
         if info is not None:
             how = "recovering" if verdict.exact else "taking over"
             self.log(f"found stale {self.files.pid.name} ({verdict.reason}): {how}")
+        self.epoch = txn.bump_epoch(self.host)
+        self.ledger.epoch = self.epoch
         self._write_pidfile()
 
     def _write_pidfile(self) -> None:
-        write_pidfile(self.files.pid, PidRecord.current(runner=self.runner_pid), fsync=self.cfg.jobfile.fsync)
+        write_pidfile(self.files.pid, PidRecord.current(runner=self.runner_pid, epoch=self.epoch),
+                      fsync=self.cfg.jobfile.fsync)
+
+    def _fence(self, txn: Txn | None = None) -> None:
+        """Raise Replaced when the queue record names a newer owner of this host."""
+        epoch = txn.epoch_of(self.host) if txn is not None else \
+            self.queue.peek_state().epochs.get(self.host, 0)
+        if epoch != self.epoch:
+            raise Replaced(f"host {self.host} was taken over by another scheduler (epoch {epoch}, "
+                           f"this one has {self.epoch}); exiting without touching its jobs")
 
     def _runner_started(self, pid: int) -> None:
         self.runner_pid = pid
@@ -279,8 +301,14 @@ class Scheduler:
             done = self.pass_once(self.clock())
             while not done:
                 done = self.step()
-        finally:
+        except Replaced:
+            # Nothing of this host is ours any more: no shutdown writes, no signals.  The
+            # runner sees us gone and keeps the ends for the new owner in .exits.
+            raise
+        except BaseException:
             self._shutdown()
+            raise
+        self._shutdown()
         return self.exit_code
 
     def step(self) -> bool:
@@ -289,7 +317,11 @@ class Scheduler:
         return self.pass_once(self.clock())
 
     def pass_once(self, now: float) -> bool:
-        """One pass in fixed order: signals, events, tick (when due), act, files."""
+        """One pass in fixed order: fence, signals, events, tick (when due), act, files."""
+        mono = self.mono()
+        if mono - self.epoch_checked >= EPOCH_CHECK_EVERY:
+            self._fence()  # before anything is signalled, reaped or written
+            self.epoch_checked = mono
         self._handle_signals()
         assert self.executor is not None
         self._record_ends(self.executor.events(now), now)
@@ -768,6 +800,7 @@ class Scheduler:
             stopped=len(stopped), stopped_by_user=sum(1 for j in stopped if j.stopped_by == "user"),
             claimed=len(self.book.in_state(JobState.CLAIMED)), done=c.done, failed=c.failed,
             timed_out=c.timed_out, suspend_ended=c.suspend_ended, quitting=self.quitting,
+            epoch=self.epoch,
             mem_available=m.mem_available, control_ack=self.control_ack,
             error=self.ledger.disk_error, started=self.started_at, drm=drm,
         )
