@@ -14,12 +14,14 @@ from pathlib import Path
 
 from .config import Config
 from .errors import PbqError
-from .host.jobs import JobBook, JobState
+from .host.jobs import Job, JobBook, JobState
 from .host.ledger import Ledger
+from .host.local import outcome_of
+from .host.outcomes import Outcomes
 from .hostlog import HostLog
 from .jobfile import JobQueue, Txn
 from .safety import check_input_file, check_jobfile_directory, read_trusted
-from .sidefiles import Liveness, host_liveness
+from .sidefiles import ExitRecord, Liveness, host_liveness, read_exit_records
 from .statefiles import (
     HostFiles,
     atomic_write,
@@ -92,7 +94,7 @@ def recover_hosts(
                 out.append(f"{host}: put {len(lines)} job(s) back at the front of the jobfile")
                 unlink_quietly(files.pid)
                 continue
-            count = _put_back_host(files, txn, cfg)
+            count = _put_back_host(files, txn, cfg, queue)
             for ext in ("running", "stopped"):
                 atomic_write(files.path(ext), b"")
             unlink_quietly(files.pid)
@@ -100,13 +102,33 @@ def recover_hosts(
     return out
 
 
-def _put_back_host(files: HostFiles, txn: Txn, cfg: Config) -> int:
+def _settle_or_requeue(job: Job, records: dict[tuple[int, float | None], ExitRecord],
+                       outcomes: Outcomes, log: HostLog) -> None:
+    """A job of a dead host: if its job runner recorded its end, that is its outcome (it
+    never runs again); only a job whose end is truly unknown goes back, named in the log."""
+    rec = records.get((job.pid, None if job.pid_start is None else round(job.pid_start, 2))) \
+        if job.pid is not None else None
+    jid = outcomes.book.job_id(job)
+    line = job.line.decode(errors="replace")
+    if rec is not None and job.state in (JobState.RUNNING, JobState.STOPPED, JobState.TIMING_OUT):
+        log(f"recover: job {jid} ended while its host was down; recording its end: {line}")
+        outcomes.finish(job, outcome_of(rec.status, rec.cpu, rec.maxrss, "exit status recorded by "
+                                        "the job runner"), when=rec.time)
+        return
+    log(f"recover: putting job {jid} back at the front (POSSIBLE DUPLICATE if it had run): {line}")
+    outcomes.book.requeue(job, front=True)
+
+
+def _put_back_host(files: HostFiles, txn: Txn, cfg: Config, queue: JobQueue) -> int:
     """Every job the dead host held goes back to the front, exactly once (its ledger's
     put-back, under the lock the caller holds)."""
     log = HostLog(files.log, cfg.log.max_bytes, cfg.log.backups)
     ledger = Ledger(files, JobBook(files.host), log, cfg.jobfile.fsync, time.monotonic)
     book = ledger.load(cfg.scheduler.allow_group_write)
     committed = txn.state.ops.get(files.host, 0)
+    records = read_exit_records(files.exits, cfg.scheduler.allow_group_write)
+    usage = files.jobfile.with_name(files.jobfile.name + ".usage")
+    outcomes = Outcomes(book, ledger, log, cfg, usage, time.time)
     for job in book:
         if job.state in (JobState.REQUEUE_FRONT, JobState.REQUEUE_END):
             if job.putback_op is not None and job.putback_op <= committed:
@@ -116,11 +138,12 @@ def _put_back_host(files: HostFiles, txn: Txn, cfg: Config) -> int:
         elif job.state in (JobState.STARTING, JobState.CLAIMED) and job.op > committed:
             book.drop(job)  # a take that never committed: the line is still pending
         elif job.state is not JobState.SETTLING:
-            line = job.line.decode(errors="replace")
-            log(f"recover: putting job {book.job_id(job)} back at the front: {line}")
-            book.requeue(job, front=True)
+            _settle_or_requeue(job, records, outcomes, log)
     txn.bump_epoch(files.host)  # a scheduler of that host that was only frozen is fenced off
-    count = ledger.put_back(txn)
+    # joblog rows and .error lines of the ends the runner kept, then the put-backs
+    count = ledger.flush(queue, txn)
+    if ledger.disk_error is not None:
+        raise PbqError(f"host {files.host}: {ledger.disk_error}")
     ledger.paused = False  # the host was declared dead: its next scheduler starts afresh
     ledger.save(fsync=cfg.jobfile.fsync)
     log.flush()

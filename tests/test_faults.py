@@ -40,6 +40,7 @@ from pbqtest import (
     proc_state,
     processes_mentioning,
     run_cmd,
+    runner_of,
     start_scheduler,
     status,
     wait_exit,
@@ -541,8 +542,12 @@ def test_retries_go_to_the_end_and_are_counted_per_line(tmp_path: Path) -> None:
 
 
 def _kill_host(jf: Path, keeper: subprocess.Popen, host: str) -> None:
-    """The machine dies: scheduler, keeper and every job."""
+    """The machine dies: scheduler, job runner and every job (the runner first: a dying
+    machine leaves no record of its jobs' ends)."""
     sched = int(hostfile_path(jf, host, "pid").read_text().split("\n")[0])
+    runner = runner_of(sched)
+    if runner is not None:
+        os.kill(runner, signal.SIGKILL)
     keeper.kill()
     with contextlib.suppress(ProcessLookupError):
         os.kill(sched, signal.SIGKILL)

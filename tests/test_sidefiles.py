@@ -135,8 +135,13 @@ def test_v1_queue_recovers_by_hand(tmp_path: Path) -> None:
     jf = v1_copy(tmp_path)
     # Its heartbeat is old, wherever the test runs: recover need not wait for it.
     out = recover_hosts(jf, ["h1"], load_config(jf), stale_after=0)
-    assert out == ["h1: put 5 job(s) back at the front of the jobfile"]
-    assert lines_of(jf) == ["sleep 2", "sleep 60", "sleep 60", "echo pending-1", "echo pending-2"]
+    # Three of the five had ended while no scheduler ran, and the keeper recorded how: those
+    # are recorded now, not run again; only the two never started go back.
+    assert out == ["h1: put 2 job(s) back at the front of the jobfile"]
+    assert lines_of(jf) == ["echo pending-1", "echo pending-2"]
+    rows = [r.split("\t") for r in lines_of(hostfile_path(jf, "h1", "joblog"))[1:]]
+    assert sorted((r[6], r[7], r[8]) for r in rows[-3:]) == [
+        ("0", "0", "sleep 2"), ("0", "15", "sleep 60"), ("0", "9", "sleep 60")]
     assert not hostfile_path(jf, "h1", "pid").exists()
 
 

@@ -60,7 +60,6 @@ from .outputs import VIEW_DEBOUNCE, HostOutputs
 from .recovery import Action, Step, plan_recovery
 from .sensing import LoadSensing, Measurements
 
-
 EPOCH_CHECK_EVERY = 0.1  # seconds; a frozen scheduler resumed checks before its next pass acts
 
 
