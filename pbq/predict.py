@@ -42,6 +42,8 @@ from pathlib import Path
 
 from filelock import FileLock
 
+from .statefiles import atomic_write
+
 MIN_RUNS = 3
 MARGIN = 1.2
 MB = 1 << 20
@@ -164,6 +166,10 @@ class Run:
         return json.dumps(d, sort_keys=True)
 
 
+MAX_BYTES = 8 << 20  # JOBFILE.usage is compacted once it grows past this
+KEEP_PER_KEY = 200  # runs of each command key kept by a compaction
+
+
 class ResourceStore:
     """Finished runs in a JSON-lines file; safe to share between processes."""
 
@@ -187,32 +193,57 @@ class ResourceStore:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         data = "".join(r.to_json() + "\n" for r in runs)
-        with self._lock, open(self.path, "a", encoding="utf-8") as f:
-            f.write(data)
+        with self._lock:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(data)
+                size = f.tell()
+            if size > MAX_BYTES:
+                self._compact()
+
+    def _compact(self) -> None:
+        """Keep the newest ``KEEP_PER_KEY`` runs of each key, and at most half of
+        ``MAX_BYTES`` (the medians and peaks it serves need no more).  Under the store's lock."""
+        runs = self._read()
+        kept: dict[str, list[Run]] = {}
+        for r in reversed(runs):
+            group = kept.setdefault(r.key, [])
+            if len(group) < KEEP_PER_KEY:
+                group.append(r)
+        newest = sorted((r for group in kept.values() for r in group), key=lambda r: r.time)
+        lines = [r.to_json() + "\n" for r in newest]
+        # Down to half the bound at most, oldest first, so a compaction is followed by many
+        # appends before the next one (amortized O(1) per run, however many keys).
+        total, start = sum(len(x) for x in lines), 0
+        while total > MAX_BYTES // 2 and start < len(lines):
+            total -= len(lines[start])
+            start += 1
+        atomic_write(self.path, "".join(lines[start:]).encode())
 
     def runs(self, key: str | None = None) -> list[Run]:
         """Every recorded run (of KEY only, when given), oldest first."""
+        with self._lock:
+            runs = self._read()
+        return runs if key is None else [r for r in runs if r.key == key]
+
+    def _read(self) -> list[Run]:
         try:
-            with self._lock:
-                text = self.path.read_text(encoding="utf-8")
+            text = self.path.read_text(encoding="utf-8")
         except FileNotFoundError:
             return []
         result = []
         for line in text.splitlines():
             try:
                 data = json.loads(line)
-                run = Run(
+                result.append(Run(
                     str(data["key"]),
                     _opt_int(data.get("peak_rss_bytes")),
                     _opt_float(data.get("cpu_seconds")),
                     _opt_float(data.get("runtime")),
                     float(data.get("time") or 0.0),
                     data.get("ok") if isinstance(data.get("ok"), bool) else None,
-                )
-            except (ValueError, TypeError, KeyError):
+                ))
+            except (ValueError, TypeError, KeyError, AttributeError):
                 continue
-            if key is None or run.key == key:
-                result.append(run)
         return result
 
     def median_runtimes(self, min_runs: int = 3) -> dict[str, float]:

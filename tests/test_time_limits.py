@@ -113,6 +113,19 @@ def test_stop_after_holds_still_until_the_load_has_lasted() -> None:
     assert math.isinf(View(**{**base.__dict__}).over_for)
 
 
+def test_the_usage_file_stays_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pbq.predict
+
+    monkeypatch.setattr(pbq.predict, "MAX_BYTES", 4000)
+    store = ResourceStore(tmp_path / "jobfile.usage")
+    for i in range(500):
+        store.record_many([Run(f"key{i % 3}", None, 0.1, 1.0, float(i), True)])
+        assert (tmp_path / "jobfile.usage").stat().st_size <= 4000 + 200
+    runs = store.runs()
+    assert runs[-1].time == 499.0, "the newest runs are kept"
+    assert {r.key for r in runs} == {"key0", "key1", "key2"}
+
+
 # ---------------------------------------------------------------------- real processes
 
 
