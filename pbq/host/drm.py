@@ -152,6 +152,9 @@ class DrmExecutor:
     def usage(self) -> list[tuple[Job, float, int]]:
         return []
 
+    def settle(self, timeout: float = 1.0) -> None:
+        pass
+
     def recorded(self, ended: list[Ended]) -> None:
         # Their files go at the next poll: by then the ends are in a snapshot too.
         self.forget_ids += [str(e.job.cluster_id) for e in ended if e.job.cluster_id]

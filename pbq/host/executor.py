@@ -62,6 +62,9 @@ class Executor(Protocol):
     def events(self, now: float) -> list[Ended]:
         """Jobs that ended since the last call (cheap: no polling of the machine)."""
 
+    def settle(self, timeout: float = 1.0) -> None:
+        """Before exit: wait briefly for what is about to be reported (usage of ended jobs)."""
+
     def usage(self) -> list[tuple[Job, float, int]]:
         """(job, CPU seconds, peak RSS bytes) of jobs that ended, once known."""
 

@@ -302,6 +302,18 @@ class LocalExecutor:
         self.finished_cpu += cpu
         return [Ended(job, outcome_of(status, cpu, maxrss), now)]
 
+    def settle(self, timeout: float = 1.0) -> None:
+        """Before exit: wait (briefly) for the usage the runner reports right after an end."""
+        deadline = time.monotonic() + timeout
+        while self.sock is not None and self.awaiting_usage:
+            pending = {m[1] for m in self.inbox if m[0] == "usage"}
+            if set(self.awaiting_usage) <= pending or time.monotonic() >= deadline:
+                return
+            with contextlib.suppress(InterruptedError):
+                select.select([self.sock], [], [], max(0.0, deadline - time.monotonic()))
+            if not self._drain():
+                return
+
     def usage(self) -> list[tuple[Job, float, int]]:
         out, self.usage_done = self.usage_done, []
         return out

@@ -478,6 +478,7 @@ class Scheduler:
 
     def _shutdown(self) -> None:
         if self.executor is not None:
+            self.executor.settle()
             self._record_ends(self.executor.events(self.clock()), self.clock())
             self._put_back_terminated()
             self.executor.close()
