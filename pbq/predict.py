@@ -21,8 +21,10 @@ So ``bwa mem -t 8 ref.fa a.fq > a.sam`` and ``bwa mem -t 16 ref.fa b.fq > b.sam`
 key ``bwa mem -t``.
 
 **Store.** A JSON-lines file (path chosen by the caller) with one record per finished run:
-``{"key", "peak_rss_bytes", "cpu_seconds", "runtime", "time"}``, appended under a lock
-(``<file>.lock``, filelock) so several schedulers can share it. Unreadable lines are skipped.
+``{"key", "peak_rss_bytes", "cpu_seconds", "runtime", "time", "ok"}`` (``ok``: exit 0; absent
+in records of the first release), appended under a lock (``<file>.lock``, filelock) so several
+schedulers can share it. Unreadable lines are skipped. Past ``MAX_BYTES`` it is compacted to
+the newest runs of each key.
 
 **Prediction.** With at least :data:`MIN_RUNS` (3) earlier runs of a key that measured their peak
 memory: 1.2 × the largest peak, rounded up to a whole megabyte; else None (no prediction).
