@@ -17,7 +17,7 @@ reaction  2 CPU-bound jobs on a host with max = wday = 2; 2 foreign busy loops s
           foreign load of 1 busy loop.  Default config (interval 1, settle 2, hysteresis
           0.5); --quick uses a fast one (interval 0.25) to stay short.  When a load from
           outside the benchmark keeps the jobs from running, the section is skipped.
-idle      CPU (utime+stime of scheduler and keeper, from /proc) of an idle scheduler
+idle      CPU (utime+stime of scheduler and its job runner, from /proc) of an idle scheduler
           (empty jobfile) over a window, and its peak RSS (VmHWM); the same with 50 jobs
           stopped by ``pbq control stop``.  Both schedulers are measured at the same time.
 hosts     8 schedulers (different --host) draining one jobfile vs 1 scheduler: throughput
@@ -71,7 +71,7 @@ from pbq.sidefiles import read_pidfile  # noqa: E402
 from pbq.statefiles import HostFiles  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-SECTIONS = ("dispatch", "scaling", "reaction", "idle", "hosts", "stress")
+SECTIONS = ("dispatch", "scaling", "reaction", "idle", "hosts", "stress", "commands")
 EXTRA_SECTIONS = ("profile",)
 TITLES = {
     "dispatch": "1. dispatch overhead",
@@ -80,6 +80,7 @@ TITLES = {
     "idle": "4. idle cost",
     "hosts": "5. many hosts on one jobfile",
     "stress": "6. stress: exactly once under concurrent appends",
+    "commands": "7. commands a person types (vs the interpreter's own start)",
     "profile": "profile of pbq's dispatch",
 }
 MARK_ENV = "PBQBENCH_DIR"  # every process we start carries it: the cleanup sweep finds them
@@ -373,6 +374,23 @@ def wait_until(pred: Callable[[], Any], timeout: float, every: float = 0.02) -> 
 def scheduler_pid(jf: Path, host: str) -> int | None:
     rec = read_pidfile(host_file(jf, host, "pid"))
     return rec.pid if rec is not None else None
+
+
+def runner_pids(scheduler: int) -> list[int]:
+    """The scheduler's job runner (its child started as ``#pbq-runner``), if it has one."""
+    out = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        fields = proc_fields(int(name))
+        try:
+            with open(f"/proc/{name}/cmdline", "rb") as f:
+                cmd = f.read()
+        except OSError:
+            continue
+        if fields is not None and int(fields[1]) == scheduler and b"#pbq-runner" in cmd:
+            out.append(int(name))
+    return out
 
 
 def job_pids(jf: Path, host: str) -> list[int]:
@@ -764,8 +782,8 @@ def sec_idle(b: Bench) -> list[Row]:
     # max = k + 4 rather than k: a little foreign load must not keep the last jobs from starting
     hfb = write(db / "hostfile", f"* linux {k + 4} {k + 4} 0\n")
     jfb = write(db / "jobfile", "sleep 1000\n" * k)
-    keeper_a = b.popen(pbq_argv(hfa, jfa, "idle"), cwd=da, out=da / "sched.out")
-    keeper_b = b.popen(pbq_argv(hfb, jfb, "idle"), cwd=db, out=db / "sched.out")
+    sched_a = b.popen(pbq_argv(hfa, jfa, "idle"), cwd=da, out=da / "sched.out")
+    sched_b = b.popen(pbq_argv(hfb, jfb, "idle"), cwd=db, out=db / "sched.out")
 
     def status(jf: Path) -> dict:
         return read_json(host_file(jf, "idle", "status")) or {}
@@ -784,11 +802,12 @@ def sec_idle(b: Bench) -> list[Row]:
         raise BenchError(f"the idle scheduler did not start: {tail(da / 'sched.out')}")
     time.sleep(1.0 if s.quick else 2.0)  # past start-up and the `stop` transition
     procs = {}
-    for name, jf, keeper in (("empty", jfa, keeper_a), ("stopped", jfb, keeper_b)):
+    for name, jf, started in (("empty", jfa, sched_a), ("stopped", jfb, sched_b)):
         sp = scheduler_pid(jf, "idle")
-        if sp is None:
-            raise BenchError("no .pid file")
-        procs[name] = (sp, keeper.pid)
+        if sp is None or sp != started.pid:
+            raise BenchError(f"the .pid file names {sp}, not the started pbq-single {started.pid}")
+        # The scheduler and its job runner (none yet where no job ever started).
+        procs[name] = (sp, *runner_pids(sp))
     before = {name: [proc_cpu(p) for p in pp] for name, pp in procs.items()}
     t0 = time.monotonic()
     say(f"idle: measuring both schedulers for {s.idle_window:g} s")
@@ -796,13 +815,14 @@ def sec_idle(b: Bench) -> list[Row]:
     elapsed = time.monotonic() - t0
     after = {name: [proc_cpu(p) for p in pp] for name, pp in procs.items()}
     res = {}
-    for name, (sp, kp) in procs.items():
+    for name, (sp, *helpers) in procs.items():
         b0, a0 = before[name], after[name]
         if None in b0 or None in a0:
             raise BenchError(f"the {name} scheduler died during the window: {tail((da if name == 'empty' else db) / 'sched.out')}")
         cpu = sum(a0) - sum(b0)  # type: ignore[arg-type]
         res[name] = {"cpu_s": cpu, "pct": cpu / elapsed * 100, "sched_cpu_s": a0[0] - b0[0],  # type: ignore[operator]
-                     "hwm_mb": proc_hwm_mb(sp), "keeper_hwm_mb": proc_hwm_mb(kp)}
+                     "hwm_mb": proc_hwm_mb(sp),
+                     "runner_hwm_mb": sum(proc_hwm_mb(p) or 0.0 for p in helpers)}
     if not all(proc_state(p) == "T" for p in pids):
         raise BenchError("stopped jobs were continued during the window")
     b.samples["idle"] = {"window_s": elapsed, **res}
@@ -812,7 +832,7 @@ def sec_idle(b: Bench) -> list[Row]:
         rows.append(Row("idle", f"idle CPU, {what} ({elapsed:.0f} s)", f"{r['pct']:.3f} % core",
                         f"{r['cpu_s']:.2f} s CPU", target="< 0.5 %", ok=r["pct"] < 0.5))
         rows.append(Row("idle", f"  peak RSS (VmHWM), {what}", f"{r['hwm_mb']:.1f} MB",
-                        f"keeper {r['keeper_hwm_mb']:.1f} MB", target="< 40 MB", ok=r["hwm_mb"] < 40))
+                        f"job runner {r['runner_hwm_mb']:.1f} MB", target="< 40 MB", ok=r["hwm_mb"] < 40))
     return rows
 
 
@@ -1044,6 +1064,60 @@ def profile_child(d: Path, out: Path) -> None:
     sys.exit(code)
 
 
+def sec_commands(b: Bench) -> list[Row]:
+    """How fast the commands a person types answer, as a ratio to ``python3 -c pass`` measured
+    alternately in the same run, with 100 hosts' files beside the jobfile."""
+    from pbq.sidefiles import HostStatus, PidRecord, write_pidfile, write_status
+
+    d = b.mkdir("commands")
+    hf = write(d / "hostfile", HOSTLINE + "\n")
+    jf = write(d / "jobfile", "true\n" * 100)
+    more = write(d / "more", "true\n")
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a pid that is no longer alive: every host's scheduler is dead
+    me = PidRecord.current(runner=None)
+    for i in range(100):
+        host = f"h{i:03d}"
+        write_pidfile(host_file(jf, host, "pid"), PidRecord(gone.pid, me.start, me.machine, me.boot,
+                                                             me.pidns, None), fsync=False)
+        write_status(host_file(jf, host, "status"), HostStatus(
+            host=host, machine=me.machine, pid=gone.pid, state="running", time=time.time(),
+            interval=1.0, jobfile=str(jf)))
+    commands: dict[str, list[str | Path]] = {
+        "pbq status": [PY, BIN / "pbq", "status", hf, jf],
+        "pbq control check": [PY, BIN / "pbq", "control", hf, jf, "check"],
+        "jobfile-append (1 line)": [PY, BIN / "jobfile-append", jf, more],
+    }
+    if subprocess.run([PY, str(BIN / "pbq"), "add", "--help"], capture_output=True).returncode == 0:
+        commands["pbq add (1 line)"] = [PY, BIN / "pbq", "add", jf, "--", "echo", "a b"]
+    base: list[str | Path] = [PY, "-c", "pass"]
+    rounds = max(5, b.s.rounds * (3 if b.s.quick else 7))
+    times: dict[str, list[float]] = {name: [] for name in commands}
+    base_times: list[float] = []
+
+    def timed(argv: Sequence[str | Path]) -> float:
+        t0 = time.perf_counter()
+        r = subprocess.run([str(a) for a in argv], cwd=d, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.PIPE, env=b.env, timeout=60)
+        took = time.perf_counter() - t0
+        if r.returncode not in (0, 1):  # check: 1 when a host is dead, as all are here
+            raise BenchError(f"{argv[1:3]} exited {r.returncode}: {r.stderr.decode(errors='replace')[-300:]}")
+        return took
+
+    for _ in range(rounds):
+        for name, argv in commands.items():
+            base_times.append(timed(base))
+            times[name].append(timed(argv))
+    b0 = median(base_times)
+    rows = []
+    for name in commands:
+        t = median(times[name])
+        rows.append(Row("commands", f"{name}, 100 hosts' files", f"{t * 1000:.0f} ms",
+                        f"{b0 * 1000:.0f} ms (python3 -c pass)", ratio_cell(t / b0),
+                        target="<= 5.0x", ok=t / b0 <= 5.0))
+    return rows
+
+
 def sec_profile(b: Bench) -> list[Row]:
     import pstats
 
@@ -1169,6 +1243,7 @@ def render_table(rows: list[Row], sections: list[str]) -> list[str]:
 
 RUNNERS: dict[str, Callable[[Bench], list[Row]]] = {
     "dispatch": sec_dispatch,
+    "commands": sec_commands,
     "scaling": sec_scaling,
     "reaction": sec_reaction,
     "idle": sec_idle,
