@@ -6,8 +6,14 @@ with their real statuses, and a new runner starts the next jobs.  Jobs of an ear
 this host (adopted after a restart) are nobody's children here: their end is noticed by
 polling, and their exit status is the old runner's record in ``JOBFILE.HOST.exits``.
 
-Every job is a session (and process group) of its own: ``stop``/``cont``/``term`` signal
-the whole group, and ``term`` waits until no process of the job's session is left.
+Every job is a session (and process group) of its own.  Where a writable cgroup v2 exists
+(``cgroup.py``), every job is also in a cgroup of its own, which holds every process of the
+job, wherever it went (``setsid`` daemons, ``set -m`` children): ``stop``/``cont``/``term``
+signal every process in it, eviction and the end of ``term_grace`` kill it whole, a job's
+CPU time is one read of its ``cpu.stat``, and when a job's leader exits whatever it left
+running is killed (as Slurm and HTCondor do: a batch job leaves no daemon behind on
+someone's desktop).  Elsewhere ``stop``/``cont``/``term`` signal the job's process group,
+and ``term`` waits until no process of the job's session is left.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..errors import PbqError
 from ..sensors import (
     Sensors,
     pids_with_env,
@@ -35,6 +42,7 @@ from ..sensors import (
     same_process,
 )
 from ..sidefiles import ExitRecord, read_exit_records
+from . import cgroup as cgroups
 from .executor import Ended, EnvFor, NotStarted, Started
 from .jobs import UNKNOWN_EXIT, Job, JobState, Outcome
 from .ledger import Log
@@ -47,6 +55,7 @@ RECORD_WAIT = 2.0  # at start-up, seconds to wait for a live old runner to recor
 START_REPLY_WAIT = 30.0  # seconds the runner has to answer a start request
 PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent.parent)
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
+RECORDED = "exit status recorded by the job runner"
 
 
 def set_subreaper() -> bool:
@@ -90,7 +99,8 @@ class LocalExecutor:
     counts_foreign_load = True
 
     def __init__(self, host: str, jobfile: Path, exits: Path, nice: int, output_dir: Path | None,
-                 log: Log, sensors: Sensors, old_runner: int | None = None) -> None:
+                 log: Log, sensors: Sensors, old_runner: int | None = None,
+                 containment: str = "auto") -> None:
         self.host = host
         self.jobfile = jobfile
         self.exits = exits
@@ -113,6 +123,26 @@ class LocalExecutor:
         self.unacked: list[int] = []
         self.finished_cpu = 0.0  # CPU seconds of ended jobs (and dead runners)
         self.on_runner_started: Callable[[int], None] | None = None  # the loop records its pid
+        self.cg: cgroups.Cgroups | None = None  # None: process groups only
+        self.new_in_cgroup = False  # new jobs get a cgroup (off after a failed move)
+        self.job_cg: dict[int, str] = {}  # seq -> the job's cgroup
+        self.cg_cpu_done: set[int] = set()  # pids whose CPU the cgroup counted already
+        self.cg_unremoved: list[str] = []  # cgroups of recorded jobs, still busy
+        self._contain(containment)
+
+    def _contain(self, mode: str) -> None:
+        """Decide, once, how jobs are contained; say so once in the log."""
+        if mode == "process-group":
+            self.log("job containment: process groups (containment = process-group)")
+            return
+        found = cgroups.probe(self.host, str(self.jobfile))
+        if isinstance(found, str):
+            if mode == "cgroup":
+                raise PbqError(f"containment = cgroup, but no writable cgroup v2: {found}")
+            self.log(f"job containment: process groups (no writable cgroup v2: {found})")
+            return
+        self.cg, self.new_in_cgroup = found, True
+        self.log(f"job containment: cgroup v2 at {found.describe()}")
 
     # -- the runner ---------------------------------------------------------------
 
@@ -203,11 +233,15 @@ class LocalExecutor:
                 out, err = str(self.output_dir / f"{jid}.out"), str(self.output_dir / f"{jid}.err")
             from ..cmdline import job_argv
 
-            if not self._send(("start", job.seq, job_argv(job.line), envs[job.seq], out, err)):
+            cg = None
+            if self.cg is not None and self.new_in_cgroup:
+                cg = (self.cg.path(envs[job.seq]["PBQ_JOB_ID"]), self.cg.home)
+            if not self._send(("start", job.seq, job_argv(job.line), envs[job.seq], out, err, cg)):
                 break
         return self._start_replies(jobs, envs)
 
-    def _start_replies(self, jobs: list[Job], envs: dict[int, dict[str, str]]) -> list[Started | NotStarted]:
+    def _start_replies(self, jobs: list[Job],
+                       envs: dict[int, dict[str, str]]) -> list[Started | NotStarted]:
         """Wait for the runner's answer to each start request (the other messages wait)."""
         want = {j.seq: j for j in jobs}
         answers: dict[int, Started | NotStarted] = {}
@@ -224,6 +258,7 @@ class LocalExecutor:
                 if kind == "started" and seq in want:
                     job = want[seq]
                     self.by_pid[msg[2]] = job
+                    self._contained(job, envs[seq]["PBQ_JOB_ID"], msg[5])
                     answers[seq] = Started(job, pid=msg[2], pid_start=msg[3], when=msg[4])
                 elif kind == "failed" and seq in want:
                     answers[seq] = NotStarted(want[seq], Outcome(msg[2], note=msg[3]), msg[3])
@@ -244,10 +279,43 @@ class LocalExecutor:
         found = self.find_job(env["PBQ_JOB_ID"])
         if found:
             self.orphans[found[0]] = job
+            self._find_cgroup(job, env["PBQ_JOB_ID"], found[0])
             return Started(job, pid=found[0], pid_start=process_start(found[0]))
         return NotStarted(job, None, "the job runner did not answer")
 
+    def _contained(self, job: Job, job_id: str, why_not: str) -> None:
+        if self.cg is None or not self.new_in_cgroup:
+            return
+        if not why_not:
+            self.job_cg[job.seq] = self.cg.path(job_id)
+            return
+        self.new_in_cgroup = False
+        self.log(f"job containment: process groups from now on ({job_id}: {why_not})")
+
+    def _find_cgroup(self, job: Job, job_id: str, pid: int) -> None:
+        if self.cg is not None:
+            where = self.cg.find(job_id, pid)
+            if where is not None:
+                self.job_cg[job.seq] = where
+
     # -- ends -----------------------------------------------------------------------
+
+    def _job_ended(self, job: Job, pid: int | None) -> None:
+        """A job's leader exited: that is the job's end (as in PBQ), and whatever it left
+        running in its cgroup is killed now.  Its CPU time, daemons included, is the
+        cgroup's; the runner's wait4 figure then does not count again."""
+        where = self.job_cg.get(job.seq)
+        if where is None or self.cg is None:
+            return
+        left = cgroups.kill(self.cg, where)
+        if left:
+            self.log(f"job {self.host}.{job.seq} left {left} process(es) running: killed")
+        cpu = cgroups.cpu_seconds(where)
+        if cpu is not None:
+            job.cpu_seconds = cpu
+            if pid is not None:
+                self.finished_cpu += cpu
+                self.cg_cpu_done.add(pid)
 
     def events(self, now: float) -> list[Ended]:
         ended: list[Ended] = []
@@ -257,12 +325,16 @@ class LocalExecutor:
             if msg[0] == "exited":
                 job = self.by_pid.pop(msg[1], None)
                 if job is not None:
+                    self._job_ended(job, msg[1])
                     ended.append(Ended(job, outcome_of(msg[2]), msg[3]))
                     self.awaiting_usage[msg[1]] = job
                     self.unacked.append(msg[1])
             elif msg[0] == "usage":
                 job = self.awaiting_usage.pop(msg[1], None)
-                self.finished_cpu += msg[2]
+                if msg[1] in self.cg_cpu_done:
+                    self.cg_cpu_done.discard(msg[1])
+                else:
+                    self.finished_cpu += msg[2]
                 if job is not None:
                     self.usage_done.append((job, msg[2], msg[3]))
         self.inbox = []
@@ -302,7 +374,11 @@ class LocalExecutor:
         job = self.orphans.pop(pid, None)
         if job is None:
             return []  # a daemon some job left behind
-        self.finished_cpu += cpu
+        self._job_ended(job, pid)
+        if pid in self.cg_cpu_done:
+            self.cg_cpu_done.discard(pid)
+        else:
+            self.finished_cpu += cpu
         return [Ended(job, outcome_of(status, cpu, maxrss), now)]
 
     def usage(self) -> list[tuple[Job, float, int]]:
@@ -313,11 +389,25 @@ class LocalExecutor:
         if self.unacked and self.sock is not None:
             self._send(("ack", self.unacked))
         self.unacked = []
+        for e in ended:  # their cgroups are empty now (killed at the end), or soon
+            where = self.job_cg.pop(e.job.seq, None)
+            if where is not None and not cgroups.remove(where):
+                self.cg_unremoved.append(where)
+
+    def _remove_cgroups(self) -> None:
+        """Cgroups of recorded jobs whose last (killed) process had not quite gone yet."""
+        busy = [w for w in self.cg_unremoved if not cgroups.remove(w)]
+        if busy and self.cg is not None:
+            for where in busy:
+                cgroups.kill(self.cg, where)
+        self.cg_unremoved = busy
 
     def poll(self, live: list[Job], now: float, mono: float) -> list[Ended]:
         """Adopted jobs are not our children: notice their end by polling, and take their
         exit status from the old runner's record (``.exits``)."""
         ended: list[Ended] = []
+        if self.cg_unremoved:
+            self._remove_cgroups()
         records: dict[tuple[int, float | None], ExitRecord] | None = None
         for seq, job in list(self.adopted.items()):
             if self.adopted_alive(job):
@@ -327,13 +417,15 @@ class LocalExecutor:
             rec = records.get((job.pid or 0, _round(job.pid_start)))
             if rec is not None:
                 ended.append(Ended(job, outcome_of(rec.status, rec.cpu, rec.maxrss,
-                                                   "exit status recorded by the job runner"), rec.time))
+                                                   RECORDED), rec.time))
             elif mono - self.gone_since.setdefault(seq, mono) >= ADOPTED_EXIT_WAIT:
-                ended.append(Ended(job, Outcome(UNKNOWN_EXIT, note="adopted job ended with no recorded "
-                                                "exit status"), now))
+                note = "adopted job ended with no recorded exit status"
+                ended.append(Ended(job, Outcome(UNKNOWN_EXIT, note=note), now))
             else:
                 continue
-            self.finished_cpu += job.cpu_seconds
+            before = job.cpu_seconds
+            self._job_ended(job, None)
+            self.finished_cpu += max(before, job.cpu_seconds)
             del self.adopted[seq]
             self.gone_since.pop(seq, None)
         return ended
@@ -350,39 +442,89 @@ class LocalExecutor:
             return False  # never signal a pid we did not verify: it may be someone else's now
         return signal_group(job.pid, sig)
 
+    def _signal_cgroup(self, job: Job, sig: int, freeze: bool) -> int | None:
+        """Signal every process of the job's cgroup: how many; None if it has no cgroup."""
+        where = self.job_cg.get(job.seq)
+        if where is None or self.cg is None:
+            return None
+        return cgroups.signal_all(self.cg, where, sig, freeze)
+
+    def _said(self, job: Job, n: int | None) -> str | None:
+        if n is None:
+            return None
+        if not n:
+            return None
+        return f"pid {job.pid}" + (f" (+{n - 1} in its cgroup)" if n > 1 else "")
+
     def stop(self, job: Job) -> str | None:
+        # Frozen first, so that nothing forks away between reading the cgroup and signalling.
+        n = self._signal_cgroup(job, signal.SIGSTOP, freeze=True)
+        if n is not None:
+            return self._said(job, n)
         return f"pid {job.pid}" if self._signal(job, signal.SIGSTOP) else None
 
     def cont(self, job: Job) -> str | None:
+        # No freeze: stopped processes do not fork.
+        n = self._signal_cgroup(job, signal.SIGCONT, freeze=False)
+        if n is not None:
+            return self._said(job, n)
         return f"pid {job.pid}" if self._signal(job, signal.SIGCONT) else None
 
     def kill(self, job: Job) -> bool:
+        where = self.job_cg.get(job.seq)
+        if where is not None and self.cg is not None:
+            return cgroups.kill(self.cg, where) > 0
         done = self._signal(job, signal.SIGKILL)
         self._signal(job, signal.SIGCONT)
         return done
 
     def terminate(self, jobs: list[Job]) -> str:
         for job in jobs:
+            stopped = job.state is JobState.STOPPED or bool(job.stopped_by)
+            if self._signal_cgroup(job, signal.SIGTERM, freeze=False) is not None:
+                if stopped:
+                    self._signal_cgroup(job, signal.SIGCONT, freeze=False)
+                continue
             self._signal(job, signal.SIGTERM)
-            if job.state is JobState.STOPPED or job.stopped_by:
+            if stopped:
                 self._signal(job, signal.SIGCONT)  # a stopped process can't act on SIGTERM
         return f"SIGTERM to {len(jobs)} job(s)"
 
     def term_finished(self, jobs: list[Job], hard: bool) -> bool:
-        """Done when no process of any job's session is left (a job's leader may die of
-        SIGTERM while what it started ignores it)."""
-        sids = [j.pid for j in jobs if j.pid]
+        """Done when no process of any job is left: its cgroup is empty, or, without one,
+        its session (a job's leader may die of SIGTERM while what it started ignores it)."""
+        busy = False
+        sids = []
+        for job in jobs:
+            where = self.job_cg.get(job.seq)
+            if where is None or self.cg is None:
+                if job.pid:
+                    sids.append(job.pid)
+            elif cgroups.populated(where):
+                busy = True
+                if hard:
+                    cgroups.kill(self.cg, where)
         members = self.sensors.sessions(sids).members if sids else {}
         if hard:
             for sid in members:
                 signal_group(sid, signal.SIGKILL)
-        return not members
+        return not members and not busy
 
     def own_cpu_seconds(self, live: list[Job]) -> float:
         # Only running jobs use CPU: scan /proc for their sessions only when there are some
         # (an idle or all-stopped scheduler reads almost nothing).  Stopped jobs keep their
         # last figure, so the total stays continuous.
-        running = [j.pid for j in live if j.pid and j.state is JobState.RUNNING]
+        # A job in a cgroup: one read of its cpu.stat, daemons and reaped children included.
+        running = []
+        for job in live:
+            if not job.pid or job.state is not JobState.RUNNING:
+                continue
+            where = self.job_cg.get(job.seq)
+            cpu = cgroups.cpu_seconds(where) if where is not None else None
+            if cpu is not None:
+                job.cpu_seconds = cpu
+            else:
+                running.append(job.pid)
         if running:
             sample = self.sensors.sessions(running)
             for job in live:
@@ -417,7 +559,8 @@ class LocalExecutor:
                     continue
                 pid, start = found[0], process_start(found[0])
             if same_process(pid, start) or self._ending(pid, start):
-                out[job.seq] = Probe(alive=True, stopped=process_state(pid) == "T", pid=pid, pid_start=start)
+                out[job.seq] = Probe(alive=True, stopped=process_state(pid) == "T", pid=pid,
+                                     pid_start=start)
                 continue
             rec = records.get((pid, _round(start)))
             if rec is None and self.old_runner_alive():
@@ -439,7 +582,8 @@ class LocalExecutor:
         out = []
         for pid in pids_with_env("PBQ_JOB_ID", job_id):
             with contextlib.suppress(OSError):
-                if os.getsid(pid) == pid and process_environ(pid).get("PBQ_JOBFILE") == str(self.jobfile):
+                ours = str(self.jobfile)
+                if os.getsid(pid) == pid and process_environ(pid).get("PBQ_JOBFILE") == ours:
                     out.append(pid)
         return out
 
@@ -448,7 +592,7 @@ class LocalExecutor:
         if rec is None:
             return Probe(pid=pid, pid_start=start)
         return Probe(pid=pid, pid_start=start, ended_at=rec.time,
-                     exit=outcome_of(rec.status, rec.cpu, rec.maxrss, "exit status recorded by the job runner"))
+                     exit=outcome_of(rec.status, rec.cpu, rec.maxrss, RECORDED))
 
     def _ending(self, pid: int, start: float | None) -> bool:
         """A zombie the live old runner is about to reap and record: adopt it, and the
@@ -461,6 +605,24 @@ class LocalExecutor:
         for job in jobs:
             if job.pid is not None:
                 self.adopted[job.seq] = job
+                self._find_cgroup(job, f"{self.host}.{job.seq}", job.pid)
+        self._clean_cgroups()
+
+    def _clean_cgroups(self) -> None:
+        """At start, after adoption: job cgroups of this scheduler that no live job owns are
+        leftovers of jobs that ended while no scheduler watched (their leftover processes are
+        killed, as at any job's end) or of a crash; removed."""
+        if self.cg is None:
+            return
+        owned = set(self.job_cg.values())
+        for where in self.cg.children():
+            if where in owned:
+                continue
+            left = cgroups.kill(self.cg, where)
+            if left:
+                self.log(f"killed {left} leftover process(es) of an ended job ({where})")
+            if not cgroups.remove(where):
+                self.cg_unremoved.append(where)
 
     def close(self) -> None:
         if self.sock is not None:
@@ -472,6 +634,10 @@ class LocalExecutor:
             # goes on reaping them without us.
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(self.runner_pid, os.WNOHANG)
+        if self.cg is not None:
+            for where in self.cg_unremoved:
+                cgroups.remove(where)
+            self.cg.close()  # only if no job cgroup is left (jobs live on after `kill`)
 
 
 def _round(x: float | None) -> float | None:
