@@ -166,7 +166,8 @@ class Scheduler:
                                self.jobfile.with_name(self.jobfile.name + ".usage"), self.mono)
         local = old is not None and is_local(old)
         ex = LocalExecutor(self.host, self.jobfile, self.files.exits, self.cfg.scheduler.nice, self.opts.output_dir,
-                           self.log, self.sensors, old.runner if local and old is not None else None)
+                           self.log, self.sensors, old.runner if local and old is not None else None,
+                           containment=self.cfg.scheduler.containment)
         ex.on_runner_started = self._runner_started
         return ex
 
