@@ -33,6 +33,7 @@ from dataclasses import dataclass
 
 MODES = ("auto", "cgroup", "process-group")
 FREEZE_WAIT = 0.5  # seconds to wait for a cgroup to be frozen (a D-state process delays it)
+EMPTY_WAIT = 0.5  # seconds to wait for killed processes to leave their cgroup
 SIGNAL_ROUNDS = 10  # without cgroup.freeze: signal until no new process shows up, this often
 
 
@@ -173,8 +174,12 @@ def enter(job_dir: str) -> str:
     of clone3's CLONE_INTO_CGROUP, which posix_spawn does not offer).  "" when done, else
     why not."""
     try:
-        with contextlib.suppress(FileExistsError):
+        try:
             os.mkdir(job_dir)
+        except FileExistsError:
+            pass
+        except FileNotFoundError:  # the scheduler's cgroup was removed under it
+            os.makedirs(job_dir, exist_ok=True)
         with open(f"{job_dir}/cgroup.procs", "w") as f:
             f.write("0")  # 0: the writing process
         return ""
@@ -242,9 +247,13 @@ def _write(path: str, text: str) -> bool:
         return False
 
 
-def _wait_frozen(job_dir: str, timeout: float) -> bool:
-    """Until ``cgroup.events`` says frozen: only then can no process be half-way through a
-    fork that our read of ``cgroup.procs`` would miss."""
+def wait_empty(job_dir: str, timeout: float) -> bool:
+    """Until no process is left in the cgroup (killed processes take a moment to go)."""
+    return _wait_event(job_dir, b"populated 0", timeout)
+
+
+def _wait_event(job_dir: str, event: bytes, timeout: float) -> bool:
+    """Until ``cgroup.events`` says ``event``, at most ``timeout`` seconds."""
     try:
         fd = os.open(f"{job_dir}/cgroup.events", os.O_RDONLY)
     except OSError:
@@ -254,7 +263,7 @@ def _wait_frozen(job_dir: str, timeout: float) -> bool:
         poller = select.poll()
         poller.register(fd, select.POLLPRI)  # kernfs notifies changes of cgroup.events
         while True:
-            if b"frozen 1" in os.pread(fd, 512, 0):
+            if event in os.pread(fd, 512, 0):
                 return True
             left = deadline - time.monotonic()
             if left <= 0:
@@ -276,7 +285,9 @@ def signal_all(cg: Cgroups, job_dir: str, sig: int, freeze: bool = True) -> int:
     """
     if freeze and cg.freeze and _write(f"{job_dir}/cgroup.freeze", "1"):
         try:
-            _wait_frozen(job_dir, FREEZE_WAIT)
+            # Only once it is frozen can no process be half-way through a fork that the
+            # read of cgroup.procs would miss.
+            _wait_event(job_dir, b"frozen 1", FREEZE_WAIT)
             return _send(pids(job_dir), sig)
         finally:
             _write(f"{job_dir}/cgroup.freeze", "0")

@@ -310,6 +310,7 @@ class LocalExecutor:
         left = cgroups.kill(self.cg, where)
         if left:
             self.log(f"job {self.host}.{job.seq} left {left} process(es) running: killed")
+            cgroups.wait_empty(where, cgroups.EMPTY_WAIT)  # so it can be removed once recorded
         cpu = cgroups.cpu_seconds(where)
         if cpu is not None:
             job.cpu_seconds = cpu
@@ -636,6 +637,7 @@ class LocalExecutor:
                 os.waitpid(self.runner_pid, os.WNOHANG)
         if self.cg is not None:
             for where in self.cg_unremoved:
+                cgroups.wait_empty(where, cgroups.EMPTY_WAIT)
                 cgroups.remove(where)
             self.cg.close()  # only if no job cgroup is left (jobs live on after `kill`)
 
