@@ -149,6 +149,23 @@ def test_stop_cont_term_reach_processes_that_left_the_process_group(tmp_path: Pa
             os.kill(p.pid, signal.SIGKILL)
 
 
+@needs_cgroup
+def test_term_leaves_no_cgroup_behind(tmp_path: Path) -> None:
+    hf = hostfile(tmp_path, ROOMY)
+    config(tmp_path, FAST_CONFIG)
+    jf = jobfile(tmp_path, ["sleep 300"] * 4)
+    p = start_scheduler(hf, jf)
+    try:
+        wait_for(lambda: len(lines_of(hostfile_path(jf, HOST, "running"))) == 4, timeout=30,
+                 what="four jobs running")
+        control(hf, jf, "term")
+        wait_exit(p, 30)
+        assert not parent_of(jf).exists(), "every job cgroup and the scheduler's removed"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(p.pid, signal.SIGKILL)
+
+
 DAEMONIZER = """\
 import os, sys, time
 pidfile = sys.argv[1]

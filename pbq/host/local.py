@@ -399,8 +399,10 @@ class LocalExecutor:
         """Cgroups of recorded jobs whose last (killed) process had not quite gone yet."""
         busy = [w for w in self.cg_unremoved if not cgroups.remove(w)]
         if busy and self.cg is not None:
+            live = set(self.job_cg.values())
             for where in busy:
-                cgroups.kill(self.cg, where)
+                if where not in live:  # never a running job's, whatever the names say
+                    cgroups.kill(self.cg, where)
         self.cg_unremoved = busy
 
     def poll(self, live: list[Job], now: float, mono: float) -> list[Ended]:
@@ -639,6 +641,8 @@ class LocalExecutor:
             for where in self.cg_unremoved:
                 cgroups.wait_empty(where, cgroups.EMPTY_WAIT)
                 cgroups.remove(where)
+            for where in self.job_cg.values():  # ends not recorded (term) or jobs left running
+                cgroups.remove(where)  # only if empty: a live job keeps its cgroup for adoption
             self.cg.close()  # only if no job cgroup is left (jobs live on after `kill`)
 
 
