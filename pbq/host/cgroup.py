@@ -184,6 +184,7 @@ def enter(job_dir: str) -> str:
             f.write("0")  # 0: the writing process
         return ""
     except OSError as err:
+        remove(job_dir)
         return f"cannot enter {job_dir}: {err.strerror}"
 
 

@@ -210,8 +210,11 @@ class Runner:
         if msg[0] == "start":
             _, seq, argv, overrides, out, err, cg = msg
             env = self.env | overrides
-            # The job is born in its cgroup: the runner steps into it for the spawn and back
-            # out right after (two writes, some 30 us each).
+            # The job is born in its cgroup (what clone3's CLONE_INTO_CGROUP does; posix_spawn
+            # cannot): the runner steps into it for the spawn and back out right after, two
+            # writes of some 30 us.  Moving the pid after posix_spawn returns (after the exec)
+            # would leave the job outside while its dynamic loader runs: harmless in practice,
+            # as it forks nothing then, but this way there is no such moment at all.
             contained = cgroups.enter(cg[0]) if cg is not None else "no cgroup"
             try:
                 pid = spawn(argv, env, out, err, self.nice)
@@ -235,8 +238,9 @@ class Runner:
     def left_cgroup(self, cg: tuple[str, str] | None, entered: str, remove: bool) -> str:
         """Back to the runner's own cgroup after a spawn; "" if the job is in its cgroup.
 
-        Should going back ever fail, the runner stays in that job's cgroup and dies with the
-        job; the scheduler, a subreaper, reaps the runner's jobs then and starts a new one.
+        Should going back ever fail, the job is reported as not contained: the scheduler
+        then never kills that cgroup (the runner is in it) and uses process groups for the
+        jobs it starts from then on.
         """
         if cg is None or entered:
             return entered
