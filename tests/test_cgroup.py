@@ -33,6 +33,7 @@ from pbqtest import (
     wait_exit,
     wait_for,
 )
+from test_process_model import daemonizer_line, pid_in
 
 from pbq.errors import PbqError
 from pbq.host import cgroup as cgroups
@@ -67,13 +68,6 @@ def parent_of(jf: Path) -> Path:
     found = cgroups.locate()
     assert not isinstance(found, str), found
     return Path(found[1]) / cgroups.parent_name(HOST, str(jf))
-
-
-def pid_in(path: Path) -> int | None:
-    try:
-        return int(path.read_text().strip())
-    except (OSError, ValueError):
-        return None
 
 
 def log_text(jf: Path) -> str:
@@ -166,28 +160,9 @@ def test_term_leaves_no_cgroup_behind(tmp_path: Path) -> None:
             os.kill(p.pid, signal.SIGKILL)
 
 
-DAEMONIZER = """\
-import os, sys, time
-pidfile = sys.argv[1]
-if os.fork() == 0:
-    os.setsid()
-    if os.fork() == 0:  # the daemon: a session of its own, its parents gone
-        with open(pidfile + ".tmp", "w") as f:
-            f.write(str(os.getpid()))
-        os.rename(pidfile + ".tmp", pidfile)
-        time.sleep(300)
-    os._exit(0)
-os.wait()
-while not os.path.exists(pidfile):  # the leader ends once the daemon is up
-    time.sleep(0.02)
-"""
-
-
 @needs_cgroup
 def test_a_job_ends_with_its_leader_and_what_it_left_running_is_killed(tmp_path: Path) -> None:
-    script = tmp_path / "daemonize.py"
-    script.write_text(DAEMONIZER)
-    line = f"{sys.executable} {script} {tmp_path / 'daemon.pid'}"
+    line = daemonizer_line(tmp_path)  # the leader ends once its daemon is up
     hf = hostfile(tmp_path, ROOMY)
     config(tmp_path, FAST_CONFIG)
     jf = jobfile(tmp_path, [line])
@@ -345,6 +320,28 @@ def test_without_a_writable_cgroup_v2_jobs_are_process_groups(
     finally:
         finish(ex, job)
         os.kill(daemon, signal.SIGKILL)
+
+
+@needs_cgroup
+def test_a_job_that_cannot_enter_its_cgroup_runs_and_later_jobs_use_process_groups(
+    tmp_path: Path,
+) -> None:
+    ex, log = executor(tmp_path)
+    assert ex.cg is not None
+    real_parent, ex.cg.parent = ex.cg.parent, "/proc/no-such-cgroup"  # mkdir fails there
+    job = start(ex, "sleep 300")
+    try:
+        assert not ex.job_cg and not ex.new_in_cgroup
+        assert log.lines[-1].startswith(
+            f"job containment: process groups from now on ({HOST}.1: cannot enter"
+        ), log.lines
+        assert cgroups.locate(job.pid or 0) == cgroups.locate(), "in the scheduler's cgroup"
+        assert ex.stop(job) == f"pid {job.pid}"  # its process group
+        wait_for(lambda: proc_state(job.pid or 0) == "T", what="the job stopped")
+    finally:
+        ex.cg.parent = real_parent
+        finish(ex, job)
+    assert not Path(real_parent).exists()
 
 
 def test_containment_cgroup_refuses_to_start_without_one(
