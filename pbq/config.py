@@ -106,6 +106,9 @@ KEYS: tuple[KeySpec, ...] = (
     _k("scheduler", "exit_when_empty", "bool", False, "exit once the jobfile has no jobs left"),
     _k("scheduler", "allow_group_write", "bool", False,
        "accept a jobfile that is group-writable"),
+    _k("scheduler", "containment", "choice", "auto",
+       "how a job's processes are found: 'cgroup' (v2), 'process-group', or 'auto'",
+       choices=("auto", "cgroup", "process-group")),
     _k("jobfile", "lock", "choice", "flock", "jobfile locking: 'flock' or 'soft' (lock file)",
        choices=("flock", "soft")),
     _k("jobfile", "compact_after", "float", 2.0,
@@ -174,6 +177,7 @@ class SchedulerSection:
     output_dir: str
     exit_when_empty: bool
     allow_group_write: bool
+    containment: str
 
 
 @dataclass(frozen=True)

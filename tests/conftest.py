@@ -18,7 +18,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from pbqtest import kill_all, processes_mentioning  # noqa: E402
+from pbqtest import kill_all, processes_mentioning, remove_job_cgroups  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -32,6 +32,7 @@ def _kill_leftovers(request: pytest.FixtureRequest):
     left = processes_mentioning(str(tmp))
     if left:
         kill_all(left)
+    remove_job_cgroups(tmp)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

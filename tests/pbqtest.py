@@ -195,3 +195,31 @@ def pending_lines(jf: Path) -> list[str]:
         offset = 0
     data = jf.read_bytes()[offset:].decode(errors="surrogateescape")
     return [ln for ln in data.split("\n") if ln.strip() and not ln.strip().startswith("#")]
+
+
+def remove_job_cgroups(tmp: Path) -> None:
+    """Kill and remove the job cgroups of schedulers whose jobfiles are under ``tmp`` (a
+    SIGKILLed scheduler leaves them to its next start, which a test may never make)."""
+    from pbq.host import cgroup
+
+    found = cgroup.locate()
+    if isinstance(found, str):
+        return
+    try:
+        mine = {cgroup.parent_name("", str(f)).rsplit("-", 1)[1] for f in tmp.rglob("*") if f.is_file()}
+        parents = [e.path for e in os.scandir(found[1]) if e.is_dir() and e.name.startswith("pbq-")]
+    except OSError:
+        return
+    for parent in parents:
+        if parent.rsplit("-", 1)[1] not in mine:
+            continue
+        for job in [e.path for e in os.scandir(parent) if e.is_dir()]:
+            for pid in cgroup.pids(job):
+                for sig in (signal.SIGKILL, signal.SIGCONT):
+                    try:
+                        os.kill(pid, sig)
+                    except ProcessLookupError:
+                        pass
+            cgroup.wait_empty(job, 5.0)
+            cgroup.remove(job)
+        cgroup.remove(parent)

@@ -496,9 +496,14 @@ def daemonizer_line(tmp: Path) -> str:
     return f"{sys.executable} {script} {tmp / 'daemon.pid'}"
 
 
+# With process groups a daemon escapes its job; in a cgroup it ends with it (test_cgroup.py).
+PROCESS_GROUPS = FAST_CONFIG.replace("[scheduler]\n", '[scheduler]\ncontainment = "process-group"\n')
+
+
 def test_daemon_left_by_a_job_does_not_hold_term(tmp_path: Path) -> None:
     daemon_job = daemonizer_line(tmp_path)
     hf, jf = setup_queue(tmp_path, [daemon_job, gate_line(tmp_path, "long", "exit 0")])
+    config(tmp_path, PROCESS_GROUPS)
     p = start_scheduler(hf, jf)
     daemon: int | None = None
     try:
@@ -518,6 +523,7 @@ def test_daemon_left_by_a_job_does_not_hold_term(tmp_path: Path) -> None:
 def test_exit_when_empty_does_not_wait_for_a_daemon_left_by_a_job(tmp_path: Path) -> None:
     daemon_job = daemonizer_line(tmp_path)
     hf, jf = setup_queue(tmp_path, [daemon_job])
+    config(tmp_path, PROCESS_GROUPS)
     p = start_scheduler(hf, jf, "--exit-when-empty")
     daemon: int | None = None
     try:

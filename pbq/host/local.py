@@ -6,8 +6,14 @@ with their real statuses, and a new runner starts the next jobs.  Jobs of an ear
 this host (adopted after a restart) are nobody's children here: their end is noticed by
 polling, and their exit status is the old runner's record in ``JOBFILE.HOST.exits``.
 
-Every job is a session (and process group) of its own: ``stop``/``cont``/``term`` signal
-the whole group, and ``term`` waits until no process of the job's session is left.
+Every job is a session (and process group) of its own.  Where a writable cgroup v2 exists
+(``cgroup.py``), every job is also in a cgroup of its own, which holds every process of the
+job, wherever it went (``setsid`` daemons, ``set -m`` children): ``stop``/``cont``/``term``
+signal every process in it, eviction and the end of ``term_grace`` kill it whole, a job's
+CPU time is one read of its ``cpu.stat``, and when a job's leader exits whatever it left
+running is killed (as Slurm and HTCondor do: a batch job leaves no daemon behind on
+someone's desktop).  Elsewhere ``stop``/``cont``/``term`` signal the job's process group,
+and ``term`` waits until no process of the job's session is left.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..errors import PbqError
 from ..sensors import (
     Sensors,
     pids_with_env,
@@ -35,6 +42,7 @@ from ..sensors import (
     same_process,
 )
 from ..sidefiles import ExitRecord, read_exit_records
+from . import cgroup as cgroups
 from .executor import Ended, EnvFor, NotStarted, Started
 from .jobs import UNKNOWN_EXIT, Job, JobState, Outcome
 from .ledger import Log
@@ -47,6 +55,7 @@ RECORD_WAIT = 2.0  # at start-up, seconds to wait for a live old runner to recor
 START_REPLY_WAIT = 30.0  # seconds the runner has to answer a start request
 PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent.parent)
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
+RECORDED = "exit status recorded by the job runner"
 
 
 def set_subreaper() -> bool:
@@ -92,7 +101,7 @@ class LocalExecutor:
 
     def __init__(self, host: str, jobfile: Path, exits: Path, nice: int, output_dir: Path | None,
                  log: Log, sensors: Sensors, old_runner: int | None = None,
-                 allow_group_write: bool = False) -> None:
+                 allow_group_write: bool = False, containment: str = "auto") -> None:
         self.host = host
         self.allow_group_write = allow_group_write  # whether a group-writable .exits is trusted
         self.jobfile = jobfile
@@ -116,6 +125,26 @@ class LocalExecutor:
         self.unacked: list[int] = []
         self.finished_cpu = 0.0  # CPU seconds of ended jobs (and dead runners)
         self.on_runner_started: Callable[[int], None] | None = None  # the loop records its pid
+        self.cg: cgroups.Cgroups | None = None  # None: process groups only
+        self.new_in_cgroup = False  # new jobs get a cgroup (off after a failed move)
+        self.job_cg: dict[int, str] = {}  # seq -> the job's cgroup
+        self.cg_cpu_done: set[int] = set()  # pids whose CPU the cgroup counted already
+        self.cg_unremoved: list[str] = []  # cgroups of recorded jobs, still busy
+        self._contain(containment)
+
+    def _contain(self, mode: str) -> None:
+        """Decide, once, how jobs are contained; say so once in the log."""
+        if mode == "process-group":
+            self.log("job containment: process groups (containment = process-group)")
+            return
+        found = cgroups.probe(self.host, str(self.jobfile))
+        if isinstance(found, str):
+            if mode == "cgroup":
+                raise PbqError(f"containment = cgroup, but no writable cgroup v2: {found}")
+            self.log(f"job containment: process groups (no writable cgroup v2: {found})")
+            return
+        self.cg, self.new_in_cgroup = found, True
+        self.log(f"job containment: cgroup v2 at {found.describe()}")
 
     # -- the runner ---------------------------------------------------------------
 
@@ -200,11 +229,15 @@ class LocalExecutor:
                 out, err = str(self.output_dir / f"{jid}.out"), str(self.output_dir / f"{jid}.err")
             from ..cmdline import job_argv
 
-            if not self._send(("start", job.seq, job_argv(job.line), envs[job.seq], out, err)):
+            cg = None
+            if self.cg is not None and self.new_in_cgroup:
+                cg = (self.cg.path(envs[job.seq]["PBQ_JOB_ID"]), self.cg.home)
+            if not self._send(("start", job.seq, job_argv(job.line), envs[job.seq], out, err, cg)):
                 break
         return self._start_replies(jobs, envs)
 
-    def _start_replies(self, jobs: list[Job], envs: dict[int, dict[str, str]]) -> list[Started | NotStarted]:
+    def _start_replies(self, jobs: list[Job],
+                       envs: dict[int, dict[str, str]]) -> list[Started | NotStarted]:
         """Wait for the runner's answer to each start request (the other messages wait)."""
         want = {j.seq: j for j in jobs}
         answers: dict[int, Started | NotStarted] = {}
@@ -221,6 +254,7 @@ class LocalExecutor:
                 if kind == "started" and seq in want:
                     job = want[seq]
                     self.by_pid[msg[2]] = job
+                    self._contained(job, envs[seq]["PBQ_JOB_ID"], msg[5])
                     answers[seq] = Started(job, pid=msg[2], pid_start=msg[3], when=msg[4])
                 elif kind == "failed" and seq in want:
                     answers[seq] = NotStarted(want[seq], Outcome(msg[2], note=msg[3]), msg[3])
@@ -241,10 +275,44 @@ class LocalExecutor:
         found = self.find_job(env["PBQ_JOB_ID"])
         if found:
             self.orphans[found[0]] = job
+            self._find_cgroup(job, env["PBQ_JOB_ID"], found[0])
             return Started(job, pid=found[0], pid_start=process_start(found[0]))
         return NotStarted(job, None, "the job runner did not answer")
 
+    def _contained(self, job: Job, job_id: str, why_not: str) -> None:
+        if self.cg is None or not self.new_in_cgroup:
+            return
+        if not why_not:
+            self.job_cg[job.seq] = self.cg.path(job_id)
+            return
+        self.new_in_cgroup = False
+        self.log(f"job containment: process groups from now on ({job_id}: {why_not})")
+
+    def _find_cgroup(self, job: Job, job_id: str, pid: int) -> None:
+        if self.cg is not None:
+            where = self.cg.find(job_id, pid)
+            if where is not None:
+                self.job_cg[job.seq] = where
+
     # -- ends -----------------------------------------------------------------------
+
+    def _job_ended(self, job: Job, pid: int | None) -> None:
+        """A job's leader exited: that is the job's end (as in PBQ), and whatever it left
+        running in its cgroup is killed now.  Its CPU time, daemons included, is the
+        cgroup's; the runner's wait4 figure then does not count again."""
+        where = self.job_cg.get(job.seq)
+        if where is None or self.cg is None:
+            return
+        left = cgroups.kill(self.cg, where)
+        if left:
+            self.log(f"job {self.host}.{job.seq} left {left} process(es) running: killed")
+            cgroups.wait_empty(where, cgroups.EMPTY_WAIT)  # so it can be removed once recorded
+        cpu = cgroups.cpu_seconds(where)
+        if cpu is not None:
+            job.cpu_seconds = cpu
+            if pid is not None:
+                self.finished_cpu += cpu
+                self.cg_cpu_done.add(pid)
 
     def events(self, now: float) -> list[Ended]:
         ended: list[Ended] = []
@@ -254,12 +322,16 @@ class LocalExecutor:
             if msg[0] == "exited":
                 job = self.by_pid.pop(msg[1], None)
                 if job is not None:
+                    self._job_ended(job, msg[1])
                     ended.append(Ended(job, outcome_of(msg[2]), msg[3]))
                     self.awaiting_usage[msg[1]] = job
                     self.unacked.append(msg[1])
             elif msg[0] == "usage":
                 job = self.awaiting_usage.pop(msg[1], None)
-                self.finished_cpu += msg[2]
+                if msg[1] in self.cg_cpu_done:
+                    self.cg_cpu_done.discard(msg[1])
+                else:
+                    self.finished_cpu += msg[2]
                 if job is not None:
                     self.usage_done.append((job, msg[2], msg[3]))
         self.inbox = []
@@ -299,7 +371,11 @@ class LocalExecutor:
         job = self.orphans.pop(pid, None)
         if job is None:
             return []  # a daemon some job left behind
-        self.finished_cpu += cpu
+        self._job_ended(job, pid)
+        if pid in self.cg_cpu_done:
+            self.cg_cpu_done.discard(pid)
+        else:
+            self.finished_cpu += cpu
         return [Ended(job, outcome_of(status, cpu, maxrss), now)]
 
     def settle(self, timeout: float = 1.0) -> None:
@@ -322,11 +398,27 @@ class LocalExecutor:
         if self.unacked and self.sock is not None:
             self._send(("ack", self.unacked))
         self.unacked = []
+        for e in ended:  # their cgroups are empty now (killed at the end), or soon
+            where = self.job_cg.pop(e.job.seq, None)
+            if where is not None and not cgroups.remove(where):
+                self.cg_unremoved.append(where)
+
+    def _remove_cgroups(self) -> None:
+        """Cgroups of recorded jobs whose last (killed) process had not quite gone yet."""
+        busy = [w for w in self.cg_unremoved if not cgroups.remove(w)]
+        if busy and self.cg is not None:
+            live = set(self.job_cg.values())
+            for where in busy:
+                if where not in live:  # never a running job's, whatever the names say
+                    cgroups.kill(self.cg, where)
+        self.cg_unremoved = busy
 
     def poll(self, live: list[Job], now: float, mono: float) -> list[Ended]:
         """Adopted jobs are not our children: notice their end by polling, and take their
         exit status from the old runner's record (``.exits``)."""
         ended: list[Ended] = []
+        if self.cg_unremoved:
+            self._remove_cgroups()
         records: dict[tuple[int, float | None], ExitRecord] | None = None
         for seq, job in list(self.adopted.items()):
             if self.adopted_alive(job):
@@ -336,13 +428,15 @@ class LocalExecutor:
             rec = records.get((job.pid or 0, _round(job.pid_start)))
             if rec is not None:
                 ended.append(Ended(job, outcome_of(rec.status, rec.cpu, rec.maxrss,
-                                                   "exit status recorded by the job runner"), rec.time))
+                                                   RECORDED), rec.time))
             elif mono - self.gone_since.setdefault(seq, mono) >= ADOPTED_EXIT_WAIT:
-                ended.append(Ended(job, Outcome(UNKNOWN_EXIT, note="adopted job ended with no recorded "
-                                                "exit status"), now))
+                note = "adopted job ended with no recorded exit status"
+                ended.append(Ended(job, Outcome(UNKNOWN_EXIT, note=note), now))
             else:
                 continue
-            self.finished_cpu += job.cpu_seconds
+            before = job.cpu_seconds
+            self._job_ended(job, None)
+            self.finished_cpu += max(before, job.cpu_seconds)
             del self.adopted[seq]
             self.gone_since.pop(seq, None)
         return ended
@@ -359,37 +453,76 @@ class LocalExecutor:
             return False  # never signal a pid we did not verify: it may be someone else's now
         return signal_group(job.pid, sig)
 
+    def _signal_cgroup(self, job: Job, sig: int, freeze: bool) -> int | None:
+        """Signal every process of the job's cgroup: how many; None if it has no cgroup."""
+        where = self.job_cg.get(job.seq)
+        if where is None or self.cg is None:
+            return None
+        return cgroups.signal_all(self.cg, where, sig, freeze)
+
+    def _said(self, job: Job, n: int | None) -> str | None:
+        if n is None:
+            return None
+        if not n:
+            return None
+        return f"pid {job.pid}" + (f" (+{n - 1} in its cgroup)" if n > 1 else "")
+
     def stop(self, job: Job) -> str | None:
+        # Frozen first, so that nothing forks away between reading the cgroup and signalling.
+        n = self._signal_cgroup(job, signal.SIGSTOP, freeze=True)
+        if n is not None:
+            return self._said(job, n)
         return f"pid {job.pid}" if self._signal(job, signal.SIGSTOP) else None
 
     def cont(self, job: Job) -> str | None:
+        # No freeze: stopped processes do not fork.
+        n = self._signal_cgroup(job, signal.SIGCONT, freeze=False)
+        if n is not None:
+            return self._said(job, n)
         return f"pid {job.pid}" if self._signal(job, signal.SIGCONT) else None
 
     def term(self, job: Job) -> None:
-        self._signal(job, signal.SIGTERM)
-        self._signal(job, signal.SIGCONT)  # a stopped process can't act on SIGTERM
+        self.terminate([job])  # SIGTERM to the whole job (and SIGCONT to a stopped one)
 
     def kill(self, job: Job) -> bool:
+        where = self.job_cg.get(job.seq)
+        if where is not None and self.cg is not None:
+            return cgroups.kill(self.cg, where) > 0
         done = self._signal(job, signal.SIGKILL)
         self._signal(job, signal.SIGCONT)
         return done
 
     def terminate(self, jobs: list[Job]) -> str:
         for job in jobs:
+            stopped = job.state is JobState.STOPPED or bool(job.stopped_by)
+            if self._signal_cgroup(job, signal.SIGTERM, freeze=False) is not None:
+                if stopped:
+                    self._signal_cgroup(job, signal.SIGCONT, freeze=False)
+                continue
             self._signal(job, signal.SIGTERM)
-            if job.state is JobState.STOPPED or job.stopped_by:
+            if stopped:
                 self._signal(job, signal.SIGCONT)  # a stopped process can't act on SIGTERM
         return f"SIGTERM to {len(jobs)} job(s)"
 
     def term_finished(self, jobs: list[Job], hard: bool) -> bool:
-        """Done when no process of any job's session is left (a job's leader may die of
-        SIGTERM while what it started ignores it)."""
-        sids = [j.pid for j in jobs if j.pid]
+        """Done when no process of any job is left: its cgroup is empty, or, without one,
+        its session (a job's leader may die of SIGTERM while what it started ignores it)."""
+        busy = False
+        sids = []
+        for job in jobs:
+            where = self.job_cg.get(job.seq)
+            if where is None or self.cg is None:
+                if job.pid:
+                    sids.append(job.pid)
+            elif cgroups.populated(where):
+                busy = True
+                if hard:
+                    cgroups.kill(self.cg, where)
         members = self.sensors.sessions(sids).members if sids else {}
         if hard:
             for sid in members:
                 signal_group(sid, signal.SIGKILL)
-        return not members
+        return not members and not busy
 
     def stopped_by_others(self, running: list[Job]) -> list[Job]:
         return [j for j in running if j.pid is not None and process_state(j.pid) == "T"]
@@ -398,7 +531,17 @@ class LocalExecutor:
         # Only running jobs use CPU: scan /proc for their sessions only when there are some
         # (an idle or all-stopped scheduler reads almost nothing).  Stopped jobs keep their
         # last figure, so the total stays continuous.
-        running = [j.pid for j in live if j.pid and j.state is JobState.RUNNING]
+        # A job in a cgroup: one read of its cpu.stat, daemons and reaped children included.
+        running = []
+        for job in live:
+            if not job.pid or job.state is not JobState.RUNNING:
+                continue
+            where = self.job_cg.get(job.seq)
+            cpu = cgroups.cpu_seconds(where) if where is not None else None
+            if cpu is not None:
+                job.cpu_seconds = cpu
+            else:
+                running.append(job.pid)
         if running:
             sample = self.sensors.sessions(running)
             for job in live:
@@ -433,7 +576,8 @@ class LocalExecutor:
                     continue
                 pid, start = found[0], process_start(found[0])
             if same_process(pid, start) or self._ending(pid, start):
-                out[job.seq] = Probe(alive=True, stopped=process_state(pid) == "T", pid=pid, pid_start=start)
+                out[job.seq] = Probe(alive=True, stopped=process_state(pid) == "T", pid=pid,
+                                     pid_start=start)
                 continue
             rec = records.get((pid, _round(start)))
             if rec is None and self.old_runner_alive():
@@ -455,7 +599,8 @@ class LocalExecutor:
         out = []
         for pid in pids_with_env("PBQ_JOB_ID", job_id):
             with contextlib.suppress(OSError):
-                if os.getsid(pid) == pid and process_environ(pid).get("PBQ_JOBFILE") == str(self.jobfile):
+                ours = str(self.jobfile)
+                if os.getsid(pid) == pid and process_environ(pid).get("PBQ_JOBFILE") == ours:
                     out.append(pid)
         return out
 
@@ -464,7 +609,7 @@ class LocalExecutor:
         if rec is None:
             return Probe(pid=pid, pid_start=start)
         return Probe(pid=pid, pid_start=start, ended_at=rec.time,
-                     exit=outcome_of(rec.status, rec.cpu, rec.maxrss, "exit status recorded by the job runner"))
+                     exit=outcome_of(rec.status, rec.cpu, rec.maxrss, RECORDED))
 
     def _ending(self, pid: int, start: float | None) -> bool:
         """A zombie the live old runner is about to reap and record: adopt it, and the
@@ -477,11 +622,29 @@ class LocalExecutor:
         for job in jobs:
             if job.pid is not None:
                 self.adopted[job.seq] = job
+                self._find_cgroup(job, f"{self.host}.{job.seq}", job.pid)
+        self._clean_cgroups()
         if not self.old_runner_alive():
             # Recovery has read every record an earlier runner left, and no runner of an
             # earlier run is left to write more: the file starts afresh (it stays bounded).
             with contextlib.suppress(OSError):
                 os.truncate(self.exits, 0)
+
+    def _clean_cgroups(self) -> None:
+        """At start, after adoption: job cgroups of this scheduler that no live job owns are
+        leftovers of jobs that ended while no scheduler watched (their leftover processes are
+        killed, as at any job's end) or of a crash; removed."""
+        if self.cg is None:
+            return
+        owned = set(self.job_cg.values())
+        for where in self.cg.children():
+            if where in owned:
+                continue
+            left = cgroups.kill(self.cg, where)
+            if left:
+                self.log(f"killed {left} leftover process(es) of an ended job ({where})")
+            if not cgroups.remove(where):
+                self.cg_unremoved.append(where)
 
     def close(self) -> None:
         if self.sock is not None:
@@ -493,6 +656,13 @@ class LocalExecutor:
             # goes on reaping them without us.
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(self.runner_pid, os.WNOHANG)
+        if self.cg is not None:
+            for where in self.cg_unremoved:
+                cgroups.wait_empty(where, cgroups.EMPTY_WAIT)
+                cgroups.remove(where)
+            for where in self.job_cg.values():  # ends not recorded (term) or jobs left running
+                cgroups.remove(where)  # only if empty: a live job keeps its cgroup for adoption
+            self.cg.close()  # only if no job cgroup is left (jobs live on after `kill`)
 
 
 def _round(x: float | None) -> float | None:

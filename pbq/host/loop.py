@@ -164,7 +164,8 @@ class Scheduler:
         local = old is not None and is_local(old)
         ex = LocalExecutor(self.host, self.jobfile, self.files.exits, self.cfg.scheduler.nice, self.opts.output_dir,
                            self.log, self.sensors, old.runner if local and old is not None else None,
-                           allow_group_write=self.opts.allow_group_write)
+                           allow_group_write=self.opts.allow_group_write,
+                           containment=self.cfg.scheduler.containment)
         ex.on_runner_started = self._runner_started
         return ex
 

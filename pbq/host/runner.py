@@ -16,9 +16,11 @@ and reads those records.  It never holds a terminal: its session is its own from
 Messages are pickled tuples with a 4-byte length (both ends are this package, over an
 anonymous socket pair)::
 
-    scheduler -> runner   ("start", seq, argv, env_overrides, stdout_path, stderr_path)
+    scheduler -> runner   ("start", seq, argv, env_overrides, stdout_path, stderr_path,
+                           cgroup)                  (job cgroup, home cgroup) or None
                           ("ack", [pid, ...])
-    runner -> scheduler   ("started", seq, pid, process_start_time, time)
+    runner -> scheduler   ("started", seq, pid, process_start_time, time, contained)
+                                                    contained: "" or why not in its cgroup
                           ("failed", seq, exit_code, message)     the command cannot run
                           ("again", seq, message)                 out of processes: retry later
                           ("exited", pid, wait_status, time)
@@ -39,6 +41,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from . import cgroup as cgroups
 
 HEADER = struct.Struct("!I")
 
@@ -204,23 +208,46 @@ class Runner:
 
     def handle(self, msg: tuple[Any, ...]) -> None:
         if msg[0] == "start":
-            _, seq, argv, overrides, out, err = msg
+            _, seq, argv, overrides, out, err, cg = msg
             env = self.env | overrides
+            # The job is born in its cgroup (what clone3's CLONE_INTO_CGROUP does; posix_spawn
+            # cannot): the runner steps into it for the spawn and back out right after, two
+            # writes of some 30 us.  Moving the pid after posix_spawn returns (after the exec)
+            # would leave the job outside while its dynamic loader runs: harmless in practice,
+            # as it forks nothing then, but this way there is no such moment at all.
+            contained = cgroups.enter(cg[0]) if cg is not None else "no cgroup"
             try:
                 pid = spawn(argv, env, out, err, self.nice)
             except SpawnError as e:
+                self.left_cgroup(cg, contained, remove=True)
                 self.send(("failed", seq, e.exit_code, e.message))
                 return
             except OSError as e:
+                self.left_cgroup(cg, contained, remove=True)
                 self.send(("again", seq, e.strerror or str(e)))
                 return
+            contained = self.left_cgroup(cg, contained, remove=False)
             now = time.time()
             start = self.process_start(pid)
             self.jobs[pid] = start
-            self.send(("started", seq, pid, start, now))
+            self.send(("started", seq, pid, start, now, contained))
         elif msg[0] == "ack":
             for pid in msg[1]:
                 self.unacked.pop(pid, None)
+
+    def left_cgroup(self, cg: tuple[str, str] | None, entered: str, remove: bool) -> str:
+        """Back to the runner's own cgroup after a spawn; "" if the job is in its cgroup.
+
+        Should going back ever fail, the job is reported as not contained: the scheduler
+        then never kills that cgroup (the runner is in it) and uses process groups for the
+        jobs it starts from then on.
+        """
+        if cg is None or entered:
+            return entered
+        back = cgroups.leave(cg[1])
+        if remove:
+            cgroups.remove(cg[0])
+        return back
 
     def reap(self) -> None:
         """Report each ended job: its status while it is a zombie, then reap it."""
