@@ -130,7 +130,16 @@ def test_find_by_name() -> None:
     drm = scripted(Slurm, squeue=(0, "12\n14\n", ""))
     assert drm.find_by_name("pbq-a") == ["12", "14"]
     assert calls(drm) == ["squeue -h -t all -n pbq-a -o %i"]
-    assert Torque().find_by_name("pbq-a") is None
+    torque = scripted(Torque, qstat=(0, "Job Id:\t7\n\tJob_Name = pbq-a\n\tjob_state = R\n\n"
+                                        "Job Id: 8.srv\n    Job_Name = other\n", ""))
+    assert torque.find_by_name("pbq-a") == ["7"]  # Slurm's wrappers indent by a tab
+    lsf = scripted(Lsf, bjobs=(255, "", "Job <pbq-a> is not found"))
+    assert lsf.find_by_name("pbq-a") == []
+    condor = scripted(HTCondor, condor_q=(0, "31\n", ""))
+    assert condor.find_by_name("pbq-a") == ["31"]
+    assert calls(condor) == ['condor_q -constraint JobBatchName == "pbq-a" -af ClusterId']
+    sge = scripted(Sge, qstat=(0, "==\njob_number:                 44\nexec_file: x\n", ""))
+    assert sge.find_by_name("pbq-a") == ["44"]
 
 
 def submission(tmp_path: Path, **resources: object) -> Submission:
