@@ -17,6 +17,7 @@ Units (decided once, for every DRM):
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import math
 import os
@@ -127,10 +128,8 @@ class CommandRunner:
         try:
             out, err = proc.communicate(stdin, timeout=limit)
         except subprocess.TimeoutExpired as exc:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
             proc.communicate()
             self.consecutive_failures += 1
             raise DrmUnavailable(f"{shlex.join(args)} did not answer within {limit:g} s") from exc
