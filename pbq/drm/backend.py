@@ -29,13 +29,13 @@ from types import ModuleType
 
 from pbq.drm import registry
 from pbq.drm.base import (
+    STATE_DIR,
     ClusterState,
     CommandRunner,
     DrmError,
     DrmUnavailable,
     JobFiles,
     JobStatus,
-    STATE_DIR,
     JobUsage,
     PluginFailed,
     Resources,

@@ -30,13 +30,13 @@ from pbq.drm.base import (
     ClusterState,
     DrmError,
     DrmUnavailable,
-    PluginFailed,
     JobFiles,
     JobStatus,
+    PluginFailed,
     Resources,
+    format_hms,
     read_exit_file,
     render_job_script,
-    format_hms,
     safe_name,
     to_mb,
     write_script,
@@ -189,7 +189,8 @@ class BioQueuePlugin(Actions):
             raise  # a pbq-aware plugin's own verdict (DrmUnavailable: no answer)
         except Exception as exc:
             said = f"; it printed: {out[0]!r:.400}" if out and out[0] else ""
-            raise PluginFailed(f"{self.name}.{function} raised {describe_exception(exc)}{said}") from exc
+            why = describe_exception(exc)
+            raise PluginFailed(f"{self.name}.{function} raised {why}{said}") from exc
         if out and out[0]:
             self.printed.append(f"{self.name}.{function} printed: {out[0]!r:.400}")
         return answer

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from pbq.drm import ClusterState, DrmBackend, DrmError, DrmUnavailable, JobStatus, Resources
-from pbq.drm.bioqueue import status_from_protocol
 from pbq.drm.base import PluginFailed
+from pbq.drm.bioqueue import status_from_protocol
 
 Q, H, R, S, D = (
     ClusterState.QUEUED,
