@@ -84,6 +84,7 @@ class Job:
     cluster_id: str | None = None  # on a DRM host: the resource manager's job id
     putback_op: int | None = None  # REQUEUE_*: the operation that puts the line back
     cpu_seconds: float = 0.0  # last CPU sample (not saved)
+    held: bool = False  # on a DRM host: pbq itself held or suspended it (released by cont)
 
     def to_json(self) -> dict[str, Any]:
         d: dict[str, Any] = {"seq": self.seq, "line": line_to_text(self.line), "op": self.op,
@@ -94,6 +95,8 @@ class Job:
                 d[key] = value
         if self.tries:
             d["tries"] = self.tries
+        if self.held:
+            d["held"] = True
         return d
 
     @classmethod
@@ -128,6 +131,7 @@ class Job:
             tries=int(d.get("tries", 0) or 0),
             cluster_id=None if d.get("cluster_id") is None else str(d["cluster_id"]),
             putback_op=_opt_int(putback),
+            held=bool(d.get("held", False)),
         )
 
 
