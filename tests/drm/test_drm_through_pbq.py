@@ -84,7 +84,7 @@ def test_fake_torque_outage_loses_and_duplicates_nothing(tmp_path: Path, fakedrm
     rec = tmp_path / "rec"
     hf, jf = setup(tmp_path, "torquepbs", [f"echo {i} >> {rec}" for i in range(4)])
     p = start_scheduler(hf, jf, host="head")
-    wait_for(lambda: "did not take it" in text_of(hostfile_path(jf, "head", "log")), what="submission refused while down")
+    wait_for(lambda: "did not answer" in text_of(hostfile_path(jf, "head", "log")), what="submission refused while down")
     assert lines_of(hostfile_path(jf, "head", "error")) == []
     monkeypatch.delenv("PBQ_FAKEDRM_DOWN")  # the DRM comes back for the restarted scheduler
     run_cmd("pbq", "control", hf, jf, "term", timeout=60)
