@@ -17,6 +17,7 @@ files and control commands stay the same; this executor supplies what differs:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -142,7 +143,8 @@ class DrmExecutor:
     def attempt_name(self, job: Job) -> str:
         """The name of this attempt of the job: unique to the jobfile, the job number and the
         attempt (a digest of them first, so that a DRM that cuts names keeps it unique)."""
-        jobfile = str(self.usage_path.with_suffix("")) if self.usage_path.suffix else str(self.usage_path)
+        usage = self.usage_path
+        jobfile = str(usage.with_suffix("") if usage.suffix else usage)
         key = f"{jobfile}\0{self.host_name}\0{job.seq}\0{job.tries + 1}"
         digest = hashlib.sha1(key.encode()).hexdigest()[:8]
         return f"pbq-{digest}-{safe_name(self.host_name, 20)}.{job.seq}.{job.tries + 1}"
@@ -276,10 +278,8 @@ class DrmExecutor:
         if mono < self.next_poll:
             return []
         for cid in self.forget_ids:  # the scripts, exit-code files and tickets of recorded jobs
-            try:
+            with contextlib.suppress(OSError, PbqError):
                 self.backend.forget(cid, self.workspace)
-            except (OSError, PbqError):
-                pass
         self.forget_ids = []
         self._watch_orphans()
         jobs = [j for j in live if j.cluster_id]
@@ -294,7 +294,8 @@ class DrmExecutor:
                 if outcome is not None:
                     ended.append(Ended(job, outcome, now))
                     judged.add(job.seq)
-        asked = [j for j in jobs if j.seq not in judged and not str(j.cluster_id).startswith(CLAIMED)]
+        asked = [j for j in jobs
+                 if j.seq not in judged and not str(j.cluster_id).startswith(CLAIMED)]
         try:
             statuses = self.backend.statuses([str(j.cluster_id) for j in asked]) if asked else {}
         except DrmUnavailable as err:
@@ -302,7 +303,8 @@ class DrmExecutor:
             self.next_poll = mono + max(wait, self.poll_interval)
             if self.unavailable_since is None:
                 self.unavailable_since = time.time()
-            self.log(f"{self.name} does not answer ({err}); asking again in {self.next_poll - mono:.0f} s")
+            again = self.next_poll - mono
+            self.log(f"{self.name} does not answer ({err}); asking again in {again:.0f} s")
             self._log_printed()
             return self._settle(ended)
         self._log_printed()
@@ -371,10 +373,11 @@ class DrmExecutor:
         cpu = float(usage.cpu_seconds or 0.0) if usage is not None else 0.0
         dups = self._duplicates(cid)
         if dups:
-            self.log(f"{self.name} job {cid}: {dups} more cluster job(s) of its attempt started and "
-                     "exited without running the command")
+            self.log(f"{self.name} job {cid}: {dups} more cluster job(s) of its attempt "
+                     "started and exited without running the command")
         if code is None:
-            return Outcome(UNKNOWN_EXIT, 0, cpu, maxrss, f"{self.name} job {cid} left the queue with no exit status")
+            why = f"{self.name} job {cid} left the queue with no exit status"
+            return Outcome(UNKNOWN_EXIT, 0, cpu, maxrss, why)
         return Outcome(code, 0, cpu, maxrss, f"{self.name} job {cid}")
 
     def _duplicates(self, cid: str) -> int:
