@@ -285,6 +285,11 @@ class DrmBackend:
         this DRM cannot search by name. DrmUnavailable when it does not answer."""
         return self.drm.find_by_name(job_name(str(job_key)))
 
+    def find_attempt(self, name: str) -> list[str] | None:
+        """Ids of the DRM's jobs of the attempt NAME (submitted with ``name=NAME``); None when
+        this DRM cannot search by name. DrmUnavailable when it does not answer."""
+        return self.drm.find_by_name(name)
+
     def cancel(self, ids: Iterable[str]) -> None:
         """Cancel every job (queued, held, running or suspended). A job that has already left
         the queue counts as cancelled. DrmError naming the ones that could not be."""

@@ -213,7 +213,8 @@ class Torque(BatchDrm):
         )
 
     def submit_argv(self, job: Submission) -> list[str]:
-        return submit_argv(str(job.files.script))
+        # -o/-j on the command line too: Slurm's qsub wrapper ignores them in the script.
+        return ["qsub", "-o", str(job.log_file), "-j", "oe", str(job.files.script)]
 
     parse_submit = staticmethod(parse_submit)
 

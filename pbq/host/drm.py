@@ -177,7 +177,7 @@ class DrmExecutor:
         if not attempt.ambiguous:
             return None
         try:
-            ids = self.backend.find_by_name(attempt.name)
+            ids = self.backend.find_attempt(attempt.name)
         except PbqError as err:
             self.log(f"{self.name}: cannot look up {attempt.name} ({err})")
             return None

@@ -144,7 +144,7 @@ def test_find_by_name() -> None:
 
 def submission(tmp_path: Path, **resources: object) -> Submission:
     files = JobFiles.new(tmp_path, "k")
-    files.dir.mkdir(parents=True)
+    files.dir.mkdir(parents=True, exist_ok=True)
     return Submission("true", "k", tmp_path, tmp_path / "k.log", files, Resources(**resources))  # type: ignore[arg-type]
 
 
@@ -169,3 +169,34 @@ def test_bioqueue_functions_over_a_typed_drm(tmp_path: Path) -> None:
     assert "bad walltime" in functions.last_error
     drm.runner.answers = {("squeue",): DOWN}  # type: ignore[attr-defined]
     assert functions.query_job_status(21) == -1
+
+
+UNITS = {
+    # DRM: (what mem=1024 becomes, what mem=2G becomes, what walltime=90m becomes)
+    Slurm: ("--mem=1024M", "--mem=2048M", "-t 0-01:30:00"),
+    Torque: ("mem=1024mb", "mem=2048mb", "walltime=01:30:00"),
+    Sge: ("mem_free=1024M", "mem_free=2048M", "h_rt=5400"),
+    HTCondor: ("request_memory = 1024", "request_memory = 2048", "> 5400)"),
+    Lsf: ("-M 1048576", "-M 2097152", "-W 1:30"),
+}
+
+
+@pytest.mark.parametrize("drm", list(UNITS), ids=lambda d: d.name)
+def test_units_per_drm(tmp_path: Path, drm: type[BatchDrm]) -> None:
+    def text(**resources: object) -> str:
+        job = submission(tmp_path, **resources)
+        parts = [*drm().directives(job), *drm().submit_argv(job)]
+        parts += drm().submit_files(job).values()
+        return " ".join(parts)
+
+    mem_mb, mem_2g, wall = UNITS[drm]
+    assert mem_mb in text(mem="1024")  # a bare number is megabytes
+    assert mem_2g in text(mem="2G")
+    assert wall in text(walltime="90m")
+
+
+def test_units_for_bioqueue_plugins() -> None:
+    from pbq.drm.bioqueue import bioqueue_resources
+
+    assert bioqueue_resources(Resources(mem="1024", walltime="90m")) == (1, "1G", "", "01:30:00")
+    assert bioqueue_resources(Resources(mem="2G", vmem="1536")) == (1, "2G", "1536M", "")
