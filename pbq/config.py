@@ -134,6 +134,10 @@ KEYS: tuple[KeySpec, ...] = (
        minimum=0, exclusive_min=True),
     _k("cluster", "predict", "bool", False, "predict cluster job resources from history"),
     _k("cluster", "plugin_dir", "str", "", "extra directory searched for DRM plugins"),
+    _k("cluster", "submit_tries", "int", 3, "refused submissions of a line before it fails",
+       minimum=1),
+    _k("cluster", "error_polls", "int", 3, "polls a job's error status must last to be a verdict",
+       minimum=1),
 )
 
 SECTIONS: tuple[str, ...] = tuple(dict.fromkeys(s.section for s in KEYS))
@@ -216,6 +220,8 @@ class ClusterSection:
     poll_interval: float
     predict: bool
     plugin_dir: str
+    submit_tries: int = 3
+    error_polls: int = 3
 
 
 _SECTION_TYPES: dict[str, type] = {

@@ -29,6 +29,7 @@ from types import ModuleType
 
 from pbq.drm import registry
 from pbq.drm.base import (
+    STATE_DIR,
     ClusterState,
     CommandRunner,
     DrmError,
@@ -36,12 +37,13 @@ from pbq.drm.base import (
     JobFiles,
     JobStatus,
     JobUsage,
+    PluginFailed,
     Resources,
     parse_usage,
     read_exit_file,
     safe_name,
 )
-from pbq.drm.bioqueue import as_drm
+from pbq.drm.bioqueue import as_drm, describe_exception
 from pbq.drm.protocol import Action, Drm, Submission, job_name, perform
 from pbq.errors import PbqError
 
@@ -100,23 +102,27 @@ class DrmBackend:
         workspace: Path,
         log_file: Path,
         resources: Resources,
+        name: str = "",
     ) -> str:
         """Submit COMMAND (one shell command line) to run in WORKSPACE; returns the cluster id.
+        NAME is the attempt's name (the job's name in the DRM and the stem of its files in
+        ``.pbq-drm/``); submitting the same NAME again shares those files, and only one cluster
+        job of the attempt runs the command (the job script claims ``NAME.claim``).
 
-        DrmError when the DRM refuses it (DrmUnavailable when it does not answer); never a
-        made-up id."""
+        DrmError when the DRM refuses it (DrmUnavailable when it does not answer or may have
+        taken it, PluginFailed when the plugin raised); never a made-up id."""
         ws = Path(workspace).resolve()
         if not ws.is_dir():
             raise DrmError(f"workspace {ws} is not a folder")
         log_path = Path(log_file)
         log_path = (log_path if log_path.is_absolute() else ws / log_path).resolve()
-        files = JobFiles.new(ws, str(job_key))
+        files = self.files_for(ws, name) if name else JobFiles.new(ws, str(job_key))
         try:
             files.dir.mkdir(exist_ok=True)
             log_path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise DrmError(f"cannot prepare {files.dir}: {exc.strerror}") from exc
-        job = Submission(command, str(job_key), ws, log_path, files, resources)
+        job = Submission(command, str(job_key), ws, log_path, files, resources, name)
         try:
             cluster_id = str(self.drm.submit(job)).strip()
         except DrmError:
@@ -124,13 +130,34 @@ class DrmBackend:
         except PbqError as exc:
             raise DrmError(f"{self.name}: {exc}") from exc
         except Exception as exc:
-            raise DrmError(
-                f"{self.name} failed to submit job {job_key}: {type(exc).__name__}: {exc}"
+            raise PluginFailed(
+                f"{self.name} failed to submit job {job_key}: {describe_exception(exc)}"
             ) from exc
         if not cluster_id:
             raise DrmError(f"{self.name} did not accept job {job_key}: no cluster id")
         self._write_ticket(ws, cluster_id, job_key, files, log_path)
         return cluster_id
+
+    @staticmethod
+    def files_for(workspace: Path, name: str) -> JobFiles:
+        """The files of the attempt NAME in WORKSPACE's ``.pbq-drm/``."""
+        return JobFiles(Path(workspace) / STATE_DIR, safe_name(name, 200))
+
+    def attach(
+        self, ws: Path, cluster_id: str, job_key: str, name: str, log_file: Path
+    ) -> None:
+        """Record CLUSTER_ID as the job of attempt NAME (found by its name or its claim
+        marker, not returned by a submission): its ticket names the attempt's files."""
+        self._write_ticket(ws, cluster_id, job_key, self.files_for(ws, name), log_file)
+
+    def drain_printed(self) -> list[str]:
+        """What the plugin's calls printed since the last call (for the log)."""
+        printed = getattr(self.drm, "printed", None)
+        if not isinstance(printed, list) or not printed:
+            return []
+        out = [str(p) for p in printed]
+        printed.clear()
+        return out
 
     @staticmethod
     def ticket_path(workspace: Path, cluster_id: str) -> Path:
@@ -237,9 +264,7 @@ class DrmBackend:
         ticket = self.ticket(cluster_id, workspace)
         paths = [self.ticket_path(workspace, str(cluster_id))]
         if ticket and isinstance(ticket.get("exit_file"), str):
-            files = JobFiles.from_exit_file(str(ticket["exit_file"]))
-            paths += [files.script, files.exit_file, files.usage_file]
-            paths += [files.path(s) for s in (".sub", ".condor.log")]
+            paths += JobFiles.from_exit_file(str(ticket["exit_file"])).all_paths()
         for path in paths:
             path.unlink(missing_ok=True)
 
@@ -259,6 +284,11 @@ class DrmBackend:
         """Ids of the DRM's jobs submitted for JOB_KEY (found by their job name); None when
         this DRM cannot search by name. DrmUnavailable when it does not answer."""
         return self.drm.find_by_name(job_name(str(job_key)))
+
+    def find_attempt(self, name: str) -> list[str] | None:
+        """Ids of the DRM's jobs of the attempt NAME (submitted with ``name=NAME``); None when
+        this DRM cannot search by name. DrmUnavailable when it does not answer."""
+        return self.drm.find_by_name(name)
 
     def cancel(self, ids: Iterable[str]) -> None:
         """Cancel every job (queued, held, running or suspended). A job that has already left
@@ -296,9 +326,15 @@ class DrmBackend:
         """Hold the queued jobs and suspend the running ones, where the DRM can. IDS are the jobs
         to stop; RUNNING_IDS (possibly among IDS) those the caller believes running: the DRM's
         answer to one status query wins over that belief. Returns what was done, in words."""
+        return self.stop_jobs(ids, running_ids)[0]
+
+    def stop_jobs(
+        self, ids: Iterable[str], running_ids: Iterable[str] = ()
+    ) -> tuple[str, list[str]]:
+        """:meth:`stop`, and the ids it held or suspended (for :meth:`cont`'s STOPPED)."""
         all_ids = _unique([*ids, *running_ids])
         if not all_ids:
-            return "nothing to stop"
+            return "nothing to stop", []
         groups, _ = self._split(all_ids, set(_unique(running_ids)))
         queued = groups[ClusterState.QUEUED] + groups[ClusterState.UNKNOWN]
         running = groups[ClusterState.RUNNING]
@@ -348,11 +384,14 @@ class DrmBackend:
         if failed:
             problems.append(f"could not stop {len(failed)} ({', '.join(failed)}): {reasons[-1]}")
         sentence = ", ".join(done) or "nothing stopped"
-        return "; ".join([sentence, *problems])
+        return "; ".join([sentence, *problems]), held + suspended
 
-    def cont(self, ids: Iterable[str]) -> str:
-        """Release held jobs and resume suspended ones. Returns what was done, in words."""
-        all_ids = _unique(ids)
+    def cont(self, ids: Iterable[str], stopped: Iterable[str] = ()) -> str:
+        """Release held jobs and resume suspended ones. STOPPED are jobs pbq itself held or
+        suspended: they are released or resumed whatever their status reads (a plugin may say
+        None, or "queued", for a held job). Returns what was done, in words."""
+        all_ids = _unique([*ids, *stopped])
+        ours = set(_unique(stopped))
         if not all_ids:
             return "nothing to continue"
         groups, answered = self._split(all_ids, set())
@@ -360,6 +399,8 @@ class DrmBackend:
         if answered:
             plan = [(i, ("release",)) for i in groups[ClusterState.HELD]]
             plan += [(i, ("resume",)) for i in groups[ClusterState.SUSPENDED]]
+            shown = set(groups[ClusterState.HELD]) | set(groups[ClusterState.SUSPENDED])
+            plan += [(i, ("release", "resume")) for i in all_ids if i in ours and i not in shown]
         else:  # no answer from the DRM: try both, the wrong one fails harmlessly
             plan = [(i, ("release", "resume")) for i in all_ids]
         released: list[str] = []

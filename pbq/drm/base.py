@@ -17,6 +17,7 @@ Units (decided once, for every DRM):
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import math
 import os
@@ -43,6 +44,10 @@ FAILED_EXIT = 1
 
 class DrmError(PbqError):
     """The DRM refused a request (bad resources, unknown queue, rejected submission)."""
+
+
+class PluginFailed(DrmError):
+    """A plugin call raised: what it did before (maybe submit a job) is unknown."""
 
 
 class DrmUnavailable(DrmError):
@@ -123,10 +128,8 @@ class CommandRunner:
         try:
             out, err = proc.communicate(stdin, timeout=limit)
         except subprocess.TimeoutExpired as exc:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
             proc.communicate()
             self.consecutive_failures += 1
             raise DrmUnavailable(f"{shlex.join(args)} did not answer within {limit:g} s") from exc
@@ -152,6 +155,9 @@ class ClusterState(enum.Enum):
     SUSPENDED = "suspended"
     #: brief end states (Torque E, Slurm COMPLETING, SGE d*): not a failure, not done yet.
     EXITING = "exiting"
+    #: the DRM answered with an error for this job (a negative BioQueue status, an odd value,
+    #: an exception for this job only): a verdict only once it persists or the exit file exists.
+    ERROR = "error"
     #: finished or left the queue; the exit code is judged separately.
     DONE = "done"
     UNKNOWN = "unknown"
@@ -171,6 +177,8 @@ class JobStatus:
 
 
 GONE = JobStatus(ClusterState.DONE, None, "gone")
+#: ``raw`` of an ERROR status whose value was not a number at all (None, a string).
+ODD = "odd value"
 
 
 def failure_code(code: int | None, killed: bool) -> int:
@@ -368,6 +376,20 @@ class JobFiles:
     def usage_file(self) -> Path:
         return self.path(".usage")
 
+    @property
+    def claim_file(self) -> Path:
+        """Made with O_EXCL by the first cluster job of the attempt that starts."""
+        return self.path(".claim")
+
+    @property
+    def dup_file(self) -> Path:
+        """Where a second cluster job of the same attempt says that it did not run."""
+        return self.path(".dup")
+
+    def all_paths(self) -> list[Path]:
+        return [self.script, self.exit_file, self.usage_file, self.claim_file, self.dup_file,
+                *(self.path(s) for s in (".sub", ".condor.log"))]
+
 
 #: hidden folder of the workspace where pbq keeps job scripts, exit-code and usage files.
 STATE_DIR = ".pbq-drm"
@@ -396,14 +418,21 @@ def render_job_script(
     usage_file: Path | str,
     job_name: str,
     directives: Sequence[str] = (),
+    claim_file: Path | str | None = None,
+    dup_file: Path | str | None = None,
 ) -> str:
     """The job script for SYSTEM: ``templates/<system>.tpl`` around ``templates/job.tpl``.
 
     The script enters the workspace, runs COMMAND with ``/bin/sh -c``, records peak memory and
     CPU time with GNU ``/usr/bin/time`` when present, writes the exit status to EXIT_FILE
-    atomically (tmp + mv) and exits with it.
+    atomically (tmp + mv) and exits with it. First of all it claims CLAIM_FILE (default: beside
+    EXIT_FILE) with O_EXCL: a second cluster job of the same attempt finds it taken, notes that
+    in DUP_FILE and exits 0 without running the command.
     """
     q = shlex.quote
+    stem = str(exit_file)[: -len(".exit")] if str(exit_file).endswith(".exit") else str(exit_file)
+    claim = str(claim_file) if claim_file is not None else f"{stem}.claim"
+    dup = str(dup_file) if dup_file is not None else f"{stem}.dup"
     body = load_template("job").substitute(
         job_name=job_name,
         workspace=q(str(workspace)),
@@ -412,6 +441,8 @@ def render_job_script(
         exit_tmp=q(f"{exit_file}.tmp"),
         usage_file=q(str(usage_file)),
         usage_tmp=q(f"{usage_file}.tmp"),
+        claim_file=q(claim),
+        dup_file=q(dup),
     )
     return load_template(system).substitute(
         job_name=job_name, directives="\n".join(directives), body=body

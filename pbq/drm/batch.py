@@ -9,6 +9,7 @@ timeouts), which tests can replace.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import ClassVar, TypeVar
 
@@ -33,6 +34,12 @@ T = TypeVar("T")
 Query = tuple[list[str], Callable[[CommandResult], T]]
 #: the forms of a status query (see :meth:`BatchDrm.status_queries`).
 StatusQueries = list[Query[dict[str, JobStatus] | None]]
+#: what the commands print when their server cannot be reached or did not answer in time.
+DOWN_RE = re.compile(
+    r"cannot connect|connection refused|unable to contact|socket timed out|timed? ?out|"
+    r"not responding|failed to connect|failed to fetch ads|LSF is down|unreachable",
+    re.IGNORECASE,
+)
 #: directive lines starting with this are notes for the user, logged at submission.
 NOTE = "# pbq: "
 
@@ -105,6 +112,10 @@ class BatchDrm(Actions):
             raise DrmError(f"{self.name} cannot {action} jobs")
         return [*self.actions[action], str(cluster_id)]
 
+    def is_down(self, output: str) -> bool:
+        """Does a command's output say the DRM could not be reached (or timed out)?"""
+        return bool(DOWN_RE.search(output))
+
     def is_gone(self, output: str) -> bool:
         """Does a control command's output say the job has left the queue?"""
         return False
@@ -131,10 +142,12 @@ class BatchDrm(Actions):
             usage_file=job.files.usage_file,
             job_name=job.job_name,
             directives=directives,
+            claim_file=job.files.claim_file,
+            dup_file=job.files.dup_file,
         )
         try:
-            for stale in (job.files.exit_file, job.files.usage_file):
-                stale.unlink(missing_ok=True)
+            # (no stale exit-code file to remove: the files are the attempt's own; a second
+            # submission of the same attempt must not erase what the first one wrote)
             write_script(job.files.script, script)
             for path, text in self.submit_files(job).items():
                 with open(path, "w", encoding="utf-8") as file:
@@ -143,7 +156,10 @@ class BatchDrm(Actions):
             raise DrmError(f"cannot write the files of job {job.job_key}: {exc}") from exc
         result = self.run(self.submit_argv(job))
         if not result.ok:
-            raise DrmError(f"{self.name} did not accept job {job.job_key}: {result.describe()}")
+            message = f"{self.name} did not accept job {job.job_key}: {result.describe()}"
+            if self.is_down(result.output):  # it may have taken the job all the same
+                raise DrmUnavailable(message)
+            raise DrmError(message)
         return self.parse_submit(result.stdout)
 
     def statuses(self, cluster_ids: Sequence[str]) -> dict[str, JobStatus]:
@@ -199,6 +215,17 @@ class BatchDrm(Actions):
         result = self.run(self.action_argv(action, cluster_id))
         if not self.action_ok(action, result):
             raise DrmError(result.describe())
+
+
+def listed_ids(
+    result: CommandResult, name: str, gone: Callable[[str], bool], pattern: str = r"^\s*(\d+)"
+) -> list[str]:
+    """The job ids a name query listed (first group of PATTERN per line); [] when the command
+    says there is no such job; DrmUnavailable when it failed otherwise."""
+    unavailable_unless(result, name, gone)
+    if not result.ok:
+        return []
+    return list(dict.fromkeys(re.findall(pattern, result.stdout, re.MULTILINE)))
 
 
 def unavailable_unless(result: CommandResult, name: str, gone: Callable[[str], bool]) -> None:

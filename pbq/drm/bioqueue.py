@@ -11,23 +11,34 @@ a success.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import io
 import logging
 import os
+import re
 import shlex
-from collections.abc import Callable, Iterable, Sequence
+import sys
+import tempfile
+import traceback
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from types import ModuleType
 
 from pbq.drm.base import (
+    ODD,
     ClusterState,
     DrmError,
+    DrmUnavailable,
     JobFiles,
     JobStatus,
+    PluginFailed,
     Resources,
+    format_hms,
     read_exit_file,
     render_job_script,
     safe_name,
+    to_mb,
     write_script,
 )
 from pbq.drm.protocol import Action, Actions, Capability, Drm, Submission
@@ -42,17 +53,88 @@ OK, NOT_OK = 1, 0
 
 def status_from_protocol(value: object) -> JobStatus:
     """A plugin's answer for one job (a JobStatus, or a query_job_status number) -> JobStatus.
-    Negative numbers ("error") are DONE, with an unknown exit code."""
+    Negative numbers ("error") are ERROR, and so are odd values (None, text that is not a
+    number: raw ``ODD``); the caller decides when an error is a verdict."""
     if isinstance(value, JobStatus):
         return value
     if isinstance(value, bool) or not isinstance(value, int):
         try:
             value = int(str(value).strip())
         except ValueError:
-            return JobStatus(ClusterState.UNKNOWN, None, str(value))
+            return JobStatus(ClusterState.ERROR, None, f"{ODD} {value!r:.60}")
     if value < 0:
-        return JobStatus(ClusterState.DONE, None, f"error {value}")
-    return JobStatus(_STATES.get(value, ClusterState.UNKNOWN), None, str(value))
+        return JobStatus(ClusterState.ERROR, None, f"error {value}")
+    state = _STATES.get(value)
+    if state is None:
+        return JobStatus(ClusterState.ERROR, None, f"{ODD} {value!r}")
+    return JobStatus(state, None, str(value))
+
+
+#: what a cluster id looks like: digits, optionally ``.server`` and an array index.
+CLUSTER_ID_RE = re.compile(r"\d+(?:\.[A-Za-z0-9][A-Za-z0-9_.-]*)?(?:\[\d*\])?")
+
+
+def is_cluster_id(text: str) -> bool:
+    return CLUSTER_ID_RE.fullmatch(text) is not None
+
+
+def bioqueue_size(nbytes: int | None) -> str:
+    """A size as BioQueue's documentation writes it: ``64G``, else ``1536M``."""
+    if nbytes is None:
+        return ""
+    if nbytes % (1 << 30) == 0:
+        return f"{nbytes >> 30}G"
+    return f"{to_mb(nbytes)}M"
+
+
+def bioqueue_resources(res: Resources) -> tuple[int, str, str, str]:
+    """(cpu, mem, vrt_mem, wall_time) as BioQueue's plugins take them: sizes like ``64G``,
+    wall time ``HH:MM:SS``."""
+    wall = res.walltime_seconds
+    return (res.cpu, bioqueue_size(res.mem_bytes), bioqueue_size(res.vmem_bytes),
+            format_hms(wall) if wall is not None else "")  # fmt: skip
+
+
+@contextlib.contextmanager
+def captured_output() -> Iterator[list[str]]:
+    """What the block prints, from Python (sys.stdout/stderr) and from child processes (file
+    descriptors 1 and 2), in the list yielded (filled when the block ends)."""
+    found: list[str] = []
+    py_out, py_err = io.StringIO(), io.StringIO()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    saved: list[tuple[int, int]] = []
+    with tempfile.TemporaryFile() as tmp:
+        try:
+            for fd in (1, 2):
+                try:
+                    saved.append((fd, os.dup(fd)))
+                    os.dup2(tmp.fileno(), fd)
+                except OSError:
+                    pass
+            with contextlib.redirect_stdout(py_out), contextlib.redirect_stderr(py_err):
+                yield found
+        finally:
+            for fd, copy in saved:
+                os.dup2(copy, fd)
+                os.close(copy)
+            tmp.seek(0)
+            raw = tmp.read().decode("utf-8", "replace")
+            text = "\n".join(t.strip() for t in (py_out.getvalue(), py_err.getvalue(), raw))
+            found.append(text.strip())
+
+
+def describe_exception(exc: BaseException) -> str:
+    """Type, message and the last frame (file:line in function: code) of EXC."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = ""
+    if frames:
+        f = frames[-1]
+        where = f" at {os.path.basename(f.filename)}:{f.lineno} in {f.name}"
+        if f.line:
+            where += f": {f.line.strip()}"
+    return f"{type(exc).__name__}: {exc}{where}"
 
 
 def as_drm(name: str, module: ModuleType) -> Drm:
@@ -83,6 +165,8 @@ class BioQueuePlugin(Actions):
             params = {}
         var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
         self._submit_extras = {extra for extra in ("exit_file", "pe") if var_kw or extra in params}
+        #: what the plugin's calls printed (drained into the scheduler's log).
+        self.printed: list[str] = []
 
     def _has(self, function: str) -> bool:
         return callable(getattr(self.module, function, None))
@@ -94,43 +178,82 @@ class BioQueuePlugin(Actions):
             return ""
         return str(message or "")
 
+    def call(self, function: str, *args: object, **kwargs: object) -> object:
+        """Call the plugin's FUNCTION; what it prints is kept in :attr:`printed` (for the
+        log, never the terminal), what it raises becomes :class:`PluginFailed` (type, message,
+        last frame and what it printed)."""
+        try:
+            with captured_output() as out:
+                answer = getattr(self.module, function)(*args, **kwargs)
+        except DrmError:
+            raise  # a pbq-aware plugin's own verdict (DrmUnavailable: no answer)
+        except Exception as exc:
+            said = f"; it printed: {out[0]!r:.400}" if out and out[0] else ""
+            why = describe_exception(exc)
+            raise PluginFailed(f"{self.name}.{function} raised {why}{said}") from exc
+        if out and out[0]:
+            self.printed.append(f"{self.name}.{function} printed: {out[0]!r:.400}")
+        return answer
+
     def submit(self, job: Submission) -> str:
-        protocol = job.command
-        extras: dict[str, str] = {}
-        if "exit_file" in self._submit_extras:
-            extras["exit_file"] = str(job.files.exit_file)
-        else:
-            # A plugin that knows nothing of exit-code files runs a wrapper that writes one.
-            script = render_job_script(
-                "plain",
-                command=job.command,
-                workspace=job.workspace,
-                exit_file=job.files.exit_file,
-                usage_file=job.files.usage_file,
-                job_name=safe_name(job.job_key),
-            )
-            write_script(job.files.script, script)
-            protocol = f"/bin/sh {shlex.quote(str(job.files.script))}"
+        # Every plugin runs pbq's wrapper: it claims the attempt's marker (so a second cluster
+        # job of the same attempt does not run the command) and writes the exit-code file.
+        script = render_job_script(
+            "plain",
+            command=job.command,
+            workspace=job.workspace,
+            exit_file=job.files.exit_file,
+            usage_file=job.files.usage_file,
+            job_name=safe_name(job.job_name),
+            claim_file=job.files.claim_file,
+            dup_file=job.files.dup_file,
+        )
+        write_script(job.files.script, script)
+        protocol = f"/bin/sh {shlex.quote(str(job.files.script))}"
         res = job.resources
+        extras: dict[str, str] = {}
         if "pe" in self._submit_extras and res.pe:
             extras["pe"] = res.pe
-        args = (protocol, job.job_key, 0, res.cpu, res.mem, res.vmem, res.queue,
-                str(job.log_file), res.walltime, str(job.workspace))  # fmt: skip
-        # What the plugin raises is reported by DrmBackend.submit.
-        answer = self.module.submit_job(*args, **extras)
+        cpu, mem, vmem, wall = bioqueue_resources(res)
+        args = (protocol, job.job_name, 0, cpu, mem, vmem, res.queue,
+                str(job.log_file), wall, str(job.workspace))  # fmt: skip
+        before = len(self.printed)
+        answer = self.call("submit_job", *args, **extras)
+        printed = f" ({self.printed[-1]})" if len(self.printed) > before else ""
+        if isinstance(answer, bytes):
+            answer = answer.decode("utf-8", "replace")
         cluster_id = "" if answer is None or isinstance(answer, bool) else str(answer).strip()
         if cluster_id in ("", "0"):
             reason = self._last_error() or f"submit_job returned {answer!r}"
-            raise DrmError(f"{self.name} did not accept job {job.job_key}: {reason}")
+            raise DrmError(f"{self.name} did not accept job {job.job_key}: {reason}{printed}")
+        if not is_cluster_id(cluster_id):
+            raise DrmError(
+                f"{self.name} did not accept job {job.job_key}: submit_job returned "
+                f"{answer!r:.300}, which is not a cluster job id{printed}"
+            )
         return cluster_id
 
     def statuses(self, cluster_ids: Sequence[str]) -> dict[str, JobStatus]:
+        """One call per job (or one for all with ``query_jobs_status``). A call that raises
+        makes that job's status ERROR; DrmUnavailable only when every call raised."""
         ids = list(cluster_ids)
+        if not ids:
+            return {}
         if "batch_status" not in self.capabilities:
-            return {i: status_from_protocol(self.module.query_job_status(i)) for i in ids}
-        answer = self.module.query_jobs_status(ids)
+            result: dict[str, JobStatus] = {}
+            failures: list[str] = []
+            for i in ids:
+                try:
+                    result[i] = status_from_protocol(self.call("query_job_status", i))
+                except PluginFailed as exc:
+                    failures.append(str(exc))
+                    result[i] = JobStatus(ClusterState.ERROR, None, f"raised: {exc}")
+            if len(failures) == len(ids):
+                raise DrmUnavailable(failures[-1])
+            return result
+        answer = self.call("query_jobs_status", ids)
         if not isinstance(answer, dict):
-            raise DrmError(f"query_jobs_status returned {type(answer).__name__}")
+            raise DrmUnavailable(f"query_jobs_status returned {type(answer).__name__}")
         result = {}
         for i in ids:
             value = answer.get(i, answer.get(int(i)) if i.isdigit() else None)
@@ -145,10 +268,8 @@ class BioQueuePlugin(Actions):
         if "exit_code" not in self.capabilities:
             return None
         try:
-            answer = self.module.exit_code(cluster_id)
-        except DrmError:
-            raise
-        except Exception:
+            answer = self.call("exit_code", cluster_id)
+        except PluginFailed:
             return None
         return None if isinstance(answer, bool) or not isinstance(answer, int) else answer
 
@@ -156,10 +277,7 @@ class BioQueuePlugin(Actions):
         function = f"{action}_job"
         if not self._has(function):
             raise DrmError(f"{self.name} has no {function}")
-        try:
-            answer = getattr(self.module, function)(cluster_id)
-        except Exception as exc:
-            raise DrmError(f"{type(exc).__name__}: {exc}") from exc
+        answer = self.call(function, cluster_id)
         if answer is not True and answer != OK:
             raise DrmError(self._last_error() or f"{function} returned {answer!r}")
 
@@ -227,6 +345,8 @@ class BioQueueFunctions:
             status = self.drm.statuses([str(job_id)]).get(str(job_id))
         except PbqError as exc:
             self.last_error = str(exc)
+            return ERROR
+        if status is not None and status.state is ClusterState.ERROR:
             return ERROR
         if status is None or status.state is ClusterState.UNKNOWN:
             return RUNNING

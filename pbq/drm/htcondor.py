@@ -31,7 +31,7 @@ from pbq.drm.base import (
     signal_code,
     to_mb,
 )
-from pbq.drm.batch import BatchDrm, Query, StatusQueries
+from pbq.drm.batch import BatchDrm, Query, StatusQueries, listed_ids
 from pbq.drm.protocol import Submission
 
 ATTRS = ["ClusterId", "JobStatus", "ExitCode", "ExitBySignal", "ExitSignal"]
@@ -190,6 +190,11 @@ class HTCondor(BatchDrm):
             (status_argv([cluster_id]), lambda result: _listed(result).get(cluster_id)),
             (history_argv(cluster_id), partial(_in_history, cluster_id)),
         ]
+
+    def name_query(self, job_name: str) -> Query[list[str]]:
+        constraint = f'JobBatchName == "{job_name}"'
+        argv = ["condor_q", "-constraint", constraint, "-af", "ClusterId"]
+        return (argv, lambda result: listed_ids(result, self.name, is_unknown_job))
 
     def is_gone(self, output: str) -> bool:
         return is_unknown_job(output)

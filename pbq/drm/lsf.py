@@ -29,7 +29,7 @@ from pbq.drm.base import (
     failure_code,
     to_kb,
 )
-from pbq.drm.batch import BatchDrm, StatusQueries
+from pbq.drm.batch import BatchDrm, Query, StatusQueries, listed_ids
 
 FORMAT = "jobid stat exit_code"
 
@@ -140,6 +140,10 @@ def _listed(
     return found
 
 
+def _no_job(text: str) -> bool:
+    return is_unknown_job(text) or "not found" in text or "No job found" in text
+
+
 class Lsf(BatchDrm):
     name = "lsf"
     # A stopped pending job is PSUSP (held), a stopped running one USUSP (suspended).
@@ -156,6 +160,10 @@ class Lsf(BatchDrm):
             (status_argv(ids), partial(_listed, ids)),
             (classic_status_argv(ids), partial(_listed, ids, newest=False)),
         ]
+
+    def name_query(self, job_name: str) -> Query[list[str]]:
+        argv = ["bjobs", "-a", "-noheader", "-J", job_name, "-o", "jobid"]
+        return (argv, lambda result: listed_ids(result, self.name, _no_job))
 
     def is_gone(self, output: str) -> bool:
         return is_unknown_job(output)

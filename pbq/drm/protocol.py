@@ -41,10 +41,13 @@ class Submission:
     log_file: Path
     files: JobFiles
     resources: Resources
+    #: the attempt's name (unique to jobfile, job number and attempt): shown in the DRM,
+    #: searched by :meth:`Drm.find_by_name`, the stem of its files. Default: from JOB_KEY.
+    name: str = ""
 
     @property
     def job_name(self) -> str:
-        return job_name(self.job_key)
+        return self.name or job_name(self.job_key)
 
 
 @runtime_checkable

@@ -20,10 +20,11 @@ wrapped by :class:`~pbq.drm.bioqueue.BioQueuePlugin`.
 
 Where plugins come from, later ones overriding earlier ones of the same name:
 
-1. the modules of ``pbq/drm/cluster_models/`` (built-ins) whose names do not start with ``_``;
+1. the modules of ``pbq/drm/cluster_models/`` (built-ins) whose names do not start with ``_``
+   or ``cluster`` (abstract base modules);
 2. the ``pbq.drm`` entry-point group of installed packages;
 3. the ``*.py`` files of a user plugin folder (config ``[cluster] plugin_dir``), names not
-   starting with ``_``: a BioQueue plugin file dropped there works unchanged.
+   starting with ``_`` or ``cluster``: a BioQueue plugin file dropped there works unchanged.
 
 Names are case-insensitive (``TorquePBS.py`` is ``torquepbs``), with aliases ``pbs``/``torque``
 -> ``torquepbs``, ``condor`` -> ``htcondor``, ``gridengine`` -> ``sge``. Nothing is imported until
@@ -65,11 +66,17 @@ class PluginSpec:
     loader: Callable[[], ModuleType]
 
 
+def _abstract(module_name: str) -> bool:
+    """Base modules of plugins, not plugins: ``_*`` and ``cluster*`` (BioQueue's
+    ``ClusterBase.py``)."""
+    return module_name.startswith("_") or module_name.lower().startswith("cluster")
+
+
 def _builtin_specs() -> dict[str, PluginSpec]:
     package = importlib.import_module(BUILTIN_PACKAGE)
     specs = {}
     for info in pkgutil.iter_modules(package.__path__):
-        if info.name.startswith("_"):
+        if _abstract(info.name):
             continue
         module_name = f"{BUILTIN_PACKAGE}.{info.name}"
         specs[info.name.lower()] = PluginSpec(
@@ -112,7 +119,7 @@ def _dir_specs(plugin_dir: str | os.PathLike[str]) -> dict[str, PluginSpec]:
     check_plugin_dir(folder)  # whoever can add a file there runs Python as you
     specs = {}
     for path in sorted(folder.glob("*.py")):
-        if path.name.startswith("_"):
+        if _abstract(path.stem):
             continue
         specs[path.stem.lower()] = PluginSpec(
             path.stem.lower(), str(path), functools.partial(_load_file, path)

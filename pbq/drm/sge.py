@@ -18,6 +18,7 @@ import os
 import pwd
 import re
 from collections.abc import Sequence
+from functools import partial
 
 from pbq.drm.base import (
     ClusterState,
@@ -29,7 +30,14 @@ from pbq.drm.base import (
     failure_code,
     to_mb,
 )
-from pbq.drm.batch import NOTE, BatchDrm, Query, StatusQueries, unavailable_unless
+from pbq.drm.batch import (
+    NOTE,
+    BatchDrm,
+    Query,
+    StatusQueries,
+    listed_ids,
+    unavailable_unless,
+)
 from pbq.drm.protocol import Action, Submission
 
 # job-ID prior name user state submit/start-at [queue] [slots] [ja-task-ID]: the state is the
@@ -166,6 +174,15 @@ def _accounted(result: CommandResult) -> JobStatus | None:
     return JobStatus(ClusterState.DONE, parse_qacct(result.stdout), "qacct") if result.ok else None
 
 
+def _named(name: str, result: CommandResult) -> list[str]:
+    """``qstat -j NAME``: one ``job_number: N`` line per job of that name."""
+    return listed_ids(result, name, _no_such_job, r"^job_number:\s*(\d+)")
+
+
+def _no_such_job(text: str) -> bool:
+    return is_unknown_job(text) or "do not exist" in text
+
+
 class Sge(BatchDrm):
     name = "sge"
     actions = {"hold": ("qhold",), "release": ("qrls",), "suspend": ("qmod", "-sj"),
@@ -188,6 +205,9 @@ class Sge(BatchDrm):
 
     def job_queries(self, cluster_id: str) -> list[Query[JobStatus | None]]:
         return [(qacct_argv(cluster_id), _accounted)]
+
+    def name_query(self, job_name: str) -> Query[list[str]]:
+        return (["qstat", "-j", job_name], partial(_named, self.name))
 
     def is_gone(self, output: str) -> bool:
         return is_unknown_job(output)

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 from collections.abc import Sequence
 from functools import partial
 
@@ -28,8 +29,8 @@ from pbq.drm.base import (
     signal_code,
     to_mb,
 )
-from pbq.drm.batch import BatchDrm, StatusQueries, unavailable_unless
-from pbq.drm.protocol import Submission
+from pbq.drm.batch import BatchDrm, Query, StatusQueries, unavailable_unless
+from pbq.drm.protocol import Capability, Submission
 
 #: old PBS servers refuse longer job names.
 NAME_LIMIT = 15
@@ -116,7 +117,9 @@ def parse_qstat_f(stdout: str) -> dict[str, dict[str, str]]:
             continue
         if current is None:
             continue
-        a = re.match(r"^ {4}(\S+) = ?(.*)$", raw)
+        # Torque indents attributes by 4 spaces (continuations by a tab); Slurm's Torque
+        # wrappers indent them by a tab.
+        a = re.match(r"^(?: {4}|\t)([A-Za-z_][\w.]*) = ?(.*)$", raw)
         if a:
             last_key = a.group(1)
             current[last_key] = a.group(2).strip()
@@ -171,7 +174,7 @@ def parse_statuses(stdout: str, stderr: str, job_ids: Sequence[str]) -> dict[str
 
 
 def is_unknown_job(text: str) -> bool:
-    return "Unknown Job Id" in text
+    return "Unknown Job Id" in text or "Invalid job id" in text
 
 
 def is_finished_job(text: str) -> bool:
@@ -181,9 +184,21 @@ def is_finished_job(text: str) -> bool:
     )
 
 
+#: qstat's exit status for "unknown job id" (Slurm's wrappers say nothing else).
+UNKNOWN_JOB_EXIT = 153
+
+
 def _listed(ids: Sequence[str], result: CommandResult) -> dict[str, JobStatus]:
-    unavailable_unless(result, "torque", is_unknown_job)
+    if not (result.returncode == UNKNOWN_JOB_EXIT and not result.output):
+        unavailable_unless(result, "torque", is_unknown_job)
     return parse_statuses(result.stdout, result.stderr, ids)
+
+
+def _named(job_name: str, result: CommandResult) -> list[str]:
+    """Ids of the jobs that ``qstat -f`` lists with Job_Name JOB_NAME."""
+    unavailable_unless(result, "torque", is_unknown_job)
+    jobs = parse_qstat_f(result.stdout)
+    return [i for i, attrs in jobs.items() if attrs.get("Job_Name", "").strip() == job_name]
 
 
 class Torque(BatchDrm):
@@ -198,12 +213,25 @@ class Torque(BatchDrm):
         )
 
     def submit_argv(self, job: Submission) -> list[str]:
-        return submit_argv(str(job.files.script))
+        # -o/-j on the command line too: Slurm's qsub wrapper ignores them in the script.
+        return ["qsub", "-o", str(job.log_file), "-j", "oe", str(job.files.script)]
 
     parse_submit = staticmethod(parse_submit)
 
     def status_queries(self, cluster_ids: Sequence[str]) -> StatusQueries:
         return [(status_argv(cluster_ids), partial(_listed, list(cluster_ids)))]
+
+    @property
+    def capabilities(self) -> frozenset[Capability]:  # type: ignore[override]
+        """Without ``qsig`` (Slurm's Torque wrappers have none) running jobs cannot be
+        suspended: stop then holds the queued ones only, and says so."""
+        caps = set(BatchDrm.capabilities)
+        if shutil.which("qsig") is None:
+            caps.discard("suspend")
+        return frozenset(caps)
+
+    def name_query(self, job_name: str) -> Query[list[str]]:
+        return (["qstat", "-f"], partial(_named, job_name[:NAME_LIMIT]))
 
     def is_gone(self, output: str) -> bool:
         return is_unknown_job(output) or is_finished_job(output)

@@ -89,6 +89,7 @@ class Job:
     stopped_secs: float = 0.0  # time spent stopped before (a time limit excludes it)
     kill_at: float | None = None  # EVICTING/TIMING_OUT: SIGKILL what is left at this time
     cpu_seconds: float = 0.0  # last CPU sample (not saved)
+    held: bool = False  # on a DRM host: pbq itself held or suspended it (released by cont)
 
     def running_time(self, now: float) -> float:
         """Seconds it has run, time stopped excluded."""
@@ -108,6 +109,8 @@ class Job:
             d["tries"] = self.tries
         if self.stopped_secs:
             d["stopped_secs"] = self.stopped_secs
+        if self.held:
+            d["held"] = True
         return d
 
     @classmethod
@@ -145,6 +148,7 @@ class Job:
             stopped_at=_opt_float(d.get("stopped_at")),
             stopped_secs=float(d.get("stopped_secs", 0.0) or 0.0),
             kill_at=_opt_float(d.get("kill_at")),
+            held=bool(d.get("held", False)),
         )
 
 

@@ -130,12 +130,21 @@ def test_find_by_name() -> None:
     drm = scripted(Slurm, squeue=(0, "12\n14\n", ""))
     assert drm.find_by_name("pbq-a") == ["12", "14"]
     assert calls(drm) == ["squeue -h -t all -n pbq-a -o %i"]
-    assert Torque().find_by_name("pbq-a") is None
+    torque = scripted(Torque, qstat=(0, "Job Id:\t7\n\tJob_Name = pbq-a\n\tjob_state = R\n\n"
+                                        "Job Id: 8.srv\n    Job_Name = other\n", ""))
+    assert torque.find_by_name("pbq-a") == ["7"]  # Slurm's wrappers indent by a tab
+    lsf = scripted(Lsf, bjobs=(255, "", "Job <pbq-a> is not found"))
+    assert lsf.find_by_name("pbq-a") == []
+    condor = scripted(HTCondor, condor_q=(0, "31\n", ""))
+    assert condor.find_by_name("pbq-a") == ["31"]
+    assert calls(condor) == ['condor_q -constraint JobBatchName == "pbq-a" -af ClusterId']
+    sge = scripted(Sge, qstat=(0, "==\njob_number:                 44\nexec_file: x\n", ""))
+    assert sge.find_by_name("pbq-a") == ["44"]
 
 
 def submission(tmp_path: Path, **resources: object) -> Submission:
     files = JobFiles.new(tmp_path, "k")
-    files.dir.mkdir(parents=True)
+    files.dir.mkdir(parents=True, exist_ok=True)
     return Submission("true", "k", tmp_path, tmp_path / "k.log", files, Resources(**resources))  # type: ignore[arg-type]
 
 
@@ -160,3 +169,34 @@ def test_bioqueue_functions_over_a_typed_drm(tmp_path: Path) -> None:
     assert "bad walltime" in functions.last_error
     drm.runner.answers = {("squeue",): DOWN}  # type: ignore[attr-defined]
     assert functions.query_job_status(21) == -1
+
+
+UNITS = {
+    # DRM: (what mem=1024 becomes, what mem=2G becomes, what walltime=90m becomes)
+    Slurm: ("--mem=1024M", "--mem=2048M", "-t 0-01:30:00"),
+    Torque: ("mem=1024mb", "mem=2048mb", "walltime=01:30:00"),
+    Sge: ("mem_free=1024M", "mem_free=2048M", "h_rt=5400"),
+    HTCondor: ("request_memory = 1024", "request_memory = 2048", "> 5400)"),
+    Lsf: ("-M 1048576", "-M 2097152", "-W 1:30"),
+}
+
+
+@pytest.mark.parametrize("drm", list(UNITS), ids=lambda d: d.name)
+def test_units_per_drm(tmp_path: Path, drm: type[BatchDrm]) -> None:
+    def text(**resources: object) -> str:
+        job = submission(tmp_path, **resources)
+        parts = [*drm().directives(job), *drm().submit_argv(job)]
+        parts += drm().submit_files(job).values()
+        return " ".join(parts)
+
+    mem_mb, mem_2g, wall = UNITS[drm]
+    assert mem_mb in text(mem="1024")  # a bare number is megabytes
+    assert mem_2g in text(mem="2G")
+    assert wall in text(walltime="90m")
+
+
+def test_units_for_bioqueue_plugins() -> None:
+    from pbq.drm.bioqueue import bioqueue_resources
+
+    assert bioqueue_resources(Resources(mem="1024", walltime="90m")) == (1, "1G", "", "01:30:00")
+    assert bioqueue_resources(Resources(mem="2G", vmem="1536")) == (1, "2G", "1536M", "")

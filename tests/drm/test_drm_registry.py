@@ -81,10 +81,18 @@ def test_builtins_are_found_without_importing() -> None:
         ("lsf", "lsf"),
     ],
 )
-def test_names_and_aliases(name: str, canonical: str) -> None:
+def test_names_and_aliases(name: str, canonical: str, fakedrm: Path) -> None:
     backend = DrmBackend.load(name)
     assert backend.name == canonical
     assert backend.capabilities == {"hold", "suspend", "exit_code", "batch_status"}
+
+
+def test_torque_without_qsig_cannot_suspend(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Slurm's Torque wrappers (slurm-wlm-torque) have no qsig: running jobs cannot be suspended.
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert DrmBackend.load("torquepbs").capabilities == {"hold", "exit_code", "batch_status"}
 
 
 def test_builtin_plugins_keep_bioqueue_parameter_names() -> None:
@@ -120,7 +128,8 @@ def test_broken_plugin_is_reported_only_when_used(tmp_path: Path) -> None:
     assert DrmBackend.load("slurm", tmp_path).name == "slurm"
     with pytest.raises(
         PbqError,
-        match=r"DRM plugin 'broken' \(.*broken.py\) failed to import: ModuleNotFoundError: .*no_such_module_pbq",
+        match=r"DRM plugin 'broken' \(.*broken.py\) failed to import: "
+        r"ModuleNotFoundError: .*no_such_module_pbq",
     ):
         DrmBackend.load("broken", tmp_path)
     with pytest.raises(PbqError, match=r"'syntax' .* failed to import: SyntaxError"):

@@ -106,6 +106,18 @@ def new_job(state: State, system: str, **fields: Any) -> Job:
     return job
 
 
+def spool_copy(job_id: str, text: str) -> str:
+    """Keep a copy of a job script, as Torque and LSF do at submission: the job runs the copy,
+    so the submitter may delete its file at once (BioQueue's plugins do)."""
+    spool = state_path() + ".spool"
+    os.makedirs(spool, exist_ok=True)
+    path = os.path.join(spool, f"{job_id}.sh")
+    with open(path, "w") as f:
+        f.write(text)
+    os.chmod(path, 0o755)
+    return path
+
+
 def spawn_runner(job_id: str) -> None:
     subprocess.Popen(
         [sys.executable, os.path.abspath(__file__), "--run", job_id],
@@ -287,9 +299,10 @@ def torque_qsub(args: list[str]) -> int:
         return fail("qsub: reading a script from standard input is not supported by the fake")
     try:
         with open(script) as f:
-            lines = f.read().splitlines()
+            script_text = f.read()
     except OSError as exc:
         return fail(f"qsub: script file cannot be loaded - {exc.strerror}")
+    lines = script_text.splitlines()
     for line in lines[1:]:
         if line.startswith("#PBS"):
             words = shlex.split(line[4:])
@@ -325,13 +338,14 @@ def torque_qsub(args: list[str]) -> int:
             "torque",
             name=opts.get("-N", [os.path.basename(script)])[-1],
             queue=opts.get("-q", ["batch"])[-1],
-            argv=[opts.get("-S", ["/bin/sh"])[-1], os.path.abspath(script)],
+            argv=[opts.get("-S", ["/bin/sh"])[-1]],
             cwd=os.getcwd(),
             out=out,
             err=None if join == "oe" else err,
             resources=resources,
             walltime=walltime,
         )
+        job["argv"].append(spool_copy(job["id"], script_text))  # Torque copies the script
         job["env"] = {"PBS_JOBID": f"{job['id']}.{SERVER}", "PBS_O_WORKDIR": os.getcwd()}
         print(f"{job['id']}.{SERVER}")
     spawn_runner(job["id"])
@@ -404,7 +418,8 @@ def torque_control(command: str, args: list[str]) -> int:
                 sys.stderr.write(f"{command}: Unknown Job Id Error {job_id}.{SERVER}\n")
                 rc = 153
                 continue
-            invalid = f"{command}: Request invalid for state of job MSG=invalid state for job - {st} {job_id}.{SERVER}\n"
+            invalid = (f"{command}: Request invalid for state of job MSG=invalid state for job "
+                       f"- {st} {job_id}.{SERVER}\n")
             if command == "qdel":
                 if st in ("E", "C"):
                     sys.stderr.write(invalid)
@@ -519,6 +534,9 @@ def condor_submit(args: list[str]) -> int:
     if m:
         walltime = int(m.group(1))
     iwd = desc.get("initialdir", os.getcwd())
+    executable = os.path.join(iwd, desc["executable"])
+    if os.path.isfile(executable):  # HTCondor sets the execute bit of what it runs
+        os.chmod(executable, os.stat(executable).st_mode | 0o111)
     with locked_state() as state:
         job = new_job(
             state,
@@ -564,11 +582,21 @@ def print_autoformat(rows: list[dict[str, str]], attrs: list[str]) -> None:
 
 
 def condor_q(args: list[str]) -> int:
+    name = None
+    if "-constraint" in args:  # only the form pbq uses: JobBatchName == "NAME"
+        i = args.index("-constraint")
+        m = re.fullmatch(r'\s*JobBatchName\s*==\s*"([^"]*)"\s*', args[i + 1])
+        if not m:
+            return fail(f"condor_q: the fake cannot evaluate the constraint {args[i + 1]!r}")
+        name = m.group(1)
+        args = args[:i] + args[i + 2 :]
     ids, attrs, _ = autoformat_args(args)
     rows = []
     with locked_state() as state:
         for job_id, job in state["jobs"].items():
             if job["system"] != "htcondor" or (ids and job_id not in ids):
+                continue
+            if name is not None and job["name"] != name:
                 continue
             if condor_status(job) is not None:
                 rows.append(condor_attrs(job, finished=False))
@@ -581,7 +609,12 @@ def condor_q(args: list[str]) -> int:
         for row in rows:
             print(f"{row['ClusterId']}.0   root  11/22 03:00   0+00:00:00 "
                   f"{letters.get(row['JobStatus'], '?')}  0   0.0 {row['Cmd']}")  # fmt: skip
-        print(f"\n{len(rows)} jobs; 0 completed, 0 removed")
+    # The real condor_q ends with this summary unless -af is given.
+    if not attrs:
+        counts = {s: sum(1 for r in rows if r["JobStatus"] == s) for s in "12357"}
+        print(f"Total for query: {len(rows)} jobs; 0 completed, {counts['3']} removed, "
+              f"{counts['1']} idle, {counts['2']} running, {counts['5']} held, "
+              f"{counts['7']} suspended")
     return 0
 
 
@@ -603,7 +636,8 @@ def condor_history(args: list[str]) -> int:
         for row in rows:
             st = "X" if row["JobStatus"] == "3" else "C"
             print(
-                f" {row['ClusterId']}.0  root  11/22 03:00  0+00:00:00 {st}  11/22 03:00 {row['Cmd']}"
+                f" {row['ClusterId']}.0  root  11/22 03:00  0+00:00:00 {st}  11/22 03:00 "
+                f"{row['Cmd']}"
             )
     return 0
 
@@ -689,7 +723,20 @@ def bsub(args: list[str]) -> int:
         i += 2
     command = args[i:]
     if not command:
-        return fail("bsub: reading a job from standard input is not supported by the fake")
+        # `bsub < script`: the script is read from standard input; #BSUB lines are options.
+        text = sys.stdin.read()
+        if not text.strip():
+            return fail("bsub: no command or script on standard input. Job not submitted.")
+        for line in text.splitlines()[1:]:
+            if line.startswith("#BSUB"):
+                words = shlex.split(line[5:])
+                if len(words) >= 2 and words[0] in with_value:
+                    opts.setdefault(words[0], words[1])
+            elif line.strip() and not line.startswith("#"):
+                break
+        with locked_state() as state:
+            job_id = str(state["next_id"])  # the id new_job() is about to give
+        command = ["/bin/sh", spool_copy(f"lsf-{job_id}-{os.getpid()}", text)]
     for key in ("-n", "-M", "-v"):
         if key in opts and not opts[key].isdigit():
             return fail(f"{opts[key]}: Bad argument for option {key}. Job not submitted.")
@@ -725,9 +772,14 @@ def bjobs(args: list[str]) -> int:
     fmt = None
     rest = []
     i = 0
+    name = None
     while i < len(args):
         if args[i] == "-o":
             fmt = args[i + 1].split()
+            i += 2
+            continue
+        if args[i] == "-J":
+            name = args[i + 1]
             i += 2
             continue
         if not args[i].startswith("-"):
@@ -738,7 +790,8 @@ def bjobs(args: list[str]) -> int:
     rc = 0
     with locked_state() as state:
         jobs = state["jobs"]
-        selected = ids or [k for k, j in jobs.items() if j["system"] == "lsf"]
+        selected = ids or [k for k, j in jobs.items()
+                           if j["system"] == "lsf" and name in (None, j["name"])]
         for job_id in selected:
             job = jobs.get(job_id)
             stat = lsf_stat(job) if job and job["system"] == "lsf" else None
@@ -768,6 +821,9 @@ def bjobs(args: list[str]) -> int:
         for row in rows:
             print(f"{row['jobid']:<7} root    {row['stat']:<5} {row['queue']:<10} fakehost    "
                   f"fakehost    {row['job_name'][:10]:<10} Nov 22 03:00")  # fmt: skip
+    if not rows and name is not None:
+        sys.stderr.write(f"Job <{name}> is not found\n")
+        return 255
     if not rows and not ids:
         print("No unfinished job found")
     return rc
@@ -817,8 +873,10 @@ def lsf_control(command: str, args: list[str]) -> int:
 # --------------------------------------------------------------------------- dispatch
 
 DOWN_MESSAGES = {
-    "torque": "Cannot connect to specified server host '{server}'.\n{cmd}: cannot connect to server {server} (errno=111) Connection refused",
-    "htcondor": "\n-- Failed to fetch ads from: <127.0.0.1:9618> : fakeschedd\nCEDAR:6001:Failed to connect to <127.0.0.1:9618>",
+    "torque": "Cannot connect to specified server host '{server}'.\n"
+    "{cmd}: cannot connect to server {server} (errno=111) Connection refused",
+    "htcondor": "\n-- Failed to fetch ads from: <127.0.0.1:9618> : fakeschedd\n"
+    "CEDAR:6001:Failed to connect to <127.0.0.1:9618>",
     "lsf": "LSF is down. Please wait ...\nbatch system daemon not responding ... still trying",
 }
 

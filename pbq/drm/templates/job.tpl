@@ -1,4 +1,12 @@
 # --- pbq job ${job_name}: run the command in its workspace, record its exit status ---
+# One run per attempt: the first cluster job of it claims the marker (O_EXCL, via noclobber);
+# another one (a resubmission after an unclear failure) finds it taken and does not run.
+pbq_me="$${SLURM_JOB_ID:-$${PBS_JOBID:-$${LSB_JOBID:-$${JOB_ID:-?}}}} $$(hostname) $$$$"
+if ! ( set -C; printf '%s\n' "$$pbq_me" > ${claim_file} ) 2>/dev/null; then
+    echo "pbq: job ${job_name} already runs elsewhere (${claim_file} is taken): not run again" >&2
+    printf '%s\n' "$$pbq_me" >> ${dup_file}
+    exit 0
+fi
 pbq_exit() {
     printf '%s\n' "$$1" > ${exit_tmp} && mv -f ${exit_tmp} ${exit_file}
     exit "$$1"
