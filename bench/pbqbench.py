@@ -259,14 +259,25 @@ class Bench:
         d.mkdir(parents=True, exist_ok=True)
         return d
 
-    def popen(self, argv: Sequence[str | Path], *, cwd: Path | None = None, out: Path | None = None,
-              stdin: Any = subprocess.DEVNULL) -> subprocess.Popen:
+    def popen(
+        self,
+        argv: Sequence[str | Path],
+        *,
+        cwd: Path | None = None,
+        out: Path | None = None,
+        stdin: Any = subprocess.DEVNULL,
+    ) -> subprocess.Popen:
         """Start ``argv`` in a session (and process group) of its own."""
         outf = open(out, "ab") if out is not None else subprocess.DEVNULL  # noqa: SIM115
         try:
             p = subprocess.Popen(
-                [str(a) for a in argv], cwd=cwd or self.workdir, env=self.env, stdin=stdin,
-                stdout=outf, stderr=subprocess.STDOUT, start_new_session=True,
+                [str(a) for a in argv],
+                cwd=cwd or self.workdir,
+                env=self.env,
+                stdin=stdin,
+                stdout=outf,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         finally:
             if out is not None:
@@ -282,8 +293,14 @@ class Bench:
             self.kill(p)
             raise BenchError(f"{what} did not finish within {timeout:g} s") from None
 
-    def run(self, argv: Sequence[str | Path], timeout: float, what: str, cwd: Path | None = None,
-            out: Path | None = None) -> int:
+    def run(
+        self,
+        argv: Sequence[str | Path],
+        timeout: float,
+        what: str,
+        cwd: Path | None = None,
+        out: Path | None = None,
+    ) -> int:
         return self.wait(self.popen(argv, cwd=cwd, out=out), timeout, what)
 
     def kill(self, p: subprocess.Popen) -> None:
@@ -419,7 +436,9 @@ def job_pids(jf: Path, host: str) -> list[int]:
 
 def gnu_parallel_version(path: str) -> str | None:
     try:
-        r = subprocess.run([path, "--version"], capture_output=True, timeout=30, stdin=subprocess.DEVNULL)
+        r = subprocess.run(
+            [path, "--version"], capture_output=True, timeout=30, stdin=subprocess.DEVNULL
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     first = r.stdout.decode(errors="replace").splitlines()[:1]
@@ -445,11 +464,21 @@ def ensure_parallel(b: Bench) -> None:
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     apt = ["apt-get", "-o", "DPkg::Lock::Timeout=300", "-y", "-qq", "--no-install-recommends"]
     ok = False
-    for step in ([[*apt, "install", "parallel"]], [[*apt, "update"], [*apt, "install", "parallel"]]):
+    for step in (
+        [[*apt, "install", "parallel"]],
+        [[*apt, "update"], [*apt, "install", "parallel"]],
+    ):
         try:
             ok = all(
-                subprocess.run(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, timeout=900).returncode == 0
+                subprocess.run(
+                    cmd,
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                    timeout=900,
+                ).returncode
+                == 0
                 for cmd in step
             )
         except (OSError, subprocess.TimeoutExpired):
@@ -467,14 +496,23 @@ def ensure_parallel(b: Bench) -> None:
 # ---------------------------------------------------------------------- 1. dispatch
 
 
-def drain_pbq(b: Bench, d: Path, lines: list[str], hosts: int = 1, hostline: str = HOSTLINE,
-              timeout: float = 600) -> dict[str, Any]:
+def drain_pbq(
+    b: Bench,
+    d: Path,
+    lines: list[str],
+    hosts: int = 1,
+    hostline: str = HOSTLINE,
+    timeout: float = 600,
+) -> dict[str, Any]:
     """Run ``hosts`` schedulers with --exit-when-empty on one jobfile until all exit."""
     hf = write(d / "hostfile", hostline + "\n")
     jf = write(d / "jobfile", "".join(line + "\n" for line in lines))
     names = [f"h{i + 1}" for i in range(hosts)] if hosts > 1 else ["bench"]
     t0 = time.perf_counter()
-    procs = [b.popen(pbq_argv(hf, jf, h, "--exit-when-empty"), cwd=d, out=d / f"sched-{h}.out") for h in names]
+    procs = [
+        b.popen(pbq_argv(hf, jf, h, "--exit-when-empty"), cwd=d, out=d / f"sched-{h}.out")
+        for h in names
+    ]
     deadline = time.monotonic() + timeout
     for h, p in zip(names, procs, strict=True):
         rc = b.wait(p, max(1.0, deadline - time.monotonic()), f"pbq-single --host {h}")
@@ -482,7 +520,12 @@ def drain_pbq(b: Bench, d: Path, lines: list[str], hosts: int = 1, hostline: str
             raise BenchError(f"pbq-single --host {h} exited {rc}: {tail(d / f'sched-{h}.out')}")
     wall = time.perf_counter() - t0
     rows = [r for h in names for r in read_joblog(host_file(jf, h, "joblog"))]
-    return {"wall": wall, "jobs": len(rows), "failed": sum(1 for r in rows if r[2] != 0), "span": joblog_span(rows)}
+    return {
+        "wall": wall,
+        "jobs": len(rows),
+        "failed": sum(1 for r in rows if r[2] != 0),
+        "span": joblog_span(rows),
+    }
 
 
 def _lines(path: Path) -> list[str]:
@@ -498,21 +541,32 @@ def drain_parallel(b: Bench, d: Path, lines: list[str]) -> dict[str, Any]:
     joblog = d / "parallel.joblog"
     t0 = time.perf_counter()
     with open(jf, "rb") as inp:
-        p = b.popen([b.parallel, "--will-cite", "-j2", "--joblog", str(joblog)], cwd=d, stdin=inp,
-                    out=d / "parallel.out")
+        p = b.popen(
+            [b.parallel, "--will-cite", "-j2", "--joblog", str(joblog)],
+            cwd=d,
+            stdin=inp,
+            out=d / "parallel.out",
+        )
     rc = b.wait(p, 600, "parallel")
     wall = time.perf_counter() - t0
     if rc != 0:
         raise BenchError(f"parallel exited {rc}: {tail(d / 'parallel.out')}")
     rows = read_joblog(joblog)
-    return {"wall": wall, "jobs": len(rows), "failed": sum(1 for r in rows if r[2] != 0), "span": joblog_span(rows)}
+    return {
+        "wall": wall,
+        "jobs": len(rows),
+        "failed": sum(1 for r in rows if r[2] != 0),
+        "span": joblog_span(rows),
+    }
 
 
 def drain_xargs(b: Bench, d: Path, lines: list[str]) -> dict[str, Any]:
     jf = write(d / "jobfile", "".join(line + "\n" for line in lines))
     t0 = time.perf_counter()
     with open(jf, "rb") as inp:
-        p = b.popen(["xargs", "-d", "\\n", "-P2", "-n1", "sh", "-c"], cwd=d, stdin=inp, out=d / "xargs.out")
+        p = b.popen(
+            ["xargs", "-d", "\\n", "-P2", "-n1", "sh", "-c"], cwd=d, stdin=inp, out=d / "xargs.out"
+        )
     rc = b.wait(p, 600, "xargs")
     wall = time.perf_counter() - t0
     if rc != 0:
@@ -532,11 +586,17 @@ def sec_dispatch(b: Bench) -> list[Row]:
         order = tools[r % len(tools) :] + tools[: r % len(tools)]
         for tool in order:
             d = b.mkdir("dispatch", f"r{r}", tool)
-            res = {"pbq": drain_pbq, "parallel": drain_parallel, "xargs": drain_xargs}[tool](b, d, lines)
+            res = {"pbq": drain_pbq, "parallel": drain_parallel, "xargs": drain_xargs}[tool](
+                b, d, lines
+            )
             if res["jobs"] != n or res["failed"]:
-                raise BenchError(f"{tool}: {res['jobs']} of {n} jobs logged, {res['failed']} failed")
+                raise BenchError(
+                    f"{tool}: {res['jobs']} of {n} jobs logged, {res['failed']} failed"
+                )
             runs[tool].append(res)
-            say(f"dispatch round {r + 1}/{s.rounds}: {tool:8s} {res['wall']:.2f} s = {res['wall'] / n * 1e3:.2f} ms/job")
+            say(
+                f"dispatch round {r + 1}/{s.rounds}: {tool:8s} {res['wall']:.2f} s = {res['wall'] / n * 1e3:.2f} ms/job"
+            )
         d = b.mkdir("dispatch", f"r{r}", "startup")
         startup.append(drain_pbq(b, d, [])["wall"])
     ms = {t: median([x["wall"] for x in runs[t]]) / n * 1e3 for t in tools}
@@ -550,19 +610,56 @@ def sec_dispatch(b: Bench) -> list[Row]:
     rows = []
     if b.parallel:
         q = ms["pbq"] / ms["parallel"]
-        rows.append(Row("dispatch", f"dispatch {n} x true, -j2: ms/job vs GNU Parallel", f"{ms['pbq']:.2f} ms/job",
-                        f"{ms['parallel']:.2f} (parallel --joblog)", ratio_cell(q), "<= 0.40x", q <= 0.4))
+        rows.append(
+            Row(
+                "dispatch",
+                f"dispatch {n} x true, -j2: ms/job vs GNU Parallel",
+                f"{ms['pbq']:.2f} ms/job",
+                f"{ms['parallel']:.2f} (parallel --joblog)",
+                ratio_cell(q),
+                "<= 0.40x",
+                q <= 0.4,
+            )
+        )
     else:
-        rows.append(Row("dispatch", f"dispatch {n} x true, -j2: ms/job vs GNU Parallel", f"{ms['pbq']:.2f} ms/job",
-                        skipped=b.parallel_why))
+        rows.append(
+            Row(
+                "dispatch",
+                f"dispatch {n} x true, -j2: ms/job vs GNU Parallel",
+                f"{ms['pbq']:.2f} ms/job",
+                skipped=b.parallel_why,
+            )
+        )
     q = ms["pbq"] / ms["xargs"]
-    rows.append(Row("dispatch", f"dispatch {n} x true, -j2: ms/job vs xargs -P2", f"{ms['pbq']:.2f} ms/job",
-                    f"{ms['xargs']:.2f} (xargs -P2 sh -c)", ratio_cell(q), "<= 2.00x", q <= 2.0))
+    rows.append(
+        Row(
+            "dispatch",
+            f"dispatch {n} x true, -j2: ms/job vs xargs -P2",
+            f"{ms['pbq']:.2f} ms/job",
+            f"{ms['xargs']:.2f} (xargs -P2 sh -c)",
+            ratio_cell(q),
+            "<= 2.00x",
+            q <= 2.0,
+        )
+    )
     other = f"{span['parallel']:.2f} (parallel)" if b.parallel else "-"
     q = span["pbq"] / span["parallel"] if b.parallel else float("nan")
-    rows.append(Row("dispatch", "  in-run ms/job (joblog first start -> last end)", f"{span['pbq']:.2f} ms/job",
-                    other, ratio_cell(q)))
-    rows.append(Row("dispatch", "  pbq-single start-up + exit on an empty jobfile", f"{median(startup):.3f} s"))
+    rows.append(
+        Row(
+            "dispatch",
+            "  in-run ms/job (joblog first start -> last end)",
+            f"{span['pbq']:.2f} ms/job",
+            other,
+            ratio_cell(q),
+        )
+    )
+    rows.append(
+        Row(
+            "dispatch",
+            "  pbq-single start-up + exit on an empty jobfile",
+            f"{median(startup):.3f} s",
+        )
+    )
     return rows
 
 
@@ -601,18 +698,35 @@ def sec_scaling(b: Bench) -> list[Row]:
             times = time_takes(jf, min(s.takes, n // 2))
             med[n].append(median(times))
             mean[n].append(statistics.fmean(times))
-            say(f"scaling round {r + 1}/{s.rounds}: {n:>7d} lines: median {med[n][-1] * 1e3:.3f} ms/take, "
-                f"mean {mean[n][-1] * 1e3:.3f} ms/take")
+            say(
+                f"scaling round {r + 1}/{s.rounds}: {n:>7d} lines: median {med[n][-1] * 1e3:.3f} ms/take, "
+                f"mean {mean[n][-1] * 1e3:.3f} ms/take"
+            )
     small, big = sizes
     m = {n: median(med[n]) * 1e3 for n in sizes}
     a = {n: median(mean[n]) * 1e3 for n in sizes}
-    b.samples["scaling"] = {"median_s": {str(k): v for k, v in med.items()}, "mean_s": {str(k): v for k, v in mean.items()}}
+    b.samples["scaling"] = {
+        "median_s": {str(k): v for k, v in med.items()},
+        "mean_s": {str(k): v for k, v in mean.items()},
+    }
     qm, qa = m[big] / m[small], a[big] / a[small]
     return [
-        Row("scaling", f"take 1 job: {big:,} vs {small:,} lines (median)", f"{m[big]:.3f} ms",
-            f"{m[small]:.3f} ms", ratio_cell(qm), "<= 1.50x", qm <= 1.5),
-        Row("scaling", "  same, mean incl. compaction every 100 takes", f"{a[big]:.3f} ms",
-            f"{a[small]:.3f} ms", ratio_cell(qa)),
+        Row(
+            "scaling",
+            f"take 1 job: {big:,} vs {small:,} lines (median)",
+            f"{m[big]:.3f} ms",
+            f"{m[small]:.3f} ms",
+            ratio_cell(qm),
+            "<= 1.50x",
+            qm <= 1.5,
+        ),
+        Row(
+            "scaling",
+            "  same, mean incl. compaction every 100 takes",
+            f"{a[big]:.3f} ms",
+            f"{a[small]:.3f} ms",
+            ratio_cell(qa),
+        ),
     ]
 
 
@@ -630,8 +744,10 @@ def foreign_load(jf: Path, host: str) -> float:
 def busy_or_fail(what: str, worst: float, d: Path) -> None:
     """Raise Skip when a foreign load from outside the benchmark explains ``what``, else BenchError."""
     if worst > 0.5:
-        raise Skip(f"machine too busy: {what} (the scheduler saw a foreign load of up to {worst:.2f} "
-                   "without the benchmark's own load)")
+        raise Skip(
+            f"machine too busy: {what} (the scheduler saw a foreign load of up to {worst:.2f} "
+            "without the benchmark's own load)"
+        )
     raise BenchError(f"{what}: {tail(d / 'sched.out')}")
 
 
@@ -644,8 +760,9 @@ def stop_busy(b: Bench, loops: list[subprocess.Popen]) -> None:
         b.kill(p)
 
 
-def watch(pred: Callable[[], bool], timeout: float, jf: Path, host: str,
-          trace: list[float] | None = None) -> tuple[float | None, float]:
+def watch(
+    pred: Callable[[], bool], timeout: float, jf: Path, host: str, trace: list[float] | None = None
+) -> tuple[float | None, float]:
     """Like wait_until (polling every 20 ms), and the highest foreign load the scheduler
     reported meanwhile (to tell a busy machine from a slow scheduler); ``trace`` gets the
     reported foreign load every 0.5 s."""
@@ -695,14 +812,20 @@ def sec_reaction(b: Bench) -> list[Row]:
         if ok is None:
             busy_or_fail(what, worst, d)
 
-    need(*watch(two_running, s.start_timeout, jf, "react"), f"the scheduler did not start 2 jobs within {s.start_timeout:g} s")
+    need(
+        *watch(two_running, s.start_timeout, jf, "react"),
+        f"the scheduler did not start 2 jobs within {s.start_timeout:g} s",
+    )
     time.sleep(1.0 if s.quick else 3.0)  # a few ticks: the foreign-load meter settles near 0
     stop_s: list[float] = []
     first_s: list[float] = []
     cont_s: list[float] = []
     traces: list[list[float]] = []
     for r in range(s.rounds):
-        need(*watch(running, s.start_timeout, jf, "react"), f"the jobs were not both running within {s.start_timeout:g} s")
+        need(
+            *watch(running, s.start_timeout, jf, "react"),
+            f"the jobs were not both running within {s.start_timeout:g} s",
+        )
         time.sleep(0.5 if s.quick else 1.0)
         loops = start_busy(b, 2)
         t0 = time.monotonic()
@@ -724,17 +847,26 @@ def sec_reaction(b: Bench) -> list[Row]:
         if t_cont is None:
             # Slow to continue: a busy machine (foreign load > 0.5 holds a job back), or pbq.
             if foreign_load(jf, "react") > 0.5:
-                need(None, worst, f"jobs were not continued within {cont_wait:g} s after the foreign loops ended")
+                need(
+                    None,
+                    worst,
+                    f"jobs were not continued within {cont_wait:g} s after the foreign loops ended",
+                )
             t_cont = inf
         stop_s.append(t_all)
         first_s.append(t_first)
         cont_s.append(t_cont)
         traces.append(trace)
-        say(f"reaction round {r + 1}/{s.rounds}: first job stopped after {secs(t_first, stop_wait)}, both after "
+        say(
+            f"reaction round {r + 1}/{s.rounds}: first job stopped after {secs(t_first, stop_wait)}, both after "
             f"{secs(t_all, stop_wait)}; both continued {secs(t_cont, cont_wait)} after the loops ended "
-            f"(foreign load the scheduler reported meanwhile, every 0.5 s: {' '.join(f'{x:.1f}' for x in trace[:40])})")
+            f"(foreign load the scheduler reported meanwhile, every 0.5 s: {' '.join(f'{x:.1f}' for x in trace[:40])})"
+        )
     # Flapping: one steady foreign busy loop.
-    need(*watch(running, s.start_timeout, jf, "react"), f"the jobs were not both running within {s.start_timeout:g} s")
+    need(
+        *watch(running, s.start_timeout, jf, "react"),
+        f"the jobs were not both running within {s.start_timeout:g} s",
+    )
     warm = 1.5 if s.quick else 4.0
     loops = start_busy(b, 1)
     try:
@@ -751,22 +883,48 @@ def sec_reaction(b: Bench) -> list[Row]:
     finally:
         stop_busy(b, loops)
     per_min = events / s.flap_window * 60
-    say(f"flapping: {events} stop/continue events in {s.flap_window:g} s ({per_min:.1f}/min); "
-        f"{n_stopped} of 2 jobs stopped at the end")
-    b.samples["reaction"] = {"stop_first_s": first_s, "stop_all_s": stop_s, "cont_s": cont_s, "flap_events": events,
-                             "flap_window_s": s.flap_window, "stopped_at_end": n_stopped,
-                             "foreign_after_loops": traces}
+    say(
+        f"flapping: {events} stop/continue events in {s.flap_window:g} s ({per_min:.1f}/min); "
+        f"{n_stopped} of 2 jobs stopped at the end"
+    )
+    b.samples["reaction"] = {
+        "stop_first_s": first_s,
+        "stop_all_s": stop_s,
+        "cont_s": cont_s,
+        "flap_events": events,
+        "flap_window_s": s.flap_window,
+        "stopped_at_end": n_stopped,
+        "foreign_after_loops": traces,
+    }
     ms, mf, mc = median(stop_s), median(first_s), median(cont_s)
     # Foreign load from outside the benchmark while waiting for the continue (the first 2 s
     # still hold the loops' own tail): above 0.5 it rightly holds a job back.
     outside = median([x for t in traces for x in t[4:]]) if any(len(t) > 4 for t in traces) else 0.0
     return [
-        Row("reaction", "2 foreign loops start -> both jobs SIGSTOPped", secs(ms, stop_wait),
-            f"first {secs(mf, stop_wait)}", target="<= 2 s", ok=ms <= 2.0),
-        Row("reaction", "foreign loops end -> both jobs continued", secs(mc, cont_wait),
-            f"other load meanwhile {outside:.2f}", target="<= 5 s", ok=mc <= 5.0),
-        Row("reaction", f"steady 1 foreign loop: stop/cont events ({s.flap_window:g} s)",
-            f"{per_min:.1f} /min", f"{n_stopped} of 2 stopped", target="<= 2 /min", ok=per_min <= 2.0),
+        Row(
+            "reaction",
+            "2 foreign loops start -> both jobs SIGSTOPped",
+            secs(ms, stop_wait),
+            f"first {secs(mf, stop_wait)}",
+            target="<= 2 s",
+            ok=ms <= 2.0,
+        ),
+        Row(
+            "reaction",
+            "foreign loops end -> both jobs continued",
+            secs(mc, cont_wait),
+            f"other load meanwhile {outside:.2f}",
+            target="<= 5 s",
+            ok=mc <= 5.0,
+        ),
+        Row(
+            "reaction",
+            f"steady 1 foreign loop: stop/cont events ({s.flap_window:g} s)",
+            f"{per_min:.1f} /min",
+            f"{n_stopped} of 2 stopped",
+            target="<= 2 /min",
+            ok=per_min <= 2.0,
+        ),
     ]
 
 
@@ -788,11 +946,23 @@ def sec_idle(b: Bench) -> list[Row]:
     def status(jf: Path) -> dict:
         return read_json(host_file(jf, "idle", "status")) or {}
 
-    t, worst = watch(lambda: len(job_pids(jfb, "idle")) == k and status(jfb).get("running") == k,
-                     2 * s.start_timeout, jfb, "idle")
+    t, worst = watch(
+        lambda: len(job_pids(jfb, "idle")) == k and status(jfb).get("running") == k,
+        2 * s.start_timeout,
+        jfb,
+        "idle",
+    )
     if t is None:
-        busy_or_fail(f"the scheduler did not start {k} jobs within {2 * s.start_timeout:g} s", worst, db)
-    rc = b.run([PY, BIN / "pbq", "control", hfb, jfb, "stop"], 60, "pbq control stop", cwd=db, out=db / "control.out")
+        busy_or_fail(
+            f"the scheduler did not start {k} jobs within {2 * s.start_timeout:g} s", worst, db
+        )
+    rc = b.run(
+        [PY, BIN / "pbq", "control", hfb, jfb, "stop"],
+        60,
+        "pbq control stop",
+        cwd=db,
+        out=db / "control.out",
+    )
     if rc != 0:
         raise BenchError(f"pbq control stop exited {rc}: {tail(db / 'control.out')}")
     pids = job_pids(jfb, "idle")
@@ -818,21 +988,46 @@ def sec_idle(b: Bench) -> list[Row]:
     for name, (sp, *helpers) in procs.items():
         b0, a0 = before[name], after[name]
         if None in b0 or None in a0:
-            raise BenchError(f"the {name} scheduler died during the window: {tail((da if name == 'empty' else db) / 'sched.out')}")
+            raise BenchError(
+                f"the {name} scheduler died during the window: {tail((da if name == 'empty' else db) / 'sched.out')}"
+            )
         cpu = sum(a0) - sum(b0)  # type: ignore[arg-type]
-        res[name] = {"cpu_s": cpu, "pct": cpu / elapsed * 100, "sched_cpu_s": a0[0] - b0[0],  # type: ignore[operator]
-                     "hwm_mb": proc_hwm_mb(sp),
-                     "runner_hwm_mb": sum(proc_hwm_mb(p) or 0.0 for p in helpers)}
+        res[name] = {
+            "cpu_s": cpu,
+            "pct": cpu / elapsed * 100,
+            "sched_cpu_s": a0[0] - b0[0],  # type: ignore[operator]
+            "hwm_mb": proc_hwm_mb(sp),
+            "runner_hwm_mb": sum(proc_hwm_mb(p) or 0.0 for p in helpers),
+        }
     if not all(proc_state(p) == "T" for p in pids):
         raise BenchError("stopped jobs were continued during the window")
     b.samples["idle"] = {"window_s": elapsed, **res}
     rows = []
-    for name, what in (("empty", "empty jobfile"), (f"{k} stopped", f"{k} jobs stopped by the user")):
+    for name, what in (
+        ("empty", "empty jobfile"),
+        (f"{k} stopped", f"{k} jobs stopped by the user"),
+    ):
         r = res["empty" if name == "empty" else "stopped"]
-        rows.append(Row("idle", f"idle CPU, {what} ({elapsed:.0f} s)", f"{r['pct']:.3f} % core",
-                        f"{r['cpu_s']:.2f} s CPU", target="< 0.5 %", ok=r["pct"] < 0.5))
-        rows.append(Row("idle", f"  peak RSS (VmHWM), {what}", f"{r['hwm_mb']:.1f} MB",
-                        f"job runner {r['runner_hwm_mb']:.1f} MB", target="< 40 MB", ok=r["hwm_mb"] < 40))
+        rows.append(
+            Row(
+                "idle",
+                f"idle CPU, {what} ({elapsed:.0f} s)",
+                f"{r['pct']:.3f} % core",
+                f"{r['cpu_s']:.2f} s CPU",
+                target="< 0.5 %",
+                ok=r["pct"] < 0.5,
+            )
+        )
+        rows.append(
+            Row(
+                "idle",
+                f"  peak RSS (VmHWM), {what}",
+                f"{r['hwm_mb']:.1f} MB",
+                f"job runner {r['runner_hwm_mb']:.1f} MB",
+                target="< 40 MB",
+                ok=r["hwm_mb"] < 40,
+            )
+        )
     return rows
 
 
@@ -895,8 +1090,12 @@ def lock_run(b: Bench, d: Path, hosts: int, n: int) -> dict[str, Any]:
     """``hosts`` processes taking one job per lock round trip from one jobfile (no scheduler)."""
     jf = write(d / "jobfile", "".join(f"echo {i}\n" for i in range(n)))
     names = [f"t{i + 1}" for i in range(hosts)]
-    procs = [b.popen([PY, __file__, "--take-child", jf, "--take-host", h], cwd=d, out=d / f"take-{h}.out")
-             for h in names]
+    procs = [
+        b.popen(
+            [PY, __file__, "--take-child", jf, "--take-host", h], cwd=d, out=d / f"take-{h}.out"
+        )
+        for h in names
+    ]
     if wait_until(lambda: all((d / f"ready.{h}").exists() for h in names), 60, 0.01) is None:
         raise BenchError(f"take processes did not start: {tail(d / 'take-t1.out')}")
     (d / "go").touch()
@@ -908,8 +1107,12 @@ def lock_run(b: Bench, d: Path, hosts: int, n: int) -> dict[str, Any]:
     lines = [x for h in names for x in _lines(d / f"taken.{h}")]
     counts = Counter(lines)
     expected = {f"echo {i}" for i in range(n)}
-    chk = {"lost": len(expected - set(counts)), "duplicated": sum(c - 1 for c in counts.values() if c > 1),
-           "unexpected": len(set(counts) - expected), "recorded": len(lines)}
+    chk = {
+        "lost": len(expected - set(counts)),
+        "duplicated": sum(c - 1 for c in counts.values() if c > 1),
+        "unexpected": len(set(counts) - expected),
+        "recorded": len(lines),
+    }
     span = max(t["t1"] for t in times) - min(t["t0"] for t in times)
     return {"takes_per_s": n / span, **chk}
 
@@ -939,25 +1142,59 @@ def sec_hosts(b: Bench) -> list[Row]:
                     chk = res
                 else:
                     rec = d / "rec"
-                    res = drain_pbq(b, d, recorder_lines(rec, range(n)), hosts=hosts, hostline=HOSTS_VARIANTS[v][0])
+                    res = drain_pbq(
+                        b,
+                        d,
+                        recorder_lines(rec, range(n)),
+                        hosts=hosts,
+                        hostline=HOSTS_VARIANTS[v][0],
+                    )
                     rate = n / res["wall"]
                     chk = exactly_once(rec, set(range(n)))
                 tp[v][hosts].append(rate)
                 checks.append(chk)
-                say(f"hosts round {r + 1}/{s.rounds}: {v:6s} {hosts} process(es): {rate:.0f}/s, {once_cell(chk)}")
+                say(
+                    f"hosts round {r + 1}/{s.rounds}: {v:6s} {hosts} process(es): {rate:.0f}/s, {once_cell(chk)}"
+                )
     m = {v: {h: median(x) for h, x in tp[v].items()} for v in variants}
     total = {key: sum(c[key] for c in checks) for key in ("lost", "duplicated", "unexpected")}
-    b.samples["hosts"] = {"n": n, "per_s": {v: {str(h): x for h, x in tp[v].items()} for v in variants},
-                          "checks": checks}
+    b.samples["hosts"] = {
+        "n": n,
+        "per_s": {v: {str(h): x for h, x in tp[v].items()} for v in variants},
+        "checks": checks,
+    }
     q = {v: m[v][k] / m[v][1] for v in variants}
     return [
-        Row("hosts", f"{n} recording jobs: {k} schedulers vs 1 (jobs/s)", f"{m['limit2'][k]:.0f} jobs/s",
-            f"{m['limit2'][1]:.0f} jobs/s", ratio_cell(q["limit2"]), ">= 1.00x", q["limit2"] >= 1.0),
-        Row("hosts", "  same, hosts max = wday = 20 (no load-policy throttling)", f"{m['roomy'][k]:.0f} jobs/s",
-            f"{m['roomy'][1]:.0f} jobs/s", ratio_cell(q["roomy"])),
-        Row("hosts", f"  jobfile lock alone: {k} processes vs 1 taking 1 line each", f"{m['lock'][k]:.0f} takes/s",
-            f"{m['lock'][1]:.0f} takes/s", ratio_cell(q["lock"])),
-        Row("hosts", "  every job exactly once (all runs)", once_cell(total), target="0 / 0", ok=once_ok(total)),
+        Row(
+            "hosts",
+            f"{n} recording jobs: {k} schedulers vs 1 (jobs/s)",
+            f"{m['limit2'][k]:.0f} jobs/s",
+            f"{m['limit2'][1]:.0f} jobs/s",
+            ratio_cell(q["limit2"]),
+            ">= 1.00x",
+            q["limit2"] >= 1.0,
+        ),
+        Row(
+            "hosts",
+            "  same, hosts max = wday = 20 (no load-policy throttling)",
+            f"{m['roomy'][k]:.0f} jobs/s",
+            f"{m['roomy'][1]:.0f} jobs/s",
+            ratio_cell(q["roomy"]),
+        ),
+        Row(
+            "hosts",
+            f"  jobfile lock alone: {k} processes vs 1 taking 1 line each",
+            f"{m['lock'][k]:.0f} takes/s",
+            f"{m['lock'][1]:.0f} takes/s",
+            ratio_cell(q["lock"]),
+        ),
+        Row(
+            "hosts",
+            "  every job exactly once (all runs)",
+            once_cell(total),
+            target="0 / 0",
+            ok=once_ok(total),
+        ),
     ]
 
 
@@ -976,7 +1213,12 @@ def stress_run(b: Bench, d: Path, hosts: int, total: int) -> dict[str, Any]:
     def appender() -> None:
         for i, batch in enumerate(batches):
             data = "".join(line + "\n" for line in recorder_lines(rec, batch)).encode()
-            p = b.popen([PY, BIN / "jobfile-append", jf, "-"], cwd=d, stdin=subprocess.PIPE, out=d / "append.out")
+            p = b.popen(
+                [PY, BIN / "jobfile-append", jf, "-"],
+                cwd=d,
+                stdin=subprocess.PIPE,
+                out=d / "append.out",
+            )
             try:
                 p.communicate(data, timeout=120)
             except subprocess.TimeoutExpired:
@@ -1014,7 +1256,13 @@ def stress_run(b: Bench, d: Path, hosts: int, total: int) -> dict[str, Any]:
     th.join()
     if errors:
         raise BenchError("; ".join(errors))
-    b.run([PY, BIN / "pbq", "control", hf, jf, "quit"], 60, "pbq control quit", cwd=d, out=d / "control.out")
+    b.run(
+        [PY, BIN / "pbq", "control", hf, jf, "quit"],
+        60,
+        "pbq control quit",
+        cwd=d,
+        out=d / "control.out",
+    )
     for h, p in zip(names, procs, strict=True):
         b.wait(p, 60, f"pbq-single --host {h} after quit")
     chk = exactly_once(rec, set(range(initial)) | set(appended))
@@ -1030,16 +1278,31 @@ def sec_stress(b: Bench) -> list[Row]:
         d = b.mkdir("stress", str(hosts))
         res[hosts] = stress_run(b, d, hosts, total)
         x = res[hosts]
-        say(f"stress: {hosts} scheduler(s): {total} jobs in {x['wall']:.1f} s = {x['jobs_per_s']:.0f} jobs/s, "
-            f"{once_cell(x)}, {x['failed']} failed")
+        say(
+            f"stress: {hosts} scheduler(s): {total} jobs in {x['wall']:.1f} s = {x['jobs_per_s']:.0f} jobs/s, "
+            f"{once_cell(x)}, {x['failed']} failed"
+        )
     b.samples["stress"] = {str(h): v for h, v in res.items()}
     q = res[k]["jobs_per_s"] / res[1]["jobs_per_s"]
-    both_ok = once_ok(res[k]) and once_ok(res[1]) and res[k]["failed"] == 0 and res[1]["failed"] == 0
+    both_ok = (
+        once_ok(res[k]) and once_ok(res[1]) and res[k]["failed"] == 0 and res[1]["failed"] == 0
+    )
     return [
-        Row("stress", f"{total} jobs, half appended during the run: {k} schedulers vs 1 (jobs/s)",
-            f"{res[k]['jobs_per_s']:.0f} jobs/s", f"{res[1]['jobs_per_s']:.0f} jobs/s", ratio_cell(q)),
-        Row("stress", f"  exactly once: {k} schedulers | 1 scheduler", once_cell(res[k]), once_cell(res[1]),
-            target="0 / 0", ok=both_ok),
+        Row(
+            "stress",
+            f"{total} jobs, half appended during the run: {k} schedulers vs 1 (jobs/s)",
+            f"{res[k]['jobs_per_s']:.0f} jobs/s",
+            f"{res[1]['jobs_per_s']:.0f} jobs/s",
+            ratio_cell(q),
+        ),
+        Row(
+            "stress",
+            f"  exactly once: {k} schedulers | 1 scheduler",
+            once_cell(res[k]),
+            once_cell(res[1]),
+            target="0 / 0",
+            ok=both_ok,
+        ),
     ]
 
 
@@ -1078,11 +1341,23 @@ def sec_commands(b: Bench) -> list[Row]:
     me = PidRecord.current(runner=None)
     for i in range(100):
         host = f"h{i:03d}"
-        write_pidfile(host_file(jf, host, "pid"), PidRecord(gone.pid, me.start, me.machine, me.boot,
-                                                             me.pidns, None), fsync=False)
-        write_status(host_file(jf, host, "status"), HostStatus(
-            host=host, machine=me.machine, pid=gone.pid, state="running", time=time.time(),
-            interval=1.0, jobfile=str(jf)))
+        write_pidfile(
+            host_file(jf, host, "pid"),
+            PidRecord(gone.pid, me.start, me.machine, me.boot, me.pidns, None),
+            fsync=False,
+        )
+        write_status(
+            host_file(jf, host, "status"),
+            HostStatus(
+                host=host,
+                machine=me.machine,
+                pid=gone.pid,
+                state="running",
+                time=time.time(),
+                interval=1.0,
+                jobfile=str(jf),
+            ),
+        )
     commands: dict[str, list[str | Path]] = {
         "pbq status": [PY, BIN / "pbq", "status", hf, jf],
         "pbq control check": [PY, BIN / "pbq", "control", hf, jf, "check"],
@@ -1097,11 +1372,19 @@ def sec_commands(b: Bench) -> list[Row]:
 
     def timed(argv: Sequence[str | Path]) -> float:
         t0 = time.perf_counter()
-        r = subprocess.run([str(a) for a in argv], cwd=d, stdout=subprocess.DEVNULL,
-                           stderr=subprocess.PIPE, env=b.env, timeout=60)
+        r = subprocess.run(
+            [str(a) for a in argv],
+            cwd=d,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env=b.env,
+            timeout=60,
+        )
         took = time.perf_counter() - t0
         if r.returncode not in (0, 1):  # check: 1 when a host is dead, as all are here
-            raise BenchError(f"{argv[1:3]} exited {r.returncode}: {r.stderr.decode(errors='replace')[-300:]}")
+            raise BenchError(
+                f"{argv[1:3]} exited {r.returncode}: {r.stderr.decode(errors='replace')[-300:]}"
+            )
         return took
 
     for _ in range(rounds):
@@ -1112,9 +1395,17 @@ def sec_commands(b: Bench) -> list[Row]:
     rows = []
     for name in commands:
         t = median(times[name])
-        rows.append(Row("commands", f"{name}, 100 hosts' files", f"{t * 1000:.0f} ms",
-                        f"{b0 * 1000:.0f} ms (python3 -c pass)", ratio_cell(t / b0),
-                        target="<= 5.0x", ok=t / b0 <= 5.0))
+        rows.append(
+            Row(
+                "commands",
+                f"{name}, 100 hosts' files",
+                f"{t * 1000:.0f} ms",
+                f"{b0 * 1000:.0f} ms (python3 -c pass)",
+                ratio_cell(t / b0),
+                target="<= 5.0x",
+                ok=t / b0 <= 5.0,
+            )
+        )
     return rows
 
 
@@ -1127,8 +1418,13 @@ def sec_profile(b: Bench) -> list[Row]:
     write(d / "jobfile", "true\n" * n)
     out = d / "prof.out"
     t0 = time.perf_counter()
-    rc = b.run([PY, __file__, "--profile-child", d, "--profile-out", out], 600, "profiled scheduler", cwd=d,
-               out=d / "profile.log")
+    rc = b.run(
+        [PY, __file__, "--profile-child", d, "--profile-out", out],
+        600,
+        "profiled scheduler",
+        cwd=d,
+        out=d / "profile.log",
+    )
     wall = time.perf_counter() - t0
     if rc != 0:
         raise BenchError(f"profiled scheduler exited {rc}: {tail(d / 'profile.log')}")
@@ -1137,9 +1433,11 @@ def sec_profile(b: Bench) -> list[Row]:
     for (file, line, fn), (_cc, nc, tt, ct, _callers) in st.stats.items():  # type: ignore[attr-defined]
         entries.append((ct, tt, nc, f"{Path(file).name}:{line}({fn})" if line else fn))
     entries.sort(reverse=True)
-    lines = [f"profile: {n} x true under cProfile, in-process Scheduler.run(): {wall:.2f} s wall "
-             f"({wall / n * 1e3:.2f} ms/job with profiling overhead); top 15 by cumulative time:",
-             f"  {'cum ms/job':>10} {'own ms/job':>10} {'calls/job':>9}  function"]
+    lines = [
+        f"profile: {n} x true under cProfile, in-process Scheduler.run(): {wall:.2f} s wall "
+        f"({wall / n * 1e3:.2f} ms/job with profiling overhead); top 15 by cumulative time:",
+        f"  {'cum ms/job':>10} {'own ms/job':>10} {'calls/job':>9}  function",
+    ]
     top = [e for e in entries if "<module>" not in e[3] and "profile_child" not in e[3]][:15]
     for ct, tt, nc, name in top:
         lines.append(f"  {ct / n * 1e3:10.3f} {tt / n * 1e3:10.3f} {nc / n:9.2f}  {name}")
@@ -1148,8 +1446,14 @@ def sec_profile(b: Bench) -> list[Row]:
     for ct, tt, nc, name in own:
         lines.append(f"  {ct / n * 1e3:10.3f} {tt / n * 1e3:10.3f} {nc / n:9.2f}  {name}")
     b.samples["profile"] = {"n": n, "wall_s": wall, "text": lines}
-    return [Row("profile", f"profile: {n} x true, in-process, cProfile on", f"{wall / n * 1e3:.2f} ms/job",
-                data={"text": lines})]
+    return [
+        Row(
+            "profile",
+            f"profile: {n} x true, in-process, cProfile on",
+            f"{wall / n * 1e3:.2f} ms/job",
+            data={"text": lines},
+        )
+    ]
 
 
 # ---------------------------------------------------------------------- the table
@@ -1158,8 +1462,16 @@ def sec_profile(b: Bench) -> list[Row]:
 def header_lines(b: Bench, sections: list[str]) -> list[str]:
     s = b.s
     try:
-        rev = subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty"], capture_output=True,
-                             timeout=10, stdin=subprocess.DEVNULL).stdout.decode().strip()
+        rev = (
+            subprocess.run(
+                ["git", "-C", str(ROOT), "describe", "--always", "--dirty"],
+                capture_output=True,
+                timeout=10,
+                stdin=subprocess.DEVNULL,
+            )
+            .stdout.decode()
+            .strip()
+        )
     except (OSError, subprocess.TimeoutExpired):
         rev = ""
     try:
@@ -1168,8 +1480,11 @@ def header_lines(b: Bench, sections: list[str]) -> list[str]:
         pv = "?"
     la = os.getloadavg()
     busy = busy_share(1.0)
-    mode = ("quick (smoke: small N, 1 round, short windows, a fast reaction config; do not read the figures)"
-            if s.quick else "full")
+    mode = (
+        "quick (smoke: small N, 1 round, short windows, a fast reaction config; do not read the figures)"
+        if s.quick
+        else "full"
+    )
     if b.parallel:
         par = f"{b.parallel} ({b.parallel_version})"
     else:
@@ -1196,8 +1511,10 @@ def autogroup_note() -> str:
     except OSError:
         return "kernel.sched_autogroup_enabled: not available"
     if on:
-        return ("kernel.sched_autogroup_enabled = 1: each session gets an equal CPU share, so a job's nice 19 "
-                "does not yield to foreign processes in other sessions (the foreign loops here run in their own)")
+        return (
+            "kernel.sched_autogroup_enabled = 1: each session gets an equal CPU share, so a job's nice 19 "
+            "does not yield to foreign processes in other sessions (the foreign loops here run in their own)"
+        )
     return "kernel.sched_autogroup_enabled = 0"
 
 
@@ -1223,7 +1540,9 @@ def render_table(rows: list[Row], sections: list[str]) -> list[str]:
                 why = r.skipped if len(r.skipped) <= 40 else "(why: below the table)"
                 cells.append([r.measure, r.pbq, f"skipped {why}", "-", r.target, ok_cell(r)])
             elif r.error:
-                cells.append([r.measure, "(error: below the table)", "-", "-", r.target, ok_cell(r)])
+                cells.append(
+                    [r.measure, "(error: below the table)", "-", "-", r.target, ok_cell(r)]
+                )
             else:
                 cells.append([r.measure, r.pbq, r.other, r.ratio, r.target, ok_cell(r)])
     grid = [list(COLUMNS)] + [c for c in cells if isinstance(c, list)]
@@ -1259,20 +1578,44 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description="Benchmark pbq against GNU Parallel and xargs; print one table of medians and ratios.",
         epilog=f"sections: {', '.join(SECTIONS)} (default: all), and {', '.join(EXTRA_SECTIONS)} (only when named)",
     )
-    ap.add_argument("--quick", action="store_true", help="smoke mode: small N, 1 round, windows of a few seconds")
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke mode: small N, 1 round, windows of a few seconds",
+    )
     ap.add_argument("--only", metavar="NAME,...", help="run only these sections")
     ap.add_argument("--rounds", type=int, help="rounds per comparison (default 3; --quick 1)")
     ap.add_argument("--n", type=int, help="jobs per dispatch/hosts run (default 3000; --quick 200)")
-    ap.add_argument("--stress-n", type=int, help="jobs in the stress run (default 10000; --quick 300)")
-    ap.add_argument("--schedulers", type=int, default=8, help="schedulers in the hosts and stress sections (default 8)")
-    ap.add_argument("--idle-window", type=float, help="seconds of the idle measurement (default 60; --quick 3)")
-    ap.add_argument("--flap-window", type=float, help="seconds of the flapping count (default 60; --quick 3)")
-    ap.add_argument("--json", metavar="FILE", type=Path, help="also write rows and raw samples as JSON")
+    ap.add_argument(
+        "--stress-n", type=int, help="jobs in the stress run (default 10000; --quick 300)"
+    )
+    ap.add_argument(
+        "--schedulers",
+        type=int,
+        default=8,
+        help="schedulers in the hosts and stress sections (default 8)",
+    )
+    ap.add_argument(
+        "--idle-window", type=float, help="seconds of the idle measurement (default 60; --quick 3)"
+    )
+    ap.add_argument(
+        "--flap-window", type=float, help="seconds of the flapping count (default 60; --quick 3)"
+    )
+    ap.add_argument(
+        "--json", metavar="FILE", type=Path, help="also write rows and raw samples as JSON"
+    )
     ap.add_argument("--profile", action="store_true", help="add the profile section")
     ap.add_argument("--no-install", action="store_true", help="never install GNU Parallel")
-    ap.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
-                    help="first wait up to SECONDS for 5 s in a row with the CPUs less than 15%% busy")
-    ap.add_argument("--keep", action="store_true", help="keep the temporary directory (its path is printed)")
+    ap.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="first wait up to SECONDS for 5 s in a row with the CPUs less than 15%% busy",
+    )
+    ap.add_argument(
+        "--keep", action="store_true", help="keep the temporary directory (its path is printed)"
+    )
     ap.add_argument("--profile-child", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--profile-out", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--take-child", type=Path, help=argparse.SUPPRESS)
@@ -1381,7 +1724,9 @@ def main(argv: list[str] | None = None) -> int:
                 say(f"{sec}: ERROR: {err}")
             except Exception as err:  # noqa: BLE001 - report, clean up, go on with the next section
                 errors += 1
-                rows.append(Row(sec, f"{sec}: crashed", f"{type(err).__name__}: {err}"[:200], error=True))
+                rows.append(
+                    Row(sec, f"{sec}: crashed", f"{type(err).__name__}: {err}"[:200], error=True)
+                )
                 traceback.print_exc()
             finally:
                 b.cleanup()
@@ -1408,14 +1753,22 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         if r.section == "profile" and r.data.get("text"):
             out += [*r.data["text"], ""]
-    out.append(f"load average at end: {la_end[0]:.2f} {la_end[1]:.2f} {la_end[2]:.2f}; "
-               f"run took {time.monotonic() - t_start:.0f} s" + (f"; {errors} section(s) failed" if errors else "")
-               + ("; INTERRUPTED: the table is incomplete" if interrupted else ""))
+    out.append(
+        f"load average at end: {la_end[0]:.2f} {la_end[1]:.2f} {la_end[2]:.2f}; "
+        f"run took {time.monotonic() - t_start:.0f} s"
+        + (f"; {errors} section(s) failed" if errors else "")
+        + ("; INTERRUPTED: the table is incomplete" if interrupted else "")
+    )
     out.append(f"targets met: {sum(1 for r in met if r.ok)}/{len(met)}")
     print("\n".join(out), flush=True)
     if args.json:
-        doc = {"header": head, "settings": asdict(s), "rows": [asdict(r) for r in rows], "samples": b.samples,
-               "loadavg_end": la_end}
+        doc = {
+            "header": head,
+            "settings": asdict(s),
+            "rows": [asdict(r) for r in rows],
+            "samples": b.samples,
+            "loadavg_end": la_end,
+        }
         args.json.write_text(json.dumps(plain(doc), indent=2, default=str, allow_nan=False) + "\n")
     if interrupted:
         return 130

@@ -42,8 +42,17 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             cmd = " ".join(p.info["cmdline"] or [])
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
-        if p.pid != os.getpid() and ("pbq-single" in cmd or "pbq.cli" in cmd) and "pytest" not in cmd:
+        if (
+            p.pid != os.getpid()
+            and ("pbq-single" in cmd or "pbq.cli" in cmd)
+            and "pytest" not in cmd
+        ):
             strays.append(f"{p.pid}: {cmd}")
     if strays:
-        warnings.warn("schedulers left running after the tests:\n" + "\n".join(strays), stacklevel=1)
-        print("\nWARNING: schedulers left running after the tests:\n" + "\n".join(strays), file=sys.stderr)
+        warnings.warn(
+            "schedulers left running after the tests:\n" + "\n".join(strays), stacklevel=1
+        )
+        print(
+            "\nWARNING: schedulers left running after the tests:\n" + "\n".join(strays),
+            file=sys.stderr,
+        )

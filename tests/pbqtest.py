@@ -49,8 +49,14 @@ compact_after = 0.5
 """
 
 
-def run_cmd(prog: str, *args: str | Path, timeout: float = 60, input: bytes | None = None,
-            env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+def run_cmd(
+    prog: str,
+    *args: str | Path,
+    timeout: float = 60,
+    input: bytes | None = None,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, str(BIN / prog), *map(str, args)],
         capture_output=True,
@@ -61,20 +67,32 @@ def run_cmd(prog: str, *args: str | Path, timeout: float = 60, input: bytes | No
     )
 
 
-def start_scheduler(hf: Path, jf: Path, *args: str | Path, host: str | None = "h1",
-                    env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.Popen:
+def start_scheduler(
+    hf: Path,
+    jf: Path,
+    *args: str | Path,
+    host: str | None = "h1",
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+) -> subprocess.Popen:
     argv = [sys.executable, str(BIN / "pbq-single")]
     if host is not None:
         argv += ["--host", host]
     argv += [*map(str, args), str(hf), str(jf)]
     out = open(jf.parent / f"sched-{host}.out", "ab")  # noqa: SIM115 - lives as long as the process
     return subprocess.Popen(
-        argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env,
+        argv,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        env=env,
         cwd=cwd or jf.parent,
     )
 
 
-def wait_for(pred: Callable[[], Any], timeout: float = 20.0, what: str = "condition", every: float = 0.05) -> Any:
+def wait_for(
+    pred: Callable[[], Any], timeout: float = 20.0, what: str = "condition", every: float = 0.05
+) -> Any:
     deadline = time.monotonic() + timeout
     while True:
         value = pred()
@@ -180,7 +198,10 @@ def runner_of(scheduler_pid: int) -> int | None:
     """The job runner started by a scheduler (its child whose command line says so)."""
     try:
         for child in psutil.Process(scheduler_pid).children():
-            if "#pbq-runner" in " ".join(child.cmdline()) and child.status() != psutil.STATUS_ZOMBIE:
+            if (
+                "#pbq-runner" in " ".join(child.cmdline())
+                and child.status() != psutil.STATUS_ZOMBIE
+            ):
                 return child.pid
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return None
@@ -206,7 +227,9 @@ def remove_job_cgroups(tmp: Path) -> None:
     if isinstance(found, str):
         return
     try:
-        mine = {cgroup.parent_name("", str(f)).rsplit("-", 1)[1] for f in tmp.rglob("*") if f.is_file()}
+        mine = {
+            cgroup.parent_name("", str(f)).rsplit("-", 1)[1] for f in tmp.rglob("*") if f.is_file()
+        }
         parents = [e.path for e in os.scandir(found[1]) if e.is_dir() and e.name.startswith("pbq-")]
     except OSError:
         return

@@ -32,10 +32,14 @@ def test_bench_quick_prints_every_section_and_loses_nothing() -> None:
     )
     out = r.stdout.decode(errors="replace")
     err = r.stderr.decode(errors="replace")
-    assert r.returncode == 0, f"bench/run --quick exited {r.returncode}\n{out}\n--- stderr ---\n{err[-4000:]}"
+    assert r.returncode == 0, (
+        f"bench/run --quick exited {r.returncode}\n{out}\n--- stderr ---\n{err[-4000:]}"
+    )
     assert re.search(r"^pbq benchmark: quick", out, re.M), out
     assert re.search(r"load average at start: [\d.]+ [\d.]+ [\d.]+", out), out
-    assert re.search(r"^measure\s*\| pbq\s*\| other\s*\| ratio\s*\| target\s*\| ok\?$", out, re.M), out
+    assert re.search(
+        r"^measure\s*\| pbq\s*\| other\s*\| ratio\s*\| target\s*\| ok\?$", out, re.M
+    ), out
     for title in SECTION_TITLES:
         assert f"-- {title}" in out, f"section {title!r} missing:\n{out}"
     assert "ERROR" not in out, out
@@ -45,5 +49,7 @@ def test_bench_quick_prints_every_section_and_loses_nothing() -> None:
     for line in once:
         assert "lost = 0, duplicated = 0" in line, line
         assert "unexpected" not in line and "lost = 1" not in line, line
-    stress = next(line for line in once if "|" in line and line.count("lost = 0, duplicated = 0") == 2)
+    stress = next(
+        line for line in once if "|" in line and line.count("lost = 0, duplicated = 0") == 2
+    )
     assert stress  # the stress row reports the 8-scheduler and the 1-scheduler run

@@ -94,7 +94,11 @@ def log_text(jf: Path, host: str) -> str:
 
 def admitted(jf: Path, host: str, line: str) -> int:
     """How often the .log says ``line`` was put back / may run twice."""
-    return sum(1 for ln in log_text(jf, host).split("\n") if line in ln and any(n in ln for n in DUPLICATE_NOTES))
+    return sum(
+        1
+        for ln in log_text(jf, host).split("\n")
+        if line in ln and any(n in ln for n in DUPLICATE_NOTES)
+    )
 
 
 def live_jobs(jf: Path, host: str | None = None) -> dict[str, int]:
@@ -103,8 +107,12 @@ def live_jobs(jf: Path, host: str | None = None) -> dict[str, int]:
     for p in psutil.process_iter(["pid"]):
         with contextlib.suppress(psutil.Error, OSError, KeyError):
             env = p.environ()
-            if (env.get("PBQ_JOBFILE") == str(jf) and os.getsid(p.pid) == p.pid
-                    and p.status() != psutil.STATUS_ZOMBIE and host in (None, env["PBQ_HOST"])):
+            if (
+                env.get("PBQ_JOBFILE") == str(jf)
+                and os.getsid(p.pid) == p.pid
+                and p.status() != psutil.STATUS_ZOMBIE
+                and host in (None, env["PBQ_HOST"])
+            ):
                 out[env["PBQ_JOB_ID"]] = p.pid
     return out
 
@@ -115,8 +123,14 @@ def dead_pid() -> int:
     return p.pid
 
 
-def write_queue(jf: Path, *, offset: int, ops: dict[str, int], content: bytes | None = None,
-                pending: dict | None = None) -> None:
+def write_queue(
+    jf: Path,
+    *,
+    offset: int,
+    ops: dict[str, int],
+    content: bytes | None = None,
+    pending: dict | None = None,
+) -> None:
     """``JOBFILE.queue`` as pbq commits it; ``content`` is the JOBFILE the record describes
     (default: the current one)."""
     data = jf.read_bytes() if content is None else content
@@ -132,24 +146,59 @@ def write_queue(jf: Path, *, offset: int, ops: dict[str, int], content: bytes | 
     (jf.parent / f"{jf.name}.queue").write_text(json.dumps(rec))
 
 
-def job(seq: int, line: str, op: int, state: str, pid: int | None = None, start: float | None = None,
-        front: bool = True) -> dict:
+def job(
+    seq: int,
+    line: str,
+    op: int,
+    state: str,
+    pid: int | None = None,
+    start: float | None = None,
+    front: bool = True,
+) -> dict:
     return {
-        "seq": seq, "line": line, "op": op, "state": state, "pid": pid, "pid_start": start,
-        "started": time.time() - 5 if pid else None, "stopped_by": None, "tries": 0,
-        "evicting": False, "requeue_front": front, "cluster_id": None,
+        "seq": seq,
+        "line": line,
+        "op": op,
+        "state": state,
+        "pid": pid,
+        "pid_start": start,
+        "started": time.time() - 5 if pid else None,
+        "stopped_by": None,
+        "tries": 0,
+        "evicting": False,
+        "requeue_front": front,
+        "cluster_id": None,
     }
 
 
 def write_state(jf: Path, host: str, jobs: list[dict], next_op: int) -> None:
     seqs = [j["seq"] for j in jobs] or [0]
-    st = {"version": 1, "host": host, "next_seq": max(seqs) + 1, "next_op": next_op, "done": 0,
-          "failed": 0, "jobs": jobs}
+    st = {
+        "version": 1,
+        "host": host,
+        "next_seq": max(seqs) + 1,
+        "next_op": next_op,
+        "done": 0,
+        "failed": 0,
+        "jobs": jobs,
+    }
     hostfile_path(jf, host, "state").write_text(json.dumps(st))
 
 
-def run_single(hf: Path, jf: Path, *args: str, host: str = "h1", timeout: float = 60) -> subprocess.CompletedProcess:
-    return run_cmd("pbq-single", "--host", host, "--exit-when-empty", *args, hf, jf, timeout=timeout, cwd=jf.parent)
+def run_single(
+    hf: Path, jf: Path, *args: str, host: str = "h1", timeout: float = 60
+) -> subprocess.CompletedProcess:
+    return run_cmd(
+        "pbq-single",
+        "--host",
+        host,
+        "--exit-when-empty",
+        *args,
+        hf,
+        jf,
+        timeout=timeout,
+        cwd=jf.parent,
+    )
 
 
 # ------------------------------------------------------------------ crash states, built by hand
@@ -198,31 +247,61 @@ def _scenario(name: str, tmp: Path) -> tuple[Path, Counter[int], list[str]]:
         pid = dead_pid()
         write_state(jf, "h1", [job(1, rest[0], 5, "running", pid, FAKE_START)], 6)
         hostfile_path(jf, "h1", "exits").write_text(
-            json.dumps({"pid": pid, "start": FAKE_START, "status": 0, "time": time.time(), "cpu": 0, "maxrss": 0}) + "\n")
+            json.dumps(
+                {
+                    "pid": pid,
+                    "start": FAKE_START,
+                    "status": 0,
+                    "time": time.time(),
+                    "cpu": 0,
+                    "maxrss": 0,
+                }
+            )
+            + "\n"
+        )
         expect[0] = 0  # it ran before the crash; its outcome is known: not again
     elif name == "compaction-decided":
         jobfile(tmp, P + R)
-        write_queue(jf, offset=len(P), ops={"h2": 3}, pending={"kind": "replace", "size": len(R), "host": None, "op": None})
+        write_queue(
+            jf,
+            offset=len(P),
+            ops={"h2": 3},
+            pending={"kind": "replace", "size": len(R), "host": None, "op": None},
+        )
         tmpfile.write_bytes(R)
     elif name == "compaction-renamed":
         jobfile(tmp, R)  # renamed already; the record still describes the old file
-        write_queue(jf, offset=len(P), ops={"h2": 3}, content=P + R,
-                    pending={"kind": "replace", "size": len(R), "host": None, "op": None})
+        write_queue(
+            jf,
+            offset=len(P),
+            ops={"h2": 3},
+            content=P + R,
+            pending={"kind": "replace", "size": len(R), "host": None, "op": None},
+        )
     elif name == "compaction-undecided":
         jobfile(tmp, P + R)
         write_queue(jf, offset=len(P), ops={"h2": 3})
         tmpfile.write_bytes((rec_line(tmp, 77) + "\n").encode())  # written, never decided on
     elif name == "putback-decided":
         jobfile(tmp, P + R)
-        write_queue(jf, offset=len(P), ops={"h1": 4, "h2": 3},
-                    pending={"kind": "replace", "size": len(B + R), "host": "h1", "op": 5})
+        write_queue(
+            jf,
+            offset=len(P),
+            ops={"h1": 4, "h2": 3},
+            pending={"kind": "replace", "size": len(B + R), "host": "h1", "op": 5},
+        )
         tmpfile.write_bytes(B + R)
         write_state(jf, "h1", [job(1, back, 5, "requeue", dead_pid(), FAKE_START)], 6)
         expect[9] = 1
     elif name == "putback-renamed":
         jobfile(tmp, B + R)
-        write_queue(jf, offset=len(P), ops={"h1": 4, "h2": 3}, content=P + R,
-                    pending={"kind": "replace", "size": len(B + R), "host": "h1", "op": 5})
+        write_queue(
+            jf,
+            offset=len(P),
+            ops={"h1": 4, "h2": 3},
+            content=P + R,
+            pending={"kind": "replace", "size": len(B + R), "host": "h1", "op": 5},
+        )
         write_state(jf, "h1", [job(1, back, 5, "requeue", dead_pid(), FAKE_START)], 6)
         expect[9] = 1
     elif name == "putback-on-record-only":
@@ -238,27 +317,54 @@ def _scenario(name: str, tmp: Path) -> tuple[Path, Counter[int], list[str]]:
     elif name == "retry-append-torn":
         torn = (back + "\n").encode()[:9]
         jobfile(tmp, P + R + torn)
-        write_queue(jf, offset=len(P), ops={"h1": 4, "h2": 3}, content=P + R,
-                    pending={"kind": "append", "size": len(P + R), "length": len(B), "host": "h1", "op": 5})
+        write_queue(
+            jf,
+            offset=len(P),
+            ops={"h1": 4, "h2": 3},
+            content=P + R,
+            pending={"kind": "append", "size": len(P + R), "length": len(B), "host": "h1", "op": 5},
+        )
         write_state(jf, "h1", [job(1, back, 5, "requeue", dead_pid(), FAKE_START, front=False)], 6)
         expect[9] = 1
     elif name == "retry-append-complete":
         jobfile(tmp, P + R + B)
-        write_queue(jf, offset=len(P), ops={"h1": 4, "h2": 3}, content=P + R,
-                    pending={"kind": "append", "size": len(P + R), "length": len(B), "host": "h1", "op": 5})
+        write_queue(
+            jf,
+            offset=len(P),
+            ops={"h1": 4, "h2": 3},
+            content=P + R,
+            pending={"kind": "append", "size": len(P + R), "length": len(B), "host": "h1", "op": 5},
+        )
         write_state(jf, "h1", [job(1, back, 5, "requeue", dead_pid(), FAKE_START, front=False)], 6)
         expect[9] = 1
     elif name == "appender-torn":
         torn = (rec_line(tmp, 77) + "\n").encode()[:-6]
         jobfile(tmp, P + R + torn)
-        write_queue(jf, offset=len(P), ops={"h2": 3}, content=P + R,
-                    pending={"kind": "append", "size": len(P + R), "length": len(torn) + 6, "host": None, "op": None})
+        write_queue(
+            jf,
+            offset=len(P),
+            ops={"h2": 3},
+            content=P + R,
+            pending={
+                "kind": "append",
+                "size": len(P + R),
+                "length": len(torn) + 6,
+                "host": None,
+                "op": None,
+            },
+        )
     elif name == "soft-lock-of-dead-holder":
         jobfile(tmp, P + R)
         write_queue(jf, offset=len(P), ops={"h2": 3})
         from pbq.sensors import boot_id
 
-        holder = {"machine": socket.gethostname(), "boot": boot_id(), "pid": dead_pid(), "start": FAKE_START, "token": "x"}
+        holder = {
+            "machine": socket.gethostname(),
+            "boot": boot_id(),
+            "pid": dead_pid(),
+            "start": FAKE_START,
+            "token": "x",
+        }
         (tmp / "jobfile.lock.soft").write_text(json.dumps(holder))
     else:
         raise AssertionError(name)
@@ -309,10 +415,14 @@ def test_crash_state_runs_every_line_exactly_once(tmp_path: Path, name: str) -> 
     seqs = {r[8]: int(r[0]) for r in joblog_rows(jf, "h1")}
     for line in must_log:
         assert admitted(jf, "h1", line) == 1, log_text(jf, "h1")
-        assert seqs[line] == min(seqs.values()), "put back at the FRONT: taken before the other lines"
+        assert seqs[line] == min(seqs.values()), (
+            "put back at the FRONT: taken before the other lines"
+        )
     lines_run = Counter(r[8] for r in joblog_rows(jf, "h1"))
     for i, n in expect.items():
-        assert lines_run[rec_line(tmp_path, i)] == (n or (1 if name == "exit-recorded-by-runner" else 0))
+        assert lines_run[rec_line(tmp_path, i)] == (
+            n or (1 if name == "exit-recorded-by-runner" else 0)
+        )
     assert lines_of(hostfile_path(jf, "h1", "error")) == []
     assert not (tmp_path / "rec").exists() or 77 not in got  # a torn/undecided line never runs
     assert not (tmp_path / ".jobfile.compact.tmp").exists()
@@ -385,16 +495,37 @@ single_main()
 """
 
 
-def run_injected(hf: Path, jf: Path, actions: list[dict], host: str = "h1",
-                 timeout: float = 60) -> subprocess.CompletedProcess:
-    argv = [sys.executable, "-c", INJECTOR, str(ROOT), json.dumps(actions),
-            "--host", host, "--exit-when-empty", str(hf), str(jf)]
+def run_injected(
+    hf: Path, jf: Path, actions: list[dict], host: str = "h1", timeout: float = 60
+) -> subprocess.CompletedProcess:
+    argv = [
+        sys.executable,
+        "-c",
+        INJECTOR,
+        str(ROOT),
+        json.dumps(actions),
+        "--host",
+        host,
+        "--exit-when-empty",
+        str(hf),
+        str(jf),
+    ]
     return subprocess.run(argv, capture_output=True, timeout=timeout, cwd=jf.parent)
 
 
-def run_with_kill(hf: Path, jf: Path, target: str, when: str, nth: int, cond: str = "",
-                  host: str = "h1", timeout: float = 60) -> subprocess.CompletedProcess:
-    return run_injected(hf, jf, [{"target": target, "when": when, "nth": nth, "cond": cond}], host, timeout)
+def run_with_kill(
+    hf: Path,
+    jf: Path,
+    target: str,
+    when: str,
+    nth: int,
+    cond: str = "",
+    host: str = "h1",
+    timeout: float = 60,
+) -> subprocess.CompletedProcess:
+    return run_injected(
+        hf, jf, [{"target": target, "when": when, "nth": nth, "cond": cond}], host, timeout
+    )
 
 
 def _kill_point_jobs(tmp: Path) -> list[str]:
@@ -438,8 +569,12 @@ def test_sigkill_after_an_outcome_is_written_runs_nothing_again(tmp_path: Path, 
     assert "putting it back" not in log_text(jf, "h1")
 
 
-@pytest.mark.parametrize(("target", "when", "nth", "cond"), [p[1:] for p in KILL_POINTS], ids=[p[0] for p in KILL_POINTS])
-def test_sigkill_at_exact_point_loses_nothing(tmp_path: Path, target: str, when: str, nth: int, cond: str) -> None:
+@pytest.mark.parametrize(
+    ("target", "when", "nth", "cond"), [p[1:] for p in KILL_POINTS], ids=[p[0] for p in KILL_POINTS]
+)
+def test_sigkill_at_exact_point_loses_nothing(
+    tmp_path: Path, target: str, when: str, nth: int, cond: str
+) -> None:
     hf = hostfile(tmp_path, "* linux 4 4 0\n")
     config(tmp_path, FAST_CONFIG.replace("compact_after = 0.5", "compact_after = 0.0"))
     lines = _kill_point_jobs(tmp_path)
@@ -456,7 +591,9 @@ def test_sigkill_at_exact_point_loses_nothing(tmp_path: Path, target: str, when:
     for i, n in got.items():
         if n > 1:
             line = next(ln for ln in lines if f"echo {i} >>" in ln)
-            assert n <= 1 + admitted(jf, "h1", line), f"job {i} ran {n} times, not named in the .log"
+            assert n <= 1 + admitted(jf, "h1", line), (
+                f"job {i} ran {n} times, not named in the .log"
+            )
     assert pending_job_lines(jf) == []
     assert state_jobs(jf, "h1") == []
     if "error" in cond:
@@ -475,11 +612,20 @@ def test_failed_snapshot_then_sigkill_keeps_every_start_on_record(tmp_path: Path
     jf = jobfile(tmp_path, lines)
     actions = [
         # snapshots written while lines taken ahead are held fail for a while, as on a full disk
-        {"target": "pbq.host.ledger:atomic_write_json", "when": "fail", "nth": 1, "times": 3,
-         "cond": "str(a[0]).endswith('.state') and not k.get('fsync') and any(j['state'] == 'claimed' for j in a[1]['jobs'])"},
+        {
+            "target": "pbq.host.ledger:atomic_write_json",
+            "when": "fail",
+            "nth": 1,
+            "times": 3,
+            "cond": "str(a[0]).endswith('.state') and not k.get('fsync') and any(j['state'] == 'claimed' for j in a[1]['jobs'])",
+        },
         # ... and the scheduler dies right after it has journaled the start of more jobs
-        {"target": "pbq.host.ledger:append_bytes", "when": "after", "nth": 1,
-         "cond": "str(a[0]).endswith('.journal') and b'started' in a[1]"},
+        {
+            "target": "pbq.host.ledger:append_bytes",
+            "when": "after",
+            "nth": 1,
+            "cond": "str(a[0]).endswith('.journal') and b'started' in a[1]",
+        },
     ]
     r = run_injected(hf, jf, actions)
     assert r.returncode == -signal.SIGKILL, f"kill point not reached: {r.returncode} {r.stderr!r}"
@@ -533,7 +679,9 @@ def test_retries_go_to_the_end_and_are_counted_per_line(tmp_path: Path) -> None:
     log = log_text(jf, "h1")
     assert log.count("retry 1/2 of") == 2 and log.count("retry 2/2 of") == 1, log
     with contextlib.suppress(FileNotFoundError):
-        assert json.loads((tmp_path / "jobfile.retries").read_text()) == {}, "retry counts are cleared"
+        assert json.loads((tmp_path / "jobfile.retries").read_text()) == {}, (
+            "retry counts are cleared"
+        )
     assert recorded(tmp_path) == Counter(range(6))
     assert status(jf, "h1")["done"] == 7 and status(jf, "h1")["failed"] == 1
 
@@ -569,14 +717,20 @@ def test_recover_requeues_running_and_stopped_jobs_of_a_dead_host(tmp_path: Path
     jf = jobfile(tmp_path, [waiter(0), waiter(1)])
     ra = start_scheduler(hf, jf, host="ra")
     wait_for(lambda: len(live_jobs(jf, "ra")) == 2, what="ra runs two jobs")
-    r = run_cmd("pbq", "control", hf, jf, "stop", "ra", timeout=40)  # ra's jobs: stopped; ra takes nothing
+    r = run_cmd(
+        "pbq", "control", hf, jf, "stop", "ra", timeout=40
+    )  # ra's jobs: stopped; ra takes nothing
     assert r.returncode == 0, r.stdout + r.stderr
-    wait_for(lambda: len(lines_of(hostfile_path(jf, "ra", "stopped"))) == 2, what="ra's jobs in .stopped")
+    wait_for(
+        lambda: len(lines_of(hostfile_path(jf, "ra", "stopped"))) == 2, what="ra's jobs in .stopped"
+    )
     r = run_cmd("jobfile-append", jf, "-", input=(waiter(2) + "\n" + waiter(3) + "\n").encode())
     assert r.returncode == 0
     rb = start_scheduler(hf, jf, host="rb")
     wait_for(lambda: len(live_jobs(jf, "rb")) == 2, what="rb runs two jobs")
-    wait_for(lambda: len(lines_of(hostfile_path(jf, "rb", "running"))) == 2, what="rb's jobs in .running")
+    wait_for(
+        lambda: len(lines_of(hostfile_path(jf, "rb", "running"))) == 2, what="rb's jobs in .running"
+    )
     # refused while the host is alive
     r = run_cmd("pbq", "control", hf, jf, "recover", "ra")
     assert r.returncode == 2, r.stdout + r.stderr
@@ -594,7 +748,11 @@ def test_recover_requeues_running_and_stopped_jobs_of_a_dead_host(tmp_path: Path
     assert sorted(pending[:4]) == sorted(waiter(i) for i in range(4)), "at the front"
     assert pending[4:] == [rec_line(tmp_path, 4)]
     for h in ("ra", "rb"):
-        assert lines_of(hostfile_path(jf, h, "running")) == lines_of(hostfile_path(jf, h, "stopped")) == []
+        assert (
+            lines_of(hostfile_path(jf, h, "running"))
+            == lines_of(hostfile_path(jf, h, "stopped"))
+            == []
+        )
         assert not hostfile_path(jf, h, "pid").exists()
     # recover is once: running it again puts nothing back
     r = run_cmd("pbq", "control", hf, jf, "recover", "ra", "rb")
@@ -650,7 +808,9 @@ def small_disk(tmp: Path):
     """A directory on a file system that can be filled (root: a 1 MiB tmpfs)."""
     d = tmp / "disk"
     d.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0755", "tmpfs", str(d)], capture_output=True)
+    r = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m,mode=0755", "tmpfs", str(d)], capture_output=True
+    )
     if r.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs: {r.stderr.decode().strip()}")
     try:
@@ -694,23 +854,41 @@ def test_full_disk_gives_a_clear_error_and_loses_no_job(tmp_path: Path) -> None:
         jf = jobfile(d, lines)
         # Not start_scheduler(): its output file would sit on the full disk too.
         out = open(tmp_path / "sched.out", "wb")  # noqa: SIM115 - closed below
-        p = subprocess.Popen([sys.executable, str(BIN / "pbq-single"), "--host", "h1", str(hf), str(jf)],
-                             stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=tmp_path)
+        p = subprocess.Popen(
+            [sys.executable, str(BIN / "pbq-single"), "--host", "h1", str(hf), str(jf)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=tmp_path,
+        )
         try:
-            wait_for(lambda: len(lines_of(rec)) == 6 and len(live_jobs(jf)) == 4, timeout=30,
-                     what="six jobs done, four waiting")
+            wait_for(
+                lambda: len(lines_of(rec)) == 6 and len(live_jobs(jf)) == 4,
+                timeout=30,
+                what="six jobs done, four waiting",
+            )
             filler = fill(d) if IS_ROOT else _make_readonly(d)
             flag.write_text("")
-            wait_for(lambda: b"disk is full" in (tmp_path / "sched.out").read_bytes()
-                     or b"permission denied" in (tmp_path / "sched.out").read_bytes(),
-                     what="a clear error on standard error")
-            wait_for(lambda: set(blocked) <= set(recorded(tmp_path)) and not live_jobs(jf),
-                     what="the waiting jobs ended while the disk is full")
+            wait_for(
+                lambda: (
+                    b"disk is full" in (tmp_path / "sched.out").read_bytes()
+                    or b"permission denied" in (tmp_path / "sched.out").read_bytes()
+                ),
+                what="a clear error on standard error",
+            )
+            wait_for(
+                lambda: set(blocked) <= set(recorded(tmp_path)) and not live_jobs(jf),
+                what="the waiting jobs ended while the disk is full",
+            )
             msg = (tmp_path / "sched.out").read_text(errors="replace")
             assert "Traceback" not in msg, msg
             assert p.poll() is None, msg
             filler.unlink() if IS_ROOT else os.chmod(d, 0o755)
-            wait_for(lambda: len(lines_of(rec)) >= 30, timeout=60, what="the rest done after space came back")
+            wait_for(
+                lambda: len(lines_of(rec)) >= 30,
+                timeout=60,
+                what="the rest done after space came back",
+            )
             r = run_cmd("pbq", "control", hf, jf, "quit", timeout=40)
             assert r.returncode == 0, r.stdout + r.stderr
             assert wait_exit(p, 30) == 0
@@ -727,7 +905,9 @@ def test_full_disk_gives_a_clear_error_and_loses_no_job(tmp_path: Path) -> None:
             return sorted(lines.index(x) for x in found if x in lines)
 
         errors = ids(lines_of(hostfile_path(jf, "h1", "error")))
-        assert errors == sorted(failing), f"failed jobs lost (not in .error): {sorted(failing - set(errors))}"
+        assert errors == sorted(failing), (
+            f"failed jobs lost (not in .error): {sorted(failing - set(errors))}"
+        )
         rows = ids([r[8] for r in joblog_rows(jf, "h1")])
         assert rows == list(range(30)), f"joblog rows lost: {sorted(set(range(30)) - set(rows))}"
 
@@ -747,8 +927,6 @@ def _make_readonly(d: Path) -> Path:
     return d
 
 
-
-
 # ------------------------------------------------------------------ who may steer
 
 
@@ -762,7 +940,10 @@ def test_world_writable_jobfile_is_refused_and_nothing_is_taken(tmp_path: Path) 
         assert r.stderr.count(b"\n") == 1 and b"world-writable jobfile" in r.stderr, r.stderr
         assert b"Traceback" not in r.stderr
     assert not (tmp_path / "rec").exists()
-    assert not (tmp_path / "jobfile.queue").exists() or json.loads((tmp_path / "jobfile.queue").read_text())["offset"] == 0
+    assert (
+        not (tmp_path / "jobfile.queue").exists()
+        or json.loads((tmp_path / "jobfile.queue").read_text())["offset"] == 0
+    )
     assert jf.read_text() == rec_line(tmp_path, 1) + "\n"
 
 
@@ -776,8 +957,11 @@ def test_jobfile_made_world_writable_while_running_is_refused(tmp_path: Path) ->
         os.chmod(jf, 0o666)
         with open(jf, "a") as f:  # anyone could do this now
             f.write(rec_line(tmp_path, 2) + "\n")
-        wait_for(lambda: "world-writable" in log_text(jf, "h1") or 2 in recorded(tmp_path),
-                 timeout=10, what="the scheduler to notice")
+        wait_for(
+            lambda: "world-writable" in log_text(jf, "h1") or 2 in recorded(tmp_path),
+            timeout=10,
+            what="the scheduler to notice",
+        )
         assert 2 not in recorded(tmp_path), "ran a line from a world-writable jobfile"
     finally:
         os.chmod(jf, 0o644)
@@ -790,7 +974,9 @@ def other_user():
     if not IS_ROOT or shutil.which("useradd") is None:
         pytest.skip("needs root and useradd to create another user")
     name = f"pbqt{secrets.token_hex(3)}"
-    r = subprocess.run(["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", name], capture_output=True)
+    r = subprocess.run(
+        ["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", name], capture_output=True
+    )
     if r.returncode != 0:
         pytest.skip(f"cannot create a user: {r.stderr.decode().strip()}")
     try:
@@ -821,18 +1007,29 @@ def test_control_file_of_another_user_is_ignored(tmp_path: Path) -> None:
         job = wait_for(lambda: live_jobs(jf).get("h1.1"), what="job running")
 
         def request(command: str) -> dict:
-            return {"id": secrets.token_hex(4), "command": command, "time": time.time(), "by": "mallory@elsewhere"}
+            return {
+                "id": secrets.token_hex(4),
+                "command": command,
+                "time": time.time(),
+                "by": "mallory@elsewhere",
+            }
 
         with other_user() as pw:
             control.write_text(json.dumps(request("stop")))
             os.chmod(control, 0o600)
             os.chown(control, pw.pw_uid, pw.pw_gid)
-            wait_for(lambda: "ignoring control request" in log.read_text(), what="foreign request ignored")
+            wait_for(
+                lambda: "ignoring control request" in log.read_text(),
+                what="foreign request ignored",
+            )
             assert f"owned by another user, {pw.pw_name} (uid {pw.pw_uid})" in log.read_text()
         # our own file, but writable by others: ignored as well
         control.write_text(json.dumps(request("quit")))
         os.chmod(control, 0o666)
-        wait_for(lambda: "world-writable control request" in log.read_text(), what="world-writable request ignored")
+        wait_for(
+            lambda: "world-writable control request" in log.read_text(),
+            what="world-writable request ignored",
+        )
         assert not control.exists()
         assert proc_state(job) in ("S", "R"), "the job was not stopped"
         st = status(jf, "h1")
@@ -841,7 +1038,10 @@ def test_control_file_of_another_user_is_ignored(tmp_path: Path) -> None:
         req = request("stop")
         control.write_text(json.dumps(req))
         os.chmod(control, 0o600)
-        wait_for(lambda: proc_state(job) == "T" and status(jf, "h1").get("control_ack") == req["id"], what="own request obeyed")
+        wait_for(
+            lambda: proc_state(job) == "T" and status(jf, "h1").get("control_ack") == req["id"],
+            what="own request obeyed",
+        )
     finally:
         run_cmd("pbq", "control", hf, jf, "term", timeout=40)
         wait_exit(p)

@@ -42,7 +42,9 @@ def queue_epoch(jf: Path, host: str) -> int:
     return int((rec.get("epochs") or {}).get(host, 0))
 
 
-def test_a_frozen_scheduler_that_was_replaced_exits_without_touching_anything(tmp_path: Path) -> None:
+def test_a_frozen_scheduler_that_was_replaced_exits_without_touching_anything(
+    tmp_path: Path,
+) -> None:
     """A is frozen (SIGSTOP) while its heartbeat goes stale, as on a machine that hung; B
     takes the host over (a newer epoch) and adopts A's jobs; A, resumed, finds itself
     replaced and exits before it signals, reaps, records or takes anything."""
@@ -50,7 +52,9 @@ def test_a_frozen_scheduler_that_was_replaced_exits_without_touching_anything(tm
     config(tmp_path, FAST_CONFIG)
     rec = tmp_path / "rec"
     gate = tmp_path / "go"
-    lines = [f"sh -c 'while [ ! -e {gate} ]; do sleep 0.05; done; echo {i} >> {rec}'" for i in range(2)]
+    lines = [
+        f"sh -c 'while [ ! -e {gate} ]; do sleep 0.05; done; echo {i} >> {rec}'" for i in range(2)
+    ]
     lines += [f"echo {i} >> {rec}" for i in range(2, 6)]
     jf = jobfile(tmp_path, lines[:2])
     a = start_scheduler(hf, jf)
@@ -64,8 +68,11 @@ def test_a_frozen_scheduler_that_was_replaced_exits_without_touching_anything(tm
         pidfile = hostfile_path(jf, "h1", "pid")
         info = read_pidfile(pidfile)
         assert info is not None and info.pid == a.pid
-        write_pidfile(pidfile, dataclasses.replace(info, machine="elsewhere", start=time.time() - 3600),
-                      fsync=False)
+        write_pidfile(
+            pidfile,
+            dataclasses.replace(info, machine="elsewhere", start=time.time() - 3600),
+            fsync=False,
+        )
         st = status(jf, "h1")
         st["time"] = time.time() - 3600
         hostfile_path(jf, "h1", "status").write_text(json.dumps(st))
@@ -82,8 +89,11 @@ def test_a_frozen_scheduler_that_was_replaced_exits_without_touching_anything(tm
         saved = json.loads(hostfile_path(jf, "h1", "state").read_text())
         assert saved["epoch"] == epoch_a + 1, "the ledger is B's"
         gate.write_text("")
-        wait_for(lambda: sorted(lines_of(rec)) == [str(i) for i in range(6)], timeout=30,
-                 what="every job ran")
+        wait_for(
+            lambda: sorted(lines_of(rec)) == [str(i) for i in range(6)],
+            timeout=30,
+            what="every job ran",
+        )
         assert Counter(lines_of(rec)) == Counter(str(i) for i in range(6)), "nothing twice"
         assert status(jf, "h1")["pid"] == b.pid and alive(b.pid)
         assert read_pidfile(pidfile) is not None and read_pidfile(pidfile).pid == b.pid  # type: ignore[union-attr]
@@ -95,8 +105,10 @@ def test_a_frozen_scheduler_that_was_replaced_exits_without_touching_anything(tm
                 wait_exit(p, 30)
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None,
-                    reason="needs root and unshare(1) for a PID namespace")
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("unshare") is None,
+    reason="needs root and unshare(1) for a PID namespace",
+)
 def test_a_second_scheduler_in_another_pid_namespace_is_refused(tmp_path: Path) -> None:
     hf = hostfile(tmp_path, ROOMY)
     config(tmp_path, FAST_CONFIG)
@@ -108,9 +120,22 @@ def test_a_second_scheduler_in_another_pid_namespace_is_refused(tmp_path: Path) 
         if probe.returncode != 0:
             pytest.skip(f"no PID namespaces here: {probe.stderr.decode(errors='replace').strip()}")
         r = subprocess.run(
-            ["unshare", "-p", "-f", "--mount-proc", sys.executable, str(BIN / "pbq-single"),
-             "--host", "h1", "--exit-when-empty", str(hf), str(jf)],
-            capture_output=True, timeout=60, cwd=tmp_path,
+            [
+                "unshare",
+                "-p",
+                "-f",
+                "--mount-proc",
+                sys.executable,
+                str(BIN / "pbq-single"),
+                "--host",
+                "h1",
+                "--exit-when-empty",
+                str(hf),
+                str(jf),
+            ],
+            capture_output=True,
+            timeout=60,
+            cwd=tmp_path,
         )
         assert r.returncode == 2, r.stderr
         assert b"already running" in r.stderr and b"heartbeat" in r.stderr
@@ -134,9 +159,20 @@ def test_a_jobfile_under_two_names_is_one_queue(tmp_path: Path, how: str) -> Non
     a = start_scheduler(hf, jf)
     try:
         wait_for(lambda: status(jf, "h1").get("running") == 1, what="A runs its job")
-        r = subprocess.run([sys.executable, str(BIN / "pbq-single"), "--host", "h1",
-                            "--exit-when-empty", str(hf), str(other)],
-                           capture_output=True, timeout=60, cwd=tmp_path)
+        r = subprocess.run(
+            [
+                sys.executable,
+                str(BIN / "pbq-single"),
+                "--host",
+                "h1",
+                "--exit-when-empty",
+                str(hf),
+                str(other),
+            ],
+            capture_output=True,
+            timeout=60,
+            cwd=tmp_path,
+        )
         assert r.returncode == 2, r.stderr
         assert b"already running" in r.stderr
     finally:

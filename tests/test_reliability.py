@@ -132,7 +132,11 @@ def running_jobs(jf: Path) -> dict[str, int]:
     for p in psutil.process_iter(["pid"]):
         try:
             env = p.environ()
-            if env.get("PBQ_JOBFILE") == str(jf) and os.getsid(p.pid) == p.pid and p.status() != psutil.STATUS_ZOMBIE:
+            if (
+                env.get("PBQ_JOBFILE") == str(jf)
+                and os.getsid(p.pid) == p.pid
+                and p.status() != psutil.STATUS_ZOMBIE
+            ):
                 out[env["PBQ_JOB_ID"]] = p.pid
         except (psutil.NoSuchProcess, psutil.AccessDenied, ProcessLookupError, KeyError, OSError):
             continue
@@ -152,7 +156,9 @@ def drain(hf: Path, jf: Path, hosts: list[str], timeout: float = 60) -> None:
     """Restart each host with --exit-when-empty, one after the other, until all is done."""
     for host in hosts:
         p = start_scheduler(hf, jf, "--exit-when-empty", host=host)
-        assert wait_exit(p, timeout) == 0, (jf.parent / f"sched-{host}.out").read_text(errors="replace")
+        assert wait_exit(p, timeout) == 0, (jf.parent / f"sched-{host}.out").read_text(
+            errors="replace"
+        )
 
 
 # ------------------------------------------------------------------ exactly once
@@ -179,13 +185,17 @@ def test_four_schedulers_and_two_appenders_run_every_job_exactly_once(tmp_path: 
             if r.returncode != 0:
                 errors.append(r.stderr.decode(errors="replace"))
 
-    threads = [threading.Thread(target=appender, args=(first + k * per_appender,)) for k in range(2)]
+    threads = [
+        threading.Thread(target=appender, args=(first + k * per_appender,)) for k in range(2)
+    ]
     for t in threads:
         t.start()
     for t in threads:
         t.join(timeout=120)
     assert not errors, errors
-    wait_for(lambda: sum(recorded(rec).values()) >= total, timeout=90, what=f"{total} jobs recorded")
+    wait_for(
+        lambda: sum(recorded(rec).values()) >= total, timeout=90, what=f"{total} jobs recorded"
+    )
     r = run_cmd("pbq", "control", hf, jf, "quit", timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
     for p in procs:
@@ -197,9 +207,14 @@ def test_four_schedulers_and_two_appenders_run_every_job_exactly_once(tmp_path: 
     rows = [c for h in [*hosts, "h5"] for c in joblog_commands(jf, h)]
     assert len(rows) == total
     assert sum(status(jf, h).get("done", 0) for h in hosts) == total
-    assert all(len(status(jf, h)) and status(jf, h)["done"] > 0 for h in hosts), "every scheduler took part"
+    assert all(len(status(jf, h)) and status(jf, h)["done"] > 0 for h in hosts), (
+        "every scheduler took part"
+    )
     assert pending_job_lines(jf) == []
-    assert not any(hostfile_path(jf, h, "error").exists() and lines_of(hostfile_path(jf, h, "error")) for h in hosts)
+    assert not any(
+        hostfile_path(jf, h, "error").exists() and lines_of(hostfile_path(jf, h, "error"))
+        for h in hosts
+    )
 
 
 # ------------------------------------------------------------------ SIGKILL rounds
@@ -281,8 +296,11 @@ def test_sigkill_rounds_lose_nothing_and_admit_every_duplicate(tmp_path: Path) -
     assert both_rounds >= 4
     # Let the last schedulers finish what they have, then drain what is left.
     for host in hosts:
-        wait_for(lambda h=host: status(jf, h).get("pid") == scheduler_of(scheds[h]) == sched_pid(jf, h),
-                 timeout=20, what=f"scheduler of {host} up")
+        wait_for(
+            lambda h=host: status(jf, h).get("pid") == scheduler_of(scheds[h]) == sched_pid(jf, h),
+            timeout=20,
+            what=f"scheduler of {host} up",
+        )
     r = run_cmd("pbq", "control", hf, jf, "quit", timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
     for host in hosts:
@@ -299,7 +317,10 @@ def test_sigkill_rounds_lose_nothing_and_admit_every_duplicate(tmp_path: Path) -
     assert not missing, f"seed {seed}: jobs lost: {missing[:20]}"
     admitted = admitted_duplicates(jf, hosts)
     extra = {i: n for i, n in got.items() if n > 1 + admitted[i]}
-    assert not extra, f"seed {seed}: duplicates not named in the .log: {extra}\n" + _log_lines_about(jf, hosts, extra)
+    assert not extra, (
+        f"seed {seed}: duplicates not named in the .log: {extra}\n"
+        + _log_lines_about(jf, hosts, extra)
+    )
     assert pending_job_lines(jf) == []
     for host in hosts:
         assert host_jobs(jf, host) == []
@@ -308,7 +329,9 @@ def test_sigkill_rounds_lose_nothing_and_admit_every_duplicate(tmp_path: Path) -
         log = hostfile_path(jf, host, "log").read_text(errors="replace")
         unknown = {ln.split(": ", 1)[1] for ln in log.splitlines() if "outcome UNKNOWN" in ln}
         errors = lines_of(hostfile_path(jf, host, "error"))
-        assert set(errors) <= unknown, f"seed {seed}: failed without reason: {set(errors) - unknown}"
+        assert set(errors) <= unknown, (
+            f"seed {seed}: failed without reason: {set(errors) - unknown}"
+        )
         if errors:
             assert both_rounds > 0, f"seed {seed}: unknown outcomes although no runner was killed"
 
@@ -332,13 +355,17 @@ def test_kill_then_restart_adopts_stops_continues_and_records_exits(tmp_path: Pa
     flags = [tmp_path / f"go{i}" for i in range(3)]
 
     def waiter(i: int, tail: str) -> str:
-        return f"sh -c 'echo start{i} >> {rec}; while [ ! -e {flags[i]} ]; do sleep 0.1; done; {tail}'"
+        return (
+            f"sh -c 'echo start{i} >> {rec}; while [ ! -e {flags[i]} ]; do sleep 0.1; done; {tail}'"
+        )
 
     lines = [waiter(0, "exit 3"), waiter(1, "exit 0"), waiter(2, "kill -TERM $$")]
     jf = jobfile(tmp_path, lines)
     p = start_scheduler(hf, jf)
     wait_for(lambda: status(jf, "h1").get("running") == 3, what="three jobs running")
-    wait_for(lambda: len(lines_of(rec)) == 3 and len(running_jobs(jf)) == 3, what="three jobs started")
+    wait_for(
+        lambda: len(lines_of(rec)) == 3 and len(running_jobs(jf)) == 3, what="three jobs started"
+    )
     old = sched_pid(jf, "h1")
     by_id = running_jobs(jf)
     pids = {lines[i]: by_id[f"h1.{i + 1}"] for i in range(3)}
@@ -354,27 +381,47 @@ def test_kill_then_restart_adopts_stops_continues_and_records_exits(tmp_path: Pa
     flags[1].write_text("")
     wait_for(lambda: not alive(pids[lines[1]]), what="job 1 ended")
     p2 = start_scheduler(hf, jf)
-    wait_for(lambda: sched_pid(jf, "h1") not in (None, old) and status(jf, "h1").get("pid") == sched_pid(jf, "h1"), what="restarted")
+    wait_for(
+        lambda: (
+            sched_pid(jf, "h1") not in (None, old)
+            and status(jf, "h1").get("pid") == sched_pid(jf, "h1")
+        ),
+        what="restarted",
+    )
     log = hostfile_path(jf, "h1", "log")
     wait_for(lambda: log.read_text().count("adopted job") == 2, what="two jobs adopted")
-    rows = wait_for(lambda: [r.split("\t") for r in lines_of(hostfile_path(jf, "h1", "joblog"))[1:]], what="job 1 in the joblog")
+    rows = wait_for(
+        lambda: [r.split("\t") for r in lines_of(hostfile_path(jf, "h1", "joblog"))[1:]],
+        what="job 1 in the joblog",
+    )
     assert [(r[6], r[7], r[8]) for r in rows] == [("0", "0", lines[1])]
     # The adopted jobs obey stop and cont (they are not this scheduler's children).
     r = run_cmd("pbq", "control", hf, jf, "stop", timeout=40)
     assert r.returncode == 0, r.stdout + r.stderr
     for i in (0, 2):
         wait_for(lambda i=i: proc_state(pids[lines[i]]) == "T", what=f"adopted job {i} stopped")
-    wait_for(lambda: sorted(lines_of(hostfile_path(jf, "h1", "stopped"))) == sorted([lines[0], lines[2]]),
-             what=".stopped lists the two")
+    wait_for(
+        lambda: (
+            sorted(lines_of(hostfile_path(jf, "h1", "stopped"))) == sorted([lines[0], lines[2]])
+        ),
+        what=".stopped lists the two",
+    )
     r = run_cmd("pbq", "control", hf, jf, "cont", timeout=40)
     assert r.returncode == 0, r.stdout + r.stderr
     for i in (0, 2):
-        wait_for(lambda i=i: proc_state(pids[lines[i]]) in ("S", "R"), what=f"adopted job {i} continued")
+        wait_for(
+            lambda i=i: proc_state(pids[lines[i]]) in ("S", "R"), what=f"adopted job {i} continued"
+        )
     # Their real exit statuses reach the joblog: exit 3, and death by SIGTERM.
     flags[0].write_text("")
     flags[2].write_text("")
-    wait_for(lambda: len(lines_of(hostfile_path(jf, "h1", "joblog"))) == 4, what="joblog rows of the adopted jobs")
-    rows = {r.split("\t")[8]: r.split("\t") for r in lines_of(hostfile_path(jf, "h1", "joblog"))[1:]}
+    wait_for(
+        lambda: len(lines_of(hostfile_path(jf, "h1", "joblog"))) == 4,
+        what="joblog rows of the adopted jobs",
+    )
+    rows = {
+        r.split("\t")[8]: r.split("\t") for r in lines_of(hostfile_path(jf, "h1", "joblog"))[1:]
+    }
     assert (rows[lines[0]][6], rows[lines[0]][7]) == ("3", "0")
     assert rows[lines[2]][7] == str(int(signal.SIGTERM))
     assert sorted(lines_of(hostfile_path(jf, "h1", "error"))) == sorted([lines[0], lines[2]])
@@ -382,7 +429,9 @@ def test_kill_then_restart_adopts_stops_continues_and_records_exits(tmp_path: Pa
     assert (st["done"], st["failed"]) == (1, 2)
     r = run_cmd("pbq", "control", hf, jf, "quit", timeout=40)
     assert wait_exit(p2) == 0
-    wait_for(lambda: not alive(runner), timeout=10, what="the old runner leaves once its jobs are reaped")
+    wait_for(
+        lambda: not alive(runner), timeout=10, what="the old runner leaves once its jobs are reaped"
+    )
     assert sorted(lines_of(rec)) == ["start0", "start1", "start2"], "no job ran twice"
 
 
@@ -397,13 +446,20 @@ def test_simulated_reboot_requeues_gone_jobs_once(tmp_path: Path, boot: str) -> 
     config(tmp_path, FAST_CONFIG)
     rec = tmp_path / "rec"
     flag = tmp_path / "go"
-    lines = [f"sh -c 'while [ ! -e {flag} ]; do sleep 0.1; done; echo {i} >> {rec}'" for i in range(3)]
+    lines = [
+        f"sh -c 'while [ ! -e {flag} ]; do sleep 0.1; done; echo {i} >> {rec}'" for i in range(3)
+    ]
     lines.append(f"echo 3 >> {rec}")
     jf = jobfile(tmp_path, lines)
     p = start_scheduler(hf, jf)
-    wait_for(lambda: len(running_jobs(jf)) == 3 and lines_of(rec) == ["3"], what="three jobs running, one done")
+    wait_for(
+        lambda: len(running_jobs(jf)) == 3 and lines_of(rec) == ["3"],
+        what="three jobs running, one done",
+    )
     running_view = hostfile_path(jf, "h1", "running")
-    wait_for(lambda: sorted(lines_of(running_view)) == sorted(lines[:3]), what=".running lists the three")
+    wait_for(
+        lambda: sorted(lines_of(running_view)) == sorted(lines[:3]), what=".running lists the three"
+    )
     jobs = running_jobs(jf)
     sched = sched_pid(jf, "h1")
     # The crash: everything dies at once.
@@ -429,8 +485,9 @@ def test_simulated_reboot_requeues_gone_jobs_once(tmp_path: Path, boot: str) -> 
         info = dataclasses.replace(info, pid=impostors[0].pid)
         if boot == "new-boot":
             # written during an earlier boot, an hour ago, with its last heartbeat then
-            info = dataclasses.replace(info, boot="00000000-0000-4000-8000-000000000000",
-                                       start=time.time() - 3600)
+            info = dataclasses.replace(
+                info, boot="00000000-0000-4000-8000-000000000000", start=time.time() - 3600
+            )
             st = status(jf, "h1")
             st["time"] = time.time() - 3600
             (jf.parent / f"{jf.name}.h1.status").write_text(json.dumps(st))
@@ -444,7 +501,9 @@ def test_simulated_reboot_requeues_gone_jobs_once(tmp_path: Path, boot: str) -> 
         flag.write_text("")
         p2 = start_scheduler(hf, jf, "--exit-when-empty")
         assert wait_exit(p2, 60) == 0, (tmp_path / "sched-h1.out").read_text()
-        assert all(i.poll() is None and proc_state(i.pid) in ("S", "R") for i in impostors), "impostors untouched"
+        assert all(i.poll() is None and proc_state(i.pid) in ("S", "R") for i in impostors), (
+            "impostors untouched"
+        )
     finally:
         for i in impostors:
             i.kill()
@@ -465,11 +524,26 @@ def test_simulated_reboot_requeues_gone_jobs_once(tmp_path: Path, boot: str) -> 
 
 _line = st.one_of(
     st.binary(max_size=40),
-    st.sampled_from([b"", b"#x", b"  # c", b"\r", b"true", b"false", b"\t true\t", b"echo 'a", b"\x00", b"\xff\xfe"]),
+    st.sampled_from(
+        [
+            b"",
+            b"#x",
+            b"  # c",
+            b"\r",
+            b"true",
+            b"false",
+            b"\t true\t",
+            b"echo 'a",
+            b"\x00",
+            b"\xff\xfe",
+        ]
+    ),
 )
 
 
-@settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=5, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(body=st.one_of(st.binary(max_size=400), st.lists(_line, max_size=12).map(b"\n".join)))
 def test_random_jobfile_end_to_end(tmp_path_factory: pytest.TempPathFactory, body: bytes) -> None:
     tmp = tmp_path_factory.mktemp("rnd")
@@ -482,9 +556,21 @@ def test_random_jobfile_end_to_end(tmp_path_factory: pytest.TempPathFactory, bod
         # Jobs find no programs through PATH: random bytes cannot start anything real.
         env = {"PATH": str(empty_bin), "LC_ALL": "C"}
         r = subprocess.run(
-            [sys.executable, str(Path(__file__).resolve().parent.parent / "bin" / "pbq-single"),
-             "--host", "h1", "--exit-when-empty", "--output-dir", str(tmp / "out"), str(hf), str(jf)],
-            capture_output=True, timeout=90, env=env, cwd=tmp,
+            [
+                sys.executable,
+                str(Path(__file__).resolve().parent.parent / "bin" / "pbq-single"),
+                "--host",
+                "h1",
+                "--exit-when-empty",
+                "--output-dir",
+                str(tmp / "out"),
+                str(hf),
+                str(jf),
+            ],
+            capture_output=True,
+            timeout=90,
+            env=env,
+            cwd=tmp,
         )
         assert b"Traceback" not in r.stderr, r.stderr.decode(errors="replace")
         assert r.returncode in (0, 2), r.stderr
@@ -493,9 +579,14 @@ def test_random_jobfile_end_to_end(tmp_path_factory: pytest.TempPathFactory, bod
             assert r.stderr.startswith(b"pbq-single: ")
             return
         *complete, tail = body.split(b"\n")  # an unterminated last line is never run
-        taken = [ln.rstrip(b"\r") for ln in complete if ln.strip() and not ln.strip().startswith(b"#")]
+        taken = [
+            ln.rstrip(b"\r") for ln in complete if ln.strip() and not ln.strip().startswith(b"#")
+        ]
         assert sorted(joblog_commands(jf, "h1")) == sorted(ln.replace(b"\t", b" ") for ln in taken)
-        assert pending_job_lines(jf) == [tail][: bool(tail.strip() and not tail.strip().startswith(b"#"))]
+        assert (
+            pending_job_lines(jf)
+            == [tail][: bool(tail.strip() and not tail.strip().startswith(b"#"))]
+        )
         assert host_jobs(jf, "h1") == []
     finally:
         kill_all(processes_mentioning(str(tmp)))

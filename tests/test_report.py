@@ -34,7 +34,9 @@ HISTORY_FAST = FAST_CONFIG + "[history]\nevery = 0.5\n"
 NASTY = """sh -c 'exit 3' # <b>&amp; "q" </table>"""
 
 
-def run_queue(tmp_path: Path, hosts: list[str], jobs: list[str], extra_config: str = "", samples: int = 3) -> Path:
+def run_queue(
+    tmp_path: Path, hosts: list[str], jobs: list[str], extra_config: str = "", samples: int = 3
+) -> Path:
     """Run ``jobs`` on real schedulers (one per host) until all have ended and every host
     has written ``samples`` history lines; then quit them."""
     hf = hostfile(tmp_path, "".join(f"{h} linux 16 16 0\n" for h in hosts) + "spare linux 1 1 0\n")
@@ -76,7 +78,14 @@ class Page(HTMLParser):
         a = {k: v or "" for k, v in attrs}
         self.tags.append((tag, a))
         if tag == "svg":
-            self._svg = {"class": a.get("class", ""), "host": a.get("data-host"), "paths": 0, "texts": [], "bins": [], "xlabels": []}
+            self._svg = {
+                "class": a.get("class", ""),
+                "host": a.get("data-host"),
+                "paths": 0,
+                "texts": [],
+                "bins": [],
+                "xlabels": [],
+            }
             self.svgs.append(self._svg)
         elif self._svg is not None:
             if tag == "path":
@@ -121,7 +130,11 @@ class Page(HTMLParser):
                 self._svg["xlabels"].append(data)
 
     def charts(self, kind: str, host: str | None = None) -> list[dict]:
-        return [s for s in self.svgs if s["class"] == f"chart {kind}" and (host is None or s["host"] == host)]
+        return [
+            s
+            for s in self.svgs
+            if s["class"] == f"chart {kind}" and (host is None or s["host"] == host)
+        ]
 
 
 def test_report_of_two_real_schedulers(tmp_path: Path) -> None:
@@ -152,7 +165,9 @@ def test_report_of_two_real_schedulers(tmp_path: Path) -> None:
         (jobsc,) = page.charts("jobs", h)
         assert load["paths"] >= 3  # foreign (filled), limit, load
         assert jobsc["paths"] >= 2
-        assert load["xlabels"] and all(re.search(r"\b\d\d:\d\d(:\d\d)?$", x) for x in load["xlabels"]), load["xlabels"]
+        assert load["xlabels"] and all(
+            re.search(r"\b\d\d:\d\d(:\d\d)?$", x) for x in load["xlabels"]
+        ), load["xlabels"]
         assert "0" in load["texts"]  # y axis ticks start at 0
     assert page.charts("load", "spare") == []
     assert len(page.charts("load")) == len(page.charts("jobs")) == 2
@@ -214,7 +229,9 @@ def test_report_user_errors(tmp_path: Path) -> None:
         r = run_cmd("pbq", "report", *args)
         assert r.returncode == 2, r.stdout + r.stderr
         text = r.stderr.decode()
-        assert "Traceback" not in text and len(text.strip().splitlines()) == 1 and word in text, text
+        assert "Traceback" not in text and len(text.strip().splitlines()) == 1 and word in text, (
+            text
+        )
 
 
 # ------------------------------------------------------------------ pieces
@@ -224,9 +241,20 @@ def test_time_ticks_are_round_local_times() -> None:
     t0 = time.mktime((2024, 3, 5, 10, 7, 13, 0, 0, -1))
     ticks = report.time_ticks(t0, t0 + 3600)
     assert [label for _, label in ticks] == ["10:10", "10:20", "10:30", "10:40", "10:50", "11:00"]
-    assert all(time.localtime(t).tm_min % 10 == 0 and time.localtime(t).tm_sec == 0 for t, _ in ticks)
+    assert all(
+        time.localtime(t).tm_min % 10 == 0 and time.localtime(t).tm_sec == 0 for t, _ in ticks
+    )
     short = report.time_ticks(t0, t0 + 40)
-    assert [label for _, label in short] == ["10:07:15", "10:07:20", "10:07:25", "10:07:30", "10:07:35", "10:07:40", "10:07:45", "10:07:50"]
+    assert [label for _, label in short] == [
+        "10:07:15",
+        "10:07:20",
+        "10:07:25",
+        "10:07:30",
+        "10:07:35",
+        "10:07:40",
+        "10:07:45",
+        "10:07:50",
+    ]
     days = report.time_ticks(t0, t0 + 2 * 86400)
     assert days[0][1].endswith("12:00") and len(days[0][1]) > 5  # the date is shown when it changes
 
@@ -236,19 +264,45 @@ def test_value_ticks_and_histogram_edges() -> None:
     assert report.value_ticks(0) == [0, 0.025, 0.05, 0.075, 0.1]
     assert report.value_ticks(7, integer=True) == [0, 2, 4, 6, 8]
     assert report.value_ticks(1, integer=True) == [0, 1]
-    assert report.histogram_edges([0.0, 0.3, 4.0]) == [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5]
+    assert report.histogram_edges([0.0, 0.3, 4.0]) == [
+        0.001,
+        0.002,
+        0.005,
+        0.01,
+        0.02,
+        0.05,
+        0.1,
+        0.2,
+        0.5,
+        1,
+        2,
+        5,
+    ]
     assert report.histogram_edges([90, 4000]) == [60, 120, 300, 600, 1200, 1800, 3600, 7200]
-    assert [report.short_duration(s) for s in (0.005, 0.5, 30, 120, 7200, 86400)] == ["5ms", "500ms", "30s", "2m", "2h", "1d"]
+    assert [report.short_duration(s) for s in (0.005, 0.5, 30, 120, 7200, 86400)] == [
+        "5ms",
+        "500ms",
+        "30s",
+        "2m",
+        "2h",
+        "1d",
+    ]
 
 
 def test_lines_break_where_the_scheduler_was_down() -> None:
     pts = [(0.0, 1.0), (60.0, 2.0), (120.0, None), (180.0, 1.0), (1000.0, 3.0), (1060.0, 3.0)]
-    assert report.segments(pts, gap=180) == [[(0.0, 1.0), (60.0, 2.0)], [(180.0, 1.0)], [(1000.0, 3.0), (1060.0, 3.0)]]
+    assert report.segments(pts, gap=180) == [
+        [(0.0, 1.0), (60.0, 2.0)],
+        [(180.0, 1.0)],
+        [(1000.0, 3.0), (1060.0, 3.0)],
+    ]
 
 
 def test_long_histories_are_bucketed() -> None:
     pts = [(float(i), float(i % 7)) for i in range(10000)]
-    svg = report.line_chart([report.Series("load", "#000", pts)], 0, 9999, kind="load", host="h", y_label="load", gap=5)
+    svg = report.line_chart(
+        [report.Series("load", "#000", pts)], 0, 9999, kind="load", host="h", y_label="load", gap=5
+    )
     assert svg.count("L") <= report.MAX_POINTS + 10
     assert 'class="chart load"' in svg
 

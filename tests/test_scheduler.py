@@ -52,7 +52,17 @@ def test_example_queue_runs_to_completion(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     host = next(p.name.split(".")[1] for p in tmp_path.glob("jobfile.*.joblog"))
     joblog = lines_of(hostfile_path(jf, host, "joblog"))
-    assert joblog[0].split("\t") == ["Seq", "Host", "Starttime", "JobRuntime", "Send", "Receive", "Exitval", "Signal", "Command"]
+    assert joblog[0].split("\t") == [
+        "Seq",
+        "Host",
+        "Starttime",
+        "JobRuntime",
+        "Send",
+        "Receive",
+        "Exitval",
+        "Signal",
+        "Command",
+    ]
     assert len(joblog) == 1 + 7
     errors = lines_of(hostfile_path(jf, host, "error"))
     assert errors == ["ls /this/path/does/not/exist"]
@@ -79,11 +89,16 @@ def test_never_more_than_limit_jobs(tmp_path: Path) -> None:
     hf = hostfile(tmp_path, "* linux 2 2 0\n")
     config(tmp_path, FAST_CONFIG)
     log = tmp_path / "spans"
-    jobs = [f"sh -c 'echo start $(date +%s.%N) >> {log}; sleep 0.3; echo end $(date +%s.%N) >> {log}'" for _ in range(12)]
+    jobs = [
+        f"sh -c 'echo start $(date +%s.%N) >> {log}; sleep 0.3; echo end $(date +%s.%N) >> {log}'"
+        for _ in range(12)
+    ]
     jf = jobfile(tmp_path, jobs)
     p = start_scheduler(hf, jf, "--exit-when-empty")
     assert wait_exit(p, 60) == 0
-    events = sorted((float(t), 1 if kind == "start" else -1) for kind, t in (ln.split() for ln in lines_of(log)))
+    events = sorted(
+        (float(t), 1 if kind == "start" else -1) for kind, t in (ln.split() for ln in lines_of(log))
+    )
     assert len(events) == 24
     level = peak = 0
     for _, delta in events:
@@ -105,12 +120,17 @@ def test_stop_and_cont_reach_forked_children(tmp_path: Path) -> None:
     assert b"h1: stopped" in r.stdout
     members = session_members(sid)
     assert len(members) >= 3
-    wait_for(lambda: all(proc_state(m) == "T" for m in members), what="every process of the job stopped (T)")
+    wait_for(
+        lambda: all(proc_state(m) == "T" for m in members),
+        what="every process of the job stopped (T)",
+    )
     assert lines_of(hostfile_path(jf, "h1", "stopped")) == ["sh -c 'sleep 60 & sleep 60 & wait'"]
     assert lines_of(hostfile_path(jf, "h1", "running")) == []
     r = run_cmd("pbq", "control", hf, jf, "cont", timeout=40)
     assert r.returncode == 0, r.stdout + r.stderr
-    wait_for(lambda: all(proc_state(m) in ("S", "R") for m in members), what="every process continued")
+    wait_for(
+        lambda: all(proc_state(m) in ("S", "R") for m in members), what="every process continued"
+    )
     r = run_cmd("pbq", "control", hf, jf, "term", timeout=40)
     assert r.returncode == 0, r.stdout + r.stderr
     wait_exit(p)
@@ -120,7 +140,10 @@ def test_quit_finishes_running_jobs_and_starts_no_more(tmp_path: Path) -> None:
     hf = hostfile(tmp_path, ROOMY)
     config(tmp_path, FAST_CONFIG)
     flag = tmp_path / "go"
-    jf = jobfile(tmp_path, [f"sh -c 'while [ ! -e {flag} ]; do sleep 0.05; done; echo first >> {tmp_path / 'rec'}'"])
+    jf = jobfile(
+        tmp_path,
+        [f"sh -c 'while [ ! -e {flag} ]; do sleep 0.05; done; echo first >> {tmp_path / 'rec'}'"],
+    )
     p = start_scheduler(hf, jf)
     wait_for(lambda: status(jf, "h1").get("running") == 1, what="first job running")
     r = run_cmd("pbq", "control", hf, jf, "quit", timeout=40)
@@ -149,7 +172,9 @@ def test_term_kills_jobs_and_puts_their_lines_back(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stdout + r.stderr
     assert wait_exit(p) == 0
     assert not any(alive(pid) for pid in pids)
-    on_machine = lines_of(hostfile_path(jf, "h1", "running")) + lines_of(hostfile_path(jf, "h1", "stopped"))
+    on_machine = lines_of(hostfile_path(jf, "h1", "running")) + lines_of(
+        hostfile_path(jf, "h1", "stopped")
+    )
     assert on_machine == []
     assert sorted(pending_lines(jf)) == sorted(["sleep 61", "sh -c 'trap \"\" TERM; sleep 62'"])
     log = hostfile_path(jf, "h1", "log").read_text()
@@ -173,7 +198,10 @@ def test_kill_leaves_jobs_running_and_restart_adopts_them(tmp_path: Path) -> Non
     assert alive(job)
     # restart: the job is adopted, can be stopped and continued, and its exit status recorded
     p2 = start_scheduler(hf, jf)
-    wait_for(lambda: status(jf, "h1").get("running") == 1 and status(jf, "h1").get("pid") != sched_pid, what="restarted with the job adopted")
+    wait_for(
+        lambda: status(jf, "h1").get("running") == 1 and status(jf, "h1").get("pid") != sched_pid,
+        what="restarted with the job adopted",
+    )
     assert "adopted job h1.1" in hostfile_path(jf, "h1", "log").read_text()
     r = run_cmd("pbq", "control", hf, jf, "stop", timeout=40)
     assert r.returncode == 0, r.stdout + r.stderr
@@ -182,10 +210,15 @@ def test_kill_leaves_jobs_running_and_restart_adopts_them(tmp_path: Path) -> Non
     assert r.returncode == 0, r.stdout + r.stderr
     wait_for(lambda: proc_state(job) in ("S", "R"), what="adopted job continued")
     flag.write_text("")
-    wait_for(lambda: len(lines_of(hostfile_path(jf, "h1", "joblog"))) == 2, what="joblog row of the adopted job")
+    wait_for(
+        lambda: len(lines_of(hostfile_path(jf, "h1", "joblog"))) == 2,
+        what="joblog row of the adopted job",
+    )
     row = lines_of(hostfile_path(jf, "h1", "joblog"))[1].split("\t")
     assert row[6] == "3"
-    assert lines_of(hostfile_path(jf, "h1", "error")) == [f"sh -c 'while [ ! -e {flag} ]; do sleep 0.05; done; exit 3'"]
+    assert lines_of(hostfile_path(jf, "h1", "error")) == [
+        f"sh -c 'while [ ! -e {flag} ]; do sleep 0.05; done; exit 3'"
+    ]
     run_cmd("pbq", "control", hf, jf, "quit", timeout=40)
     assert wait_exit(p2) == 0
     p.wait(timeout=10)  # the old keeper leaves once its orphan is reaped
@@ -197,10 +230,14 @@ def test_failed_and_missing_commands_land_in_error_and_joblog(tmp_path: Path) ->
     noexec = tmp_path / "noexec.sh"
     noexec.write_text("#!/bin/sh\necho hi\n")
     os.chmod(noexec, 0o644)
-    jf = jobfile(tmp_path, ["false", "no-such-command-pbq --x", str(noexec), "sh -c 'kill -9 $$'", "true"])
+    jf = jobfile(
+        tmp_path, ["false", "no-such-command-pbq --x", str(noexec), "sh -c 'kill -9 $$'", "true"]
+    )
     p = start_scheduler(hf, jf, "--exit-when-empty")
     assert wait_exit(p) == 0
-    rows = {r.split("\t")[8]: r.split("\t") for r in lines_of(hostfile_path(jf, "h1", "joblog"))[1:]}
+    rows = {
+        r.split("\t")[8]: r.split("\t") for r in lines_of(hostfile_path(jf, "h1", "joblog"))[1:]
+    }
     assert rows["false"][6] == "1"
     assert rows["no-such-command-pbq --x"][6] == "127"
     assert rows[str(noexec)][6] == "126"
@@ -219,7 +256,11 @@ def test_environment_and_output_dir(tmp_path: Path) -> None:
     jf = jobfile(tmp_path, ["env", "sh -c 'echo oops >&2; exit 0'"])
     p = start_scheduler(hf, jf, "--exit-when-empty", "--output-dir", tmp_path / "out", host="node7")
     assert wait_exit(p) == 0
-    env = dict(ln.split("=", 1) for ln in (tmp_path / "out" / "node7.1.out").read_text().splitlines() if "=" in ln)
+    env = dict(
+        ln.split("=", 1)
+        for ln in (tmp_path / "out" / "node7.1.out").read_text().splitlines()
+        if "=" in ln
+    )
     assert env["PBQ_HOST"] == "node7"
     assert env["PBQ_ARCH"] == "sparc64"
     assert env["PBQ_JOB_ID"] == "node7.1"
@@ -251,7 +292,10 @@ def test_jobs_appended_while_running_are_picked_up(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     wait_for(lambda: len(lines_of(tmp_path / "rec")) == 21, what="21 appended jobs run")
     assert sorted(map(int, lines_of(tmp_path / "rec"))) == list(range(21))
-    wait_for(lambda: [ln for ln in lines_of(jf) if ln.strip()] == [], what="jobfile compacted to nothing pending")
+    wait_for(
+        lambda: [ln for ln in lines_of(jf) if ln.strip()] == [],
+        what="jobfile compacted to nothing pending",
+    )
     run_cmd("pbq", "control", hf, jf, "quit", timeout=40)
     assert wait_exit(p) == 0
 
@@ -310,7 +354,9 @@ def test_second_scheduler_for_same_host_is_refused(tmp_path: Path) -> None:
     ],
     ids=["bad-number", "unknown-host", "missing-jobfile", "world-writable", "group-writable"],
 )
-def test_bad_input_is_one_clear_error(tmp_path: Path, hosttext: str, jobtext: str | None, mode: int, expect: bytes) -> None:
+def test_bad_input_is_one_clear_error(
+    tmp_path: Path, hosttext: str, jobtext: str | None, mode: int, expect: bytes
+) -> None:
     hf = hostfile(tmp_path, hosttext)
     jf = tmp_path / "jobfile"
     if jobtext is not None:
@@ -351,7 +397,12 @@ def test_strange_lines_are_run_not_crashed_on(tmp_path: Path) -> None:
     hf = hostfile(tmp_path, ROOMY)
     config(tmp_path, FAST_CONFIG)
     long_arg = "x" * (1 << 20)
-    data = b"echo caf\xe9 \xff\xfe >> rec\n" + f"true {long_arg}\n".encode() + f"echo {long_arg} > /dev/null\n".encode() + b"echo end >> rec\n"
+    data = (
+        b"echo caf\xe9 \xff\xfe >> rec\n"
+        + f"true {long_arg}\n".encode()
+        + f"echo {long_arg} > /dev/null\n".encode()
+        + b"echo end >> rec\n"
+    )
     jf = jobfile(tmp_path, data)
     p = start_scheduler(hf, jf, "--exit-when-empty")
     assert wait_exit(p, 60) == 0

@@ -108,8 +108,13 @@ def test_foreign_load_stops_newest_first_and_continues_after_settle(tmp_path: Pa
         assert states(s) == {1: "stopped", 2: "stopped"}
         tick(s, clock, 1.0)
         tick(s, clock, 1.0)
-        assert states(s) == {1: "running", 2: "running"}  # oldest stopped continued first, then the next
-        wait_for(lambda: proc_state(pids[1]) != "T" and proc_state(pids[2]) != "T", what="both continued")
+        assert states(s) == {
+            1: "running",
+            2: "running",
+        }  # oldest stopped continued first, then the next
+        wait_for(
+            lambda: proc_state(pids[1]) != "T" and proc_state(pids[2]) != "T", what="both continued"
+        )
         assert "sleep 62" in lines_of(jf)  # nothing new was started meanwhile
     finally:
         finish(s, clock)
@@ -134,7 +139,9 @@ def test_steady_foreign_load_does_not_flap(tmp_path: Path) -> None:
 
 
 def test_active_users_and_work_hours_lower_the_limit(tmp_path: Path) -> None:
-    s, sensors, clock, _ = make(tmp_path, "* linux 3 1 1\n", ["sleep 60", "sleep 61", "sleep 62"], when=MONDAY_10)
+    s, sensors, clock, _ = make(
+        tmp_path, "* linux 3 1 1\n", ["sleep 60", "sleep 61", "sleep 62"], when=MONDAY_10
+    )
     try:
         tick(s, clock)
         assert s.m.limit == 1 and s.m.work_time
@@ -154,7 +161,9 @@ def test_active_users_and_work_hours_lower_the_limit(tmp_path: Path) -> None:
 
 
 def test_memfree_starts_nothing_when_low_and_evicts_when_very_low(tmp_path: Path) -> None:
-    s, sensors, clock, jf = make(tmp_path, "* linux 2 2 0\n", ["sleep 60", "sleep 61", "sleep 62"], memfree="1G")
+    s, sensors, clock, jf = make(
+        tmp_path, "* linux 2 2 0\n", ["sleep 60", "sleep 61", "sleep 62"], memfree="1G"
+    )
     try:
         sensors.mem = 900 << 20  # below memfree: start nothing
         tick(s, clock)

@@ -54,25 +54,43 @@ def test_soft_lock_over_two_sshfs_mounts_drains_exactly_once(tmp_path: Path) -> 
                 for b in range(batches):
                     ids = range(base + b * size, base + (b + 1) * size)
                     data = "".join(f"echo {i} >> {rec}\n" for i in ids).encode()
-                    r = run_cmd("jobfile-append", "--lock", "soft", jf, "-", input=data, cwd=tmp_path)
+                    r = run_cmd(
+                        "jobfile-append", "--lock", "soft", jf, "-", input=data, cwd=tmp_path
+                    )
                     if r.returncode != 0:
-                        errors.append(f"{jf}: {r.returncode} {r.stderr.decode(errors='replace').strip()}")
+                        errors.append(
+                            f"{jf}: {r.returncode} {r.stderr.decode(errors='replace').strip()}"
+                        )
 
-            threads = [threading.Thread(target=appender, args=(jf, first + k * per_appender))
-                       for k, jf in enumerate((jf_a, jf_b))]
+            threads = [
+                threading.Thread(target=appender, args=(jf, first + k * per_appender))
+                for k, jf in enumerate((jf_a, jf_b))
+            ]
             for t in threads:
                 t.start()
             for t in threads:
                 t.join(timeout=120)
             assert not errors, errors
-            wait_for(lambda: len(lines_of(rec)) >= total, timeout=120, what=f"{total} jobs recorded")
+            wait_for(
+                lambda: len(lines_of(rec)) >= total, timeout=120, what=f"{total} jobs recorded"
+            )
             for hf, jf, host, p in ((hf_a, jf_a, "sa", sa), (hf_b, jf_b, "sb", sb)):
                 r = run_cmd("pbq", "control", hf, jf, "quit", host, timeout=60, cwd=tmp_path)
                 assert r.returncode == 0, r.stdout + r.stderr
                 assert wait_exit(p, 60) == 0
             # Nothing left over that could run a second time.
-            r = run_cmd("pbq-single", "--lock", "soft", "--host", "sz", "--exit-when-empty", hf_a, jf_a,
-                        timeout=60, cwd=tmp_path)
+            r = run_cmd(
+                "pbq-single",
+                "--lock",
+                "soft",
+                "--host",
+                "sz",
+                "--exit-when-empty",
+                hf_a,
+                jf_a,
+                timeout=60,
+                cwd=tmp_path,
+            )
             assert r.returncode == 0, r.stderr
             got = Counter(int(x) for x in lines_of(rec))
             assert got == Counter(range(total)), {i: n for i, n in got.items() if n != 1}

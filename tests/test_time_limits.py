@@ -46,10 +46,17 @@ def joblog(jf: Path) -> list[list[str]]:
 # ---------------------------------------------------------------------- pure parts
 
 
-@pytest.mark.parametrize(("text", "want"), [
-    ("2h", (7200.0, None)), ("90m", (5400.0, None)), ("30", (30.0, None)),
-    ("300%", (None, 3.0)), ("", (None, None)), ("1.5s", (1.5, None)),
-])
+@pytest.mark.parametrize(
+    ("text", "want"),
+    [
+        ("2h", (7200.0, None)),
+        ("90m", (5400.0, None)),
+        ("30", (30.0, None)),
+        ("300%", (None, 3.0)),
+        ("", (None, None)),
+        ("1.5s", (1.5, None)),
+    ],
+)
 def test_parse_timeout(text: str, want: tuple[float | None, float | None]) -> None:
     assert parse_timeout(text) == want
 
@@ -70,8 +77,14 @@ def limits(tmp_path: Path, **scheduler: str) -> TimeLimits:
 
 
 def running(seq: int, line: str, started: float, stopped_secs: float = 0.0) -> Job:
-    return Job(seq=seq, line=line.encode(), op=1, state=JobState.RUNNING, started=started,
-               stopped_secs=stopped_secs)
+    return Job(
+        seq=seq,
+        line=line.encode(),
+        op=1,
+        state=JobState.RUNNING,
+        started=started,
+        stopped_secs=stopped_secs,
+    )
 
 
 def test_absolute_timeout_counts_running_time_only(tmp_path: Path) -> None:
@@ -85,7 +98,9 @@ def test_percentage_timeout_needs_three_successful_runs_and_keeps_the_floor(tmp_
     tl = limits(tmp_path, timeout="300%", timeout_floor="1s")
     store = ResourceStore(tmp_path / "jobfile.usage")
     job = running(1, "sleep 30", 0.0)
-    store.record_many([Run("sleep", None, 0.0, 0.2, 1.0, True)] * 2 + [Run("sleep", None, 0.0, 9.0, 1.0, False)])
+    store.record_many(
+        [Run("sleep", None, 0.0, 0.2, 1.0, True)] * 2 + [Run("sleep", None, 0.0, 9.0, 1.0, False)]
+    )
     tl.refresh()
     assert tl.limit_for(job) is None, "two successful runs are not enough"
     store.record_many([Run("sleep", None, 0.0, 0.4, 2.0, True)])
@@ -105,8 +120,17 @@ def test_max_suspend_picks_only_jobs_the_load_policy_stopped(tmp_path: Path) -> 
 
 
 def test_stop_after_holds_still_until_the_load_has_lasted() -> None:
-    base = View(mode=Mode.RUN, limit=2, foreign=2.0, foreign_recent=2.0, running=2,
-                stopped_by_load=0, stopped_by_user=0, pending=True, stop_after=5.0)
+    base = View(
+        mode=Mode.RUN,
+        limit=2,
+        foreign=2.0,
+        foreign_recent=2.0,
+        running=2,
+        stopped_by_load=0,
+        stopped_by_user=0,
+        pending=True,
+        stop_after=5.0,
+    )
     assert decide(View(**{**base.__dict__, "over_for": 4.9})) == Decision()
     assert decide(View(**{**base.__dict__, "over_for": 5.0})) == Decision(stop=2)
     assert decide(View(**{**base.__dict__, "stop_after": 0.0, "over_for": 0.0})) == Decision(stop=2)
@@ -146,7 +170,12 @@ def test_a_job_past_an_absolute_timeout_is_ended_into_error(tmp_path: Path) -> N
 
 def test_a_percentage_timeout_uses_earlier_successful_runs(tmp_path: Path) -> None:
     hf = hostfile(tmp_path, ROOMY)
-    config(tmp_path, FAST_CONFIG.replace("[scheduler]\n", '[scheduler]\ntimeout = "300%"\ntimeout_floor = "1s"\n', 1))
+    config(
+        tmp_path,
+        FAST_CONFIG.replace(
+            "[scheduler]\n", '[scheduler]\ntimeout = "300%"\ntimeout_floor = "1s"\n', 1
+        ),
+    )
     jf = jobfile(tmp_path, ["sleep 0.2", "sleep 0.2", "sleep 0.2"])
     p = start_scheduler(hf, jf, "--exit-when-empty")
     assert wait_exit(p, 30) == 0
@@ -170,13 +199,26 @@ def test_max_suspend_ends_long_stopped_jobs_and_puts_them_back(tmp_path: Path) -
     loops: list[subprocess.Popen[bytes]] = []
     try:
         wait_for(lambda: status(jf, "h1").get("running") == 2, what="two jobs running")
-        loops = [subprocess.Popen(["sh", "-c", f"while :; do :; done # {tmp_path}"], start_new_session=True)
-                 for _ in range(2)]
-        wait_for(lambda: status(jf, "h1").get("stopped", 0) >= 1, timeout=15, what="jobs stopped by load")
-        wait_for(lambda: "max_suspend" in text_of(hostfile_path(jf, "h1", "log")), timeout=15,
-                 what="a stopped job ended by max_suspend")
+        loops = [
+            subprocess.Popen(
+                ["sh", "-c", f"while :; do :; done # {tmp_path}"], start_new_session=True
+            )
+            for _ in range(2)
+        ]
+        wait_for(
+            lambda: status(jf, "h1").get("stopped", 0) >= 1, timeout=15, what="jobs stopped by load"
+        )
+        wait_for(
+            lambda: "max_suspend" in text_of(hostfile_path(jf, "h1", "log")),
+            timeout=15,
+            what="a stopped job ended by max_suspend",
+        )
         wait_for(lambda: status(jf, "h1").get("suspend_ended", 0) >= 1, timeout=15, what="counted")
-        wait_for(lambda: set(pending_lines(jf)) & set(lines), timeout=15, what="a line back in the jobfile")
+        wait_for(
+            lambda: set(pending_lines(jf)) & set(lines),
+            timeout=15,
+            what="a line back in the jobfile",
+        )
     finally:
         for lp in loops:
             os.killpg(lp.pid, signal.SIGKILL)

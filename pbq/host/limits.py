@@ -74,8 +74,14 @@ class TimeLimits:
         """Jobs the load policy has kept stopped longer than ``max_suspend``."""
         if not self.max_suspend:
             return []
-        return [j for j in jobs if j.state is JobState.STOPPED and j.stopped_by == "load"
-                and j.stopped_at is not None and now - j.stopped_at > self.max_suspend]
+        return [
+            j
+            for j in jobs
+            if j.state is JobState.STOPPED
+            and j.stopped_by == "load"
+            and j.stopped_at is not None
+            and now - j.stopped_at > self.max_suspend
+        ]
 
     def forget(self, seq: int) -> None:
         self._keys.pop(seq, None)

@@ -15,13 +15,26 @@ from .jobs import JobBook, JobState
 from .sensing import Measurements
 
 VIEW_DEBOUNCE = 0.05  # seconds the views may lag the jobs while they churn
-HELD = (JobState.RUNNING, JobState.STARTING, JobState.CLAIMED, JobState.STOPPED,
-        JobState.EVICTING, JobState.TERMINATING, JobState.TERMINATED)
+HELD = (
+    JobState.RUNNING,
+    JobState.STARTING,
+    JobState.CLAIMED,
+    JobState.STOPPED,
+    JobState.EVICTING,
+    JobState.TERMINATING,
+    JobState.TERMINATED,
+)
 
 
 class HostOutputs:
-    def __init__(self, files: HostFiles, book: JobBook, cfg: Config, mono: Callable[[], float],
-                 on_error: Callable[[PbqError], None]) -> None:
+    def __init__(
+        self,
+        files: HostFiles,
+        book: JobBook,
+        cfg: Config,
+        mono: Callable[[], float],
+        on_error: Callable[[PbqError], None],
+    ) -> None:
         self.files = files
         self.book = book
         self.cfg = cfg
@@ -44,8 +57,12 @@ class HostOutputs:
         self.written_at = mono
         self.stale = False
         jobs = self.book.in_state(*HELD)
-        stopped = [j for j in jobs if j.state is JobState.STOPPED
-                   or (j.stopped_by and j.state in (JobState.TERMINATING, JobState.TERMINATED))]
+        stopped = [
+            j
+            for j in jobs
+            if j.state is JobState.STOPPED
+            or (j.stopped_by and j.state in (JobState.TERMINATING, JobState.TERMINATED))
+        ]
         running = [j for j in jobs if j not in stopped]
         for ext, group in (("running", running), ("stopped", stopped)):
             data = b"".join(j.line + b"\n" for j in group)
@@ -65,16 +82,26 @@ class HostOutputs:
     def load_line(self, m: Measurements) -> str:
         c = self.book.counters
         running = self.book.running_count()
-        return (f"load {m.foreign + running:.2f} (foreign {m.foreign:.2f}) limit {m.limit:g}: "
-                f"{running} running, {len(self.book.in_state(JobState.STOPPED))} stopped, "
-                f"{c.done} done, {c.failed} failed")
+        return (
+            f"load {m.foreign + running:.2f} (foreign {m.foreign:.2f}) limit {m.limit:g}: "
+            f"{running} running, {len(self.book.in_state(JobState.STOPPED))} stopped, "
+            f"{c.done} done, {c.failed} failed"
+        )
 
     def append_history(self, now: float, m: Measurements) -> None:
         c = self.book.counters
         running = self.book.running_count()
-        rec = {"t": round(now, 1), "load": round(m.foreign + running, 3), "foreign": round(m.foreign, 3),
-               "limit": m.limit, "running": running, "stopped": len(self.book.in_state(JobState.STOPPED)),
-               "done": c.done, "failed": c.failed, "users": m.active_users}
+        rec = {
+            "t": round(now, 1),
+            "load": round(m.foreign + running, 3),
+            "foreign": round(m.foreign, 3),
+            "limit": m.limit,
+            "running": running,
+            "stopped": len(self.book.in_state(JobState.STOPPED)),
+            "done": c.done,
+            "failed": c.failed,
+            "users": m.active_users,
+        }
         path = self.files.history
         try:
             if path.exists() and os.stat(path).st_size > self.cfg.history.max_bytes > 0:

@@ -48,12 +48,15 @@ class Step:
     probe: Probe = Probe()
 
 
-def plan_recovery(jobs: Iterable[Job], committed_op: int, probes: dict[int, Probe],
-                  job_id: str, drm: str | None) -> list[Step]:
+def plan_recovery(
+    jobs: Iterable[Job], committed_op: int, probes: dict[int, Probe], job_id: str, drm: str | None
+) -> list[Step]:
     """One step per saved job.  ``job_id`` is the host name (ids are HOST.seq); ``drm`` the
     resource manager's name on a cluster head node, else None."""
-    return [_plan_one(job, committed_op, probes.get(job.seq, Probe()), f"{job_id}.{job.seq}", drm)
-            for job in jobs]
+    return [
+        _plan_one(job, committed_op, probes.get(job.seq, Probe()), f"{job_id}.{job.seq}", drm)
+        for job in jobs
+    ]
 
 
 def _plan_one(job: Job, committed: int, p: Probe, jid: str, drm: str | None) -> Step:  # noqa: PLR0911
@@ -63,11 +66,19 @@ def _plan_one(job: Job, committed: int, p: Probe, jid: str, drm: str | None) -> 
         if job.putback_op is not None and job.putback_op <= committed:
             return Step(job, Action.FORGET)  # its put-back committed: the line is pending again
         action = Action.BACK_FRONT if st is JobState.REQUEUE_FRONT else Action.BACK_END
-        return Step(job, action, f"job {jid} was being put back when the scheduler died: putting it "
-                                 f"back now (POSSIBLE DUPLICATE if it had run): {text}")
+        return Step(
+            job,
+            action,
+            f"job {jid} was being put back when the scheduler died: putting it "
+            f"back now (POSSIBLE DUPLICATE if it had run): {text}",
+        )
     if st in (JobState.CLAIMED, JobState.STARTING) and job.op > committed:
         # Write-ahead record of a take that never committed: still pending.
-        return Step(job, Action.FORGET, f"job {jid} was never taken (crash while taking): left in the jobfile")
+        return Step(
+            job,
+            Action.FORGET,
+            f"job {jid} was never taken (crash while taking): left in the jobfile",
+        )
     if st is JobState.CLAIMED:
         return Step(job, Action.KEEP)
     if st is JobState.SETTLING:
@@ -75,31 +86,60 @@ def _plan_one(job: Job, committed: int, p: Probe, jid: str, drm: str | None) -> 
     if drm is not None:
         return _plan_cluster_job(job, p, jid, drm, text)
     if st in (JobState.TERMINATING, JobState.TERMINATED) and not p.alive:
-        return Step(job, Action.BACK_FRONT, f"job {jid} did not finish (terminated): putting it back at the front: {text}")
+        return Step(
+            job,
+            Action.BACK_FRONT,
+            f"job {jid} did not finish (terminated): putting it back at the front: {text}",
+        )
     if job.pid is None and p.pid is None:
-        return Step(job, Action.BACK_FRONT, f"job {jid} was being started when the scheduler died: "
-                                            f"putting it back; POSSIBLE DUPLICATE if it had already run: {text}")
+        return Step(
+            job,
+            Action.BACK_FRONT,
+            f"job {jid} was being started when the scheduler died: "
+            f"putting it back; POSSIBLE DUPLICATE if it had already run: {text}",
+        )
     if p.alive:
         return Step(job, Action.ADOPT, probe=p)
     if st is JobState.EVICTING:
-        return Step(job, Action.BACK_FRONT, f"job {jid} was ended by pbq (to free memory, or stopped "
-                                            "too long): putting it back at the front")
+        return Step(
+            job,
+            Action.BACK_FRONT,
+            f"job {jid} was ended by pbq (to free memory, or stopped "
+            "too long): putting it back at the front",
+        )
     if st is JobState.TIMING_OUT and p.exit is None:
         # Its end is known well enough: it was being killed for running too long.
-        return Step(job, Action.FINISH, probe=Probe(exit=Outcome(UNKNOWN_EXIT, note="timed out; "
-                                                                 "its end was not recorded")))
+        return Step(
+            job,
+            Action.FINISH,
+            probe=Probe(exit=Outcome(UNKNOWN_EXIT, note="timed out; its end was not recorded")),
+        )
     if p.exit is not None:
         return Step(job, Action.FINISH, probe=p)
-    return Step(job, Action.BACK_FRONT, f"job {jid} did not finish (its process is gone, reboot?; POSSIBLE "
-                                        f"DUPLICATE if it had ended): putting it back at the front: {text}")
+    return Step(
+        job,
+        Action.BACK_FRONT,
+        f"job {jid} did not finish (its process is gone, reboot?; POSSIBLE "
+        f"DUPLICATE if it had ended): putting it back at the front: {text}",
+    )
 
 
 def _plan_cluster_job(job: Job, p: Probe, jid: str, drm: str, text: str) -> Step:
     if job.state in (JobState.TERMINATING, JobState.TERMINATED):
-        return Step(job, Action.BACK_FRONT, f"job {jid} was cancelled by term: putting it back at the front")
+        return Step(
+            job, Action.BACK_FRONT, f"job {jid} was cancelled by term: putting it back at the front"
+        )
     cid = job.cluster_id or p.cluster_id
     if cid is None:
-        return Step(job, Action.BACK_FRONT, f"job {jid} was being submitted when the scheduler died: "
-                                            f"putting it back; POSSIBLE DUPLICATE: {text}")
-    return Step(job, Action.ADOPT, f"re-attached job {jid} to {drm} job {cid}",
-                probe=Probe(alive=True, stopped=job.state is JobState.STOPPED, cluster_id=cid))
+        return Step(
+            job,
+            Action.BACK_FRONT,
+            f"job {jid} was being submitted when the scheduler died: "
+            f"putting it back; POSSIBLE DUPLICATE: {text}",
+        )
+    return Step(
+        job,
+        Action.ADOPT,
+        f"re-attached job {jid} to {drm} job {cid}",
+        probe=Probe(alive=True, stopped=job.state is JobState.STOPPED, cluster_id=cid),
+    )
