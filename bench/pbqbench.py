@@ -496,6 +496,19 @@ def ensure_parallel(b: Bench) -> None:
 # ---------------------------------------------------------------------- 1. dispatch
 
 
+PROCESS_GROUPS = '[scheduler]\ncontainment = "process-group"\n'
+
+
+def text_of_log(b: Bench, section: str) -> str:
+    """The .log lines of the first pbq run of a section (which containment it used)."""
+    for path in sorted(b.mkdir(section).glob("r*/pbq/jobfile.*.log")):
+        try:
+            return path.read_text(errors="replace")
+        except OSError:
+            continue
+    return ""
+
+
 def drain_pbq(
     b: Bench,
     d: Path,
@@ -503,9 +516,12 @@ def drain_pbq(
     hosts: int = 1,
     hostline: str = HOSTLINE,
     timeout: float = 600,
+    config: str = "",
 ) -> dict[str, Any]:
     """Run ``hosts`` schedulers with --exit-when-empty on one jobfile until all exit."""
     hf = write(d / "hostfile", hostline + "\n")
+    if config:
+        write(d / "pbq.toml", config)
     jf = write(d / "jobfile", "".join(line + "\n" for line in lines))
     names = [f"h{i + 1}" for i in range(hosts)] if hosts > 1 else ["bench"]
     t0 = time.perf_counter()
@@ -578,7 +594,7 @@ def sec_dispatch(b: Bench) -> list[Row]:
     s = b.s
     n = s.n
     lines = ["true"] * n
-    tools = ["pbq", "parallel", "xargs"] if b.parallel else ["pbq", "xargs"]
+    tools = ["pbq", "pbq-pg", "parallel", "xargs"] if b.parallel else ["pbq", "pbq-pg", "xargs"]
     runs: dict[str, list[dict[str, Any]]] = {t: [] for t in tools}
     startup: list[float] = []
     drain_pbq(b, b.mkdir("dispatch", "warm-up"), [])  # compiles the bytecode; not counted
@@ -586,9 +602,12 @@ def sec_dispatch(b: Bench) -> list[Row]:
         order = tools[r % len(tools) :] + tools[: r % len(tools)]
         for tool in order:
             d = b.mkdir("dispatch", f"r{r}", tool)
-            res = {"pbq": drain_pbq, "parallel": drain_parallel, "xargs": drain_xargs}[tool](
-                b, d, lines
-            )
+            if tool == "pbq-pg":  # the same, each job a process group instead of a cgroup
+                res = drain_pbq(b, d, lines, config=PROCESS_GROUPS)
+            else:
+                res = {"pbq": drain_pbq, "parallel": drain_parallel, "xargs": drain_xargs}[tool](
+                    b, d, lines
+                )
             if res["jobs"] != n or res["failed"]:
                 raise BenchError(
                     f"{tool}: {res['jobs']} of {n} jobs logged, {res['failed']} failed"
@@ -601,6 +620,7 @@ def sec_dispatch(b: Bench) -> list[Row]:
         startup.append(drain_pbq(b, d, [])["wall"])
     ms = {t: median([x["wall"] for x in runs[t]]) / n * 1e3 for t in tools}
     span = {t: median([x["span"] for x in runs[t]]) / n * 1e3 for t in tools if t != "xargs"}
+    containment = "cgroup v2" if "cgroup v2" in text_of_log(b, "dispatch") else "process groups"
     b.samples["dispatch"] = {
         "n": n,
         "wall_s": {t: [x["wall"] for x in runs[t]] for t in tools},
@@ -630,11 +650,23 @@ def sec_dispatch(b: Bench) -> list[Row]:
                 skipped=b.parallel_why,
             )
         )
-    q = ms["pbq"] / ms["xargs"]
+    q = ms["pbq-pg"] / ms["xargs"]
     rows.append(
         Row(
             "dispatch",
-            f"dispatch {n} x true, -j2: ms/job vs xargs -P2",
+            "  the same, each job a process group, not a cgroup",
+            f"{ms['pbq-pg']:.2f} ms/job",
+            f"{ms['xargs']:.2f} (xargs -P2 sh -c)",
+            ratio_cell(q),
+            "-",
+        )
+    )
+    q = ms["pbq"] / ms["xargs"]
+    rows.insert(
+        len(rows) - 1,
+        Row(
+            "dispatch",
+            f"dispatch {n} x true, -j2: ms/job vs xargs -P2 ({containment})",
             f"{ms['pbq']:.2f} ms/job",
             f"{ms['xargs']:.2f} (xargs -P2 sh -c)",
             ratio_cell(q),
