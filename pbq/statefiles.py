@@ -31,7 +31,7 @@ HOST_EXTENSIONS = (
     "state",  # JSON write-ahead record of the host's jobs (the source of truth)
     "journal",  # JSON lines: what changed since the last .state snapshot
     "control",  # JSON request left by `pbq control` for schedulers on other machines
-    "exits",  # JSON lines: exit statuses of orphaned jobs, written by the keeper
+    "exits",  # JSON lines: exit statuses of orphaned jobs, written by the job runner
     # (the record formats of .pid, .exits, .status and .joblog are in pbq.sidefiles)
     "history",  # JSON lines: one sample per minute, for `pbq report`
     "out",  # output of a scheduler started by `pbq start`
