@@ -198,7 +198,7 @@ Examples:
 @friendly("jobfile-append")
 def append(jobfile: Path, morejobs: Path, lock: str | None, config_path: Path | None) -> None:
     """Append the lines of MOREJOBS (- for standard input) to JOBFILE, under the
-    schedulers' lock."""
+    schedulers' lock.  Prints the number (Seq) of each job line it added, one a line."""
     from .config import load_config
     from .jobfile import JobQueue, append_file
 
@@ -220,8 +220,10 @@ def append(jobfile: Path, morejobs: Path, lock: str | None, config_path: Path | 
         stale_lock_after=cfg.jobfile.stale_lock_after,
         allow_group_write=cfg.scheduler.allow_group_write,
     )
-    n = append_file(queue, lines)
-    click.echo(f"appended {n} line(s) to {jobfile}", err=True)
+    numbers = append_file(queue, lines)
+    for number in numbers:  # the Seq of each job line added, for `pbq wait --from`
+        click.echo(str(number))
+    click.echo(f"appended {len(lines)} line(s) to {jobfile}", err=True)
 
 
 def append_main() -> None:
