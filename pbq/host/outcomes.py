@@ -62,7 +62,8 @@ class Outcomes:
             self.ok_by_seq[job.seq] = out.ok  # for the usage the job runner reports next
         host = self.book.host
         host_col = f"{host}:{job.cluster_id}" if job.cluster_id else host
-        self.ledger.record(row=joblog_row(job.seq, host_col, job.started or end, runtime,
+        host_col = "_".join(host_col.split()) or "_"  # GNU Parallel refuses a Host with spaces
+        self.ledger.record(row=joblog_row(job.number, host_col, job.started or end, runtime,
                                           out.exit_code, out.signal, job.line))
         how = f"exit {out.exit_code}" if not out.signal else f"signal {out.signal}"
         if out.exit_code == UNKNOWN_EXIT and not out.signal:
@@ -82,7 +83,7 @@ class Outcomes:
             c.done += 1
         else:
             c.failed += 1
-            self.ledger.record(error_line=job.line)
+            self.ledger.record(error_line=job.line, error_seq=job.number)
         if job.tries:
             self.book.settling(job)  # its retry count is cleared under the next lock
         else:
