@@ -25,6 +25,7 @@ from .cli_common import (
     output_dir_option,
 )
 from .cli_control import config_cmd, control_cmd
+from .cli_everyday import add_cmd, cancel_cmd, wait_cmd
 from .cli_ops import report_cmd, start_cmd, status_cmd
 from .errors import PbqError
 
@@ -244,6 +245,9 @@ pbq.add_command(config_cmd)
 pbq.add_command(start_cmd)
 pbq.add_command(status_cmd)
 pbq.add_command(report_cmd)
+pbq.add_command(wait_cmd)
+pbq.add_command(add_cmd)
+pbq.add_command(cancel_cmd)
 
 
 # ------------------------------------------------------------------ completion

@@ -9,7 +9,6 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
-
 from pbqtest import (
     FAST_CONFIG,
     config,
@@ -18,10 +17,12 @@ from pbqtest import (
     jobfile,
     kill_all,
     lines_of,
+    pending_lines,
     processes_mentioning,
     run_cmd,
     start_scheduler,
     wait_exit,
+    wait_for,
 )
 
 HEADER = "Seq\tHost\tStarttime\tJobRuntime\tSend\tReceive\tExitval\tSignal\tCommand\n"
@@ -98,3 +99,94 @@ def test_requeue_errors_keeps_the_seq_and_a_line_added_again_gets_a_new_one(
     assert wait_exit(start_scheduler(hf, jf, "--exit-when-empty"), 60) == 0
     seqs = sorted((int(r[0]), r[6]) for r in joblog_rows(jf, "h1"))
     assert seqs == [(1, "0"), (2, "5"), (2, "5"), (3, "0"), (4, "5")]
+
+
+# ------------------------------------------------------------------ pbq add
+
+
+def test_pbq_add_runs_exactly_the_argv(tmp_path: Path) -> None:
+    config(tmp_path, FAST_CONFIG)
+    jf = jobfile(tmp_path, ["# a comment", "true"])
+    r = run_cmd("pbq", "add", jf, "--", "echo", "a b", "$HOME")
+    assert r.returncode == 0, r.stderr.decode()
+    assert r.stdout.decode().split() == ["2"]
+    r = run_cmd("pbq", "add", jf, "--", "sh", "-c", 'printf "%s|" "$@" > argv.txt', "x",
+                "it's", "*", "a\tb", "--opt=1", "")
+    assert r.returncode == 0, r.stderr.decode()
+    assert r.stdout.decode().split() == ["3"]
+    r = run_cmd("pbq", "add", "--stdin", jf, "--", "sh", "-c", 'echo "$1" >> each.txt', "x",
+                input=b"one two\0$three\0")
+    assert r.stdout.decode().split() == ["4", "5"], r.stderr.decode()
+    bad = run_cmd("pbq", "add", jf, "--", "echo", "two\nlines")
+    assert bad.returncode != 0 and b"newline" in bad.stderr
+    p = start_scheduler(hostfile(tmp_path), jf, "--exit-when-empty")
+    assert wait_exit(p, 60) == 0
+    out = (tmp_path / "sched-h1.out").read_text()
+    assert "a b $HOME\n" in out
+    assert (tmp_path / "argv.txt").read_text() == "it's|*|a\tb|--opt=1||"
+    assert sorted(lines_of(tmp_path / "each.txt")) == ["$three", "one two"]
+    assert sorted(int(r[0]) for r in joblog_rows(jf, "h1")) == [1, 2, 3, 4, 5]
+
+
+# ------------------------------------------------------------------ pbq wait
+
+
+def test_pbq_wait_exit_status_success_failure_timeout(tmp_path: Path) -> None:
+    config(tmp_path, FAST_CONFIG)
+    jf = jobfile(tmp_path, ["sleep 0.3", "true", "true"])
+    hf = hostfile(tmp_path)
+    p = start_scheduler(hf, jf)
+    try:
+        r = run_cmd("pbq", "wait", hf, jf, timeout=120)
+        assert r.returncode == 0, r.stderr.decode()
+        assert len(joblog_rows(jf, "h1")) == 3, "it returned only once every job had ended"
+        first = run_cmd("jobfile-append", jf, "-", input=b"sleep 0.2\nsh -c 'exit 3'\ntrue\n")
+        numbers = first.stdout.decode().split()
+        assert numbers == ["4", "5", "6"]
+        r = run_cmd("pbq", "wait", "--from", numbers[0], hf, jf, timeout=120)
+        assert r.returncode == 1, r.stderr.decode()
+        assert b"1 job(s) failed: 5" in r.stderr
+        r = run_cmd("pbq", "wait", "--from", "6", hf, jf, timeout=120)
+        assert r.returncode == 0, "the failure is before --from"
+        run_cmd("jobfile-append", jf, "-", input=b"sleep 30\n")
+        r = run_cmd("pbq", "wait", "--timeout", "0.5", hf, jf, timeout=120)
+        assert r.returncode == 2 and b"timed out" in r.stderr
+    finally:
+        p.terminate()
+        wait_exit(p, 30)
+        kill_all(processes_mentioning(str(jf)))
+
+
+# ------------------------------------------------------------------ pbq cancel
+
+
+def test_pbq_cancel_removes_a_pending_line_and_ends_a_running_job(tmp_path: Path) -> None:
+    config(tmp_path, FAST_CONFIG.replace("[scheduler]\n", "[scheduler]\nretries = 2\n"))
+    flag = tmp_path / "started"
+    jf = jobfile(tmp_path, [f"sh -c 'sleep 60 & touch {flag}; wait'", "echo second > second.txt",
+                            "true"])
+    hf = hostfile(tmp_path, "* linux 1 1 0\n")
+    r = run_cmd("pbq", "cancel", hf, jf, "2", "99")
+    assert r.returncode == 1
+    assert r.stdout.decode().splitlines() == [
+        "2: removed from the jobfile: echo second > second.txt",
+        "99: no such job (not pending, held or finished)"]
+    p = start_scheduler(hf, jf, "--exit-when-empty")
+    try:
+        wait_for(flag.exists, 30, "the first job")
+        children = [pr for pr in processes_mentioning("sleep 60") if pr.name() == "sleep"]
+        assert children
+        r = run_cmd("pbq", "cancel", hf, jf, "1")
+        assert r.returncode == 0, r.stdout.decode() + r.stderr.decode()
+        assert r.stdout.decode().startswith("1: cancelled on h1")
+        assert wait_exit(p, 60) == 0
+        assert not any(c.is_running() and c.status() != "zombie" for c in children)
+    finally:
+        kill_all(processes_mentioning(str(jf)))
+    assert not (tmp_path / "second.txt").exists()
+    assert lines_of(hostfile_path(jf, "h1", "error")) == []
+    rows = sorted((int(r[0]), r[7]) for r in joblog_rows(jf, "h1"))
+    assert rows == [(1, "15"), (3, "0")], "cancelled once, not retried; 3 kept its number"
+    assert "cancelled" in (tmp_path / "jobfile.h1.log").read_text()
+    r = run_cmd("pbq", "control", hf, jf, "requeue-errors")
+    assert pending_lines(jf) == []
