@@ -219,14 +219,14 @@ def _group_alive(pgid: int) -> bool:
     an ended job only once its scheduler has recorded the end)."""
     import os
 
+    from .procinfo import _stat_fields
+
     for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            raw = Path(f"/proc/{name}/stat").read_bytes()
-        except OSError:
-            continue
-        fields = raw[raw.rfind(b")") + 2 :].split()
-        if len(fields) > 2 and fields[2] == str(pgid).encode() and fields[0] != b"Z":
-            return True
+        if name.isdigit():
+            try:
+                fields = _stat_fields(int(name))
+            except OSError:
+                continue
+            if len(fields) > 2 and fields[2] == str(pgid).encode() and fields[0] != b"Z":
+                return True
     return False

@@ -462,44 +462,42 @@ class Txn:
                 self._saw_tail(path, tail)
         return self.partial_tail
 
-    def pending_numbered(self) -> Iterator[tuple[Path, int, int, bytes, int, bool]]:
-        """Every complete pending job line in the order it will be taken, as (file, start
-        of its annotation or of the line, end, line, Seq, annotated).  Reads the rest of
-        each file; a cancelled line uses up its number but is not listed."""
-        number = self.state.lines
-        sources = [(self.q.old_path(o), o.done) for o in self.state.olds]
-        for path, start in [*sources, (self.q.jobfile, self.state.offset)]:
+    def _pending_files(self) -> Iterator[tuple[Path, int, io.BufferedReader]]:
+        """Each file holding pending lines, replaced ones first, open at its first one."""
+        for path, start in [(self.q.old_path(o), o.done) for o in self.state.olds] + [
+            (self.q.jobfile, self.state.offset)
+        ]:
             f = self._open(path)
             if f is None:
                 continue
             with f:
                 f.seek(start)
-                pos = start
-                mark: tuple[int, int] | None = None  # (Seq, where the annotation starts)
-                for raw in f:
-                    if not raw.endswith(b"\n"):
-                        break  # an unterminated last line: not a job yet
-                    line = raw[:-1].rstrip(b"\r")
-                    if is_job_line(line):
-                        if mark is None:
-                            number += 1
-                            yield path, pos, pos + len(raw), line, number, False
-                        else:
-                            yield path, mark[1], pos + len(raw), line, mark[0], True
-                        mark = None
-                    else:
-                        m = seq_mark(line.strip())
-                        mark = None if m is None else (m, pos)
-                        number += line.startswith(CANCEL_MARK)
-                    pos += len(raw)
+                yield path, start, f
 
-    def next_number(self) -> int:
-        """The Seq the next line appended at the end will get."""
-        last = self.state.lines
-        for *_, seq, annotated in self.pending_numbered():
-            if not annotated:
-                last = seq
-        return last + 1
+    def pending_numbered(self) -> Iterator[tuple[Path, int, int, bytes, int, bool]]:
+        """Every complete pending job line in the order it will be taken, as (file, start
+        of its annotation or of the line, end, line, Seq, annotated).  Reads the rest of
+        each file; a cancelled line uses up its number but is not listed."""
+        number = self.state.lines
+        for path, start, f in self._pending_files():
+            pos = start
+            mark: tuple[int, int] | None = None  # (Seq, where the annotation starts)
+            for raw in f:
+                if not raw.endswith(b"\n"):
+                    break  # an unterminated last line: not a job yet
+                line = raw[:-1].rstrip(b"\r")
+                if is_job_line(line):
+                    if mark is None:
+                        number += 1
+                        yield path, pos, pos + len(raw), line, number, False
+                    else:
+                        yield path, mark[1], pos + len(raw), line, mark[0], True
+                    mark = None
+                else:
+                    m = seq_mark(line.strip())
+                    mark = None if m is None else (m, pos)
+                    number += line.startswith(CANCEL_MARK)
+                pos += len(raw)
 
     def cancel_pending(self, seqs: set[int]) -> dict[int, bytes]:
         """Remove the pending lines numbered ``seqs`` from JOBFILE (a rewrite of its pending
@@ -536,14 +534,8 @@ class Txn:
     def count_pending(self) -> int:
         """Complete job lines not consumed yet (reads the rest of each file)."""
         count = 0
-        sources = [(self.q.old_path(o), o.done) for o in self.state.olds]
-        for path, start in [*sources, (self.q.jobfile, self.state.offset)]:
-            f = self._open(path)
-            if f is None:
-                continue
-            with f:
-                f.seek(start)
-                data = f.read()
+        for _path, _start, f in self._pending_files():
+            data = f.read()
             for line in data.split(b"\n")[:-1]:  # the last piece is unterminated (or empty)
                 count += is_job_line(line)
         return count
