@@ -25,6 +25,7 @@ from .cli_common import (
     output_dir_option,
 )
 from .cli_control import config_cmd, control_cmd
+from .cli_everyday import add_cmd, cancel_cmd, wait_cmd
 from .cli_ops import report_cmd, start_cmd, status_cmd
 from .errors import PbqError
 
@@ -198,7 +199,7 @@ Examples:
 @friendly("jobfile-append")
 def append(jobfile: Path, morejobs: Path, lock: str | None, config_path: Path | None) -> None:
     """Append the lines of MOREJOBS (- for standard input) to JOBFILE, under the
-    schedulers' lock."""
+    schedulers' lock.  Prints the number (Seq) of each job line it added, one a line."""
     from .config import load_config
     from .jobfile import JobQueue, append_file
 
@@ -220,8 +221,10 @@ def append(jobfile: Path, morejobs: Path, lock: str | None, config_path: Path | 
         stale_lock_after=cfg.jobfile.stale_lock_after,
         allow_group_write=cfg.scheduler.allow_group_write,
     )
-    n = append_file(queue, lines)
-    click.echo(f"appended {n} line(s) to {jobfile}", err=True)
+    numbers = append_file(queue, lines)
+    for number in numbers:  # the Seq of each job line added, for `pbq wait --from`
+        click.echo(str(number))
+    click.echo(f"appended {len(lines)} line(s) to {jobfile}", err=True)
 
 
 def append_main() -> None:
@@ -242,6 +245,9 @@ pbq.add_command(config_cmd)
 pbq.add_command(start_cmd)
 pbq.add_command(status_cmd)
 pbq.add_command(report_cmd)
+pbq.add_command(wait_cmd)
+pbq.add_command(add_cmd)
+pbq.add_command(cancel_cmd)
 
 
 # ------------------------------------------------------------------ completion

@@ -82,15 +82,63 @@ OLD_KEEP_BLIND = 600.0
 TAIL_SHOWN = 200  # characters of an unterminated last line quoted in the log
 
 
+SEQ_MARK = b"#pbq-seq "  # "#pbq-seq N" right before a line put back: the line keeps Seq N
+CANCEL_MARK = b"#pbq-cancelled "  # a pending line cancelled in place: it keeps its number
+
+
 def is_job_line(line: bytes) -> bool:
     s = line.strip()
     return bool(s) and not s.startswith(b"#")
+
+
+def seq_mark(line: bytes) -> int | None:
+    """N of a ``#pbq-seq N`` annotation, else None."""
+    if line.startswith(SEQ_MARK):
+        num = line[len(SEQ_MARK):].strip()
+        if num.isdigit():
+            return int(num)
+    return None
+
+
+def seq_annotated(lines: list[bytes], seqs: list[int | None]) -> list[bytes]:
+    """Lines to write back into the jobfile, each with its Seq annotation (if it has one)."""
+    out: list[bytes] = []
+    for line, seq in zip(lines, seqs, strict=True):
+        if seq is not None:
+            out.append(SEQ_MARK + str(seq).encode())
+        out.append(line)
+    return out
+
+
+def error_seq_records(lines: list[bytes], seqs: list[int | None]) -> bytes:
+    """``JOBFILE.HOST.errseq``: one ``SEQ KEY`` line per ``.error`` line that has a Seq, so
+    that ``requeue-errors`` gives each line back its number (``.error`` stays the lines
+    alone, as PBQ's; KEY is :func:`line_key` of the line)."""
+    return b"".join(f"{seq} {line_key(line)}\n".encode()
+                    for line, seq in zip(lines, seqs, strict=True) if seq is not None)
+
+
+def error_seqs_by_key(data: bytes) -> dict[str, list[int]]:
+    """The Seqs of ``.errseq`` records by line key, oldest first."""
+    out: dict[str, list[int]] = {}
+    for rec in data.split(b"\n"):
+        parts = rec.split()
+        if len(parts) == 2 and parts[0].isdigit():
+            out.setdefault(parts[1].decode(errors="replace"), []).append(int(parts[0]))
+    return out
+
+
+def numbered(line: bytes) -> bool:
+    """Whether a line gets the next number when nothing annotates it: a job line, or a
+    pending line cancelled in place (its number stays used, so later ones keep theirs)."""
+    return is_job_line(line) or line.startswith(CANCEL_MARK)
 
 
 @dataclass(frozen=True)
 class PendingLine:
     line: bytes  # without the newline (and without a trailing CR)
     end: int  # offset in JOBFILE just after the line
+    seq: int = 0  # its number in the jobfile's history (Seq): see Txn.take
 
 
 @dataclass
@@ -125,6 +173,7 @@ class QueueState:
     epochs: dict[str, int] = field(default_factory=dict)  # per host, see Txn.bump_epoch
     olds: list[OldFile] = field(default_factory=list)  # replaced files with pending lines
     grew_at: float | None = None  # wall time JOBFILE was last seen grown by unlocked appends
+    lines: int = 0  # job lines numbered so far: the next new line's Seq is lines + 1
 
     @classmethod
     def from_json(cls, obj: object, path: Path) -> QueueState:
@@ -154,6 +203,7 @@ class QueueState:
             s.olds = [OldFile.from_json(o) for o in list(obj.get("olds") or [])]
             g = obj.get("grew_at")
             s.grew_at = float(g) if g is not None else None
+            s.lines = int(obj.get("lines", 0) or 0)
         except (TypeError, ValueError, AttributeError, KeyError):
             return cls()
         return s
@@ -178,6 +228,8 @@ class QueueState:
             out["olds"] = [o.to_json() for o in self.olds]
         if self.grew_at is not None:
             out["grew_at"] = self.grew_at
+        if self.lines:
+            out["lines"] = self.lines
         return out
 
 
@@ -281,7 +333,7 @@ class Txn:
         self._size: int | None = None
         # What the last take() saw: its end and how far it read each replaced file, so
         # that commit_take(end) consumes exactly those lines.
-        self._plan: tuple[int, dict[str, int]] | None = None
+        self._plan: tuple[int, dict[str, int], int] | None = None
         self.partial_tail: bytes | None = None  # an unterminated last line the take saw
 
     # -- reading -------------------------------------------------------------------
@@ -315,36 +367,46 @@ class Txn:
         to, then JOBFILE's after the consumed offset -- and the offset in JOBFILE after the
         last line read (skipped blank and comment lines included).  Nothing is committed;
         ``commit_take(end)`` commits exactly these lines.  A last line without a newline is
-        not taken (see ``partial_tail``)."""
+        not taken (see ``partial_tail``).
+
+        Each line comes with its Seq: the number a ``#pbq-seq N`` line right before it
+        gives (a line put back keeps its number), else the next one of the record's
+        counter (``lines``), which ``commit_take`` advances."""
         out: list[PendingLine] = []
         olds: dict[str, int] = {}
         self.partial_tail = None
         end = self.state.offset
+        number = self.state.lines
         if n > 0:
             for old in self.state.olds:
                 if len(out) >= n:
                     break
-                got, old_end = self._scan(self.q.old_path(old), old.done, n - len(out))
+                got, old_end, number = self._scan(self.q.old_path(old), old.done,
+                                                  n - len(out), number)
                 out += got
                 if old_end > old.done:
                     olds[old.name] = old_end
             if len(out) < n:
-                got, end = self._scan(self.q.jobfile, end, n - len(out))
+                got, end, number = self._scan(self.q.jobfile, end, n - len(out), number)
                 out += got
-        self._plan = (end, olds)
+        self._plan = (end, olds, number)
         return out, end
 
-    def _scan(self, path: Path, pos: int, n: int) -> tuple[list[PendingLine], int]:
-        """Up to ``n`` complete job lines of ``path`` from ``pos``, and the offset after them."""
+    def _scan(
+        self, path: Path, pos: int, n: int, number: int
+    ) -> tuple[list[PendingLine], int, int]:
+        """Up to ``n`` complete job lines of ``path`` from ``pos``, the offset after them,
+        and the last number given (``number`` is the last one before them)."""
         out: list[PendingLine] = []
         end = pos
         f = self._open(path)
         if f is None:
-            return out, end
+            return out, end, number
         with f:
             f.seek(pos)
             buf = b""
             buf_start = pos
+            mark: int | None = None
             while len(out) < n:
                 chunk = f.read(CHUNK)
                 if not chunk:
@@ -357,15 +419,21 @@ class Txn:
                     j = buf.find(b"\n", i)
                     if j < 0:
                         break
-                    line = buf[i:j]
+                    line = buf[i:j].rstrip(b"\r")
                     line_end = buf_start + j + 1
                     if is_job_line(line):
-                        out.append(PendingLine(line.rstrip(b"\r"), line_end))
+                        if mark is None:
+                            number += 1
+                        out.append(PendingLine(line, line_end, number if mark is None else mark))
+                        mark = None
+                    else:
+                        mark = seq_mark(line.strip())
+                        number += line.startswith(CANCEL_MARK)
                     end = line_end
                     i = j + 1
                 buf = buf[i:]
                 buf_start += i
-        return out, end
+        return out, end, number
 
     def _saw_tail(self, path: Path, tail: bytes) -> None:
         """An unterminated last line: never run (its writer may be in the middle of it --
@@ -394,6 +462,71 @@ class Txn:
                 self._saw_tail(path, tail)
         return self.partial_tail
 
+    def _pending_files(self) -> Iterator[tuple[Path, int, io.BufferedReader]]:
+        """Each file holding pending lines, replaced ones first, open at its first one."""
+        for path, start in [(self.q.old_path(o), o.done) for o in self.state.olds] + [
+            (self.q.jobfile, self.state.offset)
+        ]:
+            f = self._open(path)
+            if f is None:
+                continue
+            with f:
+                f.seek(start)
+                yield path, start, f
+
+    def pending_numbered(self) -> Iterator[tuple[Path, int, int, bytes, int, bool]]:
+        """Every complete pending job line in the order it will be taken, as (file, start
+        of its annotation or of the line, end, line, Seq, annotated).  Reads the rest of
+        each file; a cancelled line uses up its number but is not listed."""
+        number = self.state.lines
+        for path, start, f in self._pending_files():
+            pos = start
+            mark: tuple[int, int] | None = None  # (Seq, where the annotation starts)
+            for raw in f:
+                if not raw.endswith(b"\n"):
+                    break  # an unterminated last line: not a job yet
+                line = raw[:-1].rstrip(b"\r")
+                if is_job_line(line):
+                    if mark is None:
+                        number += 1
+                        yield path, pos, pos + len(raw), line, number, False
+                    else:
+                        yield path, mark[1], pos + len(raw), line, mark[0], True
+                    mark = None
+                else:
+                    m = seq_mark(line.strip())
+                    mark = None if m is None else (m, pos)
+                    number += line.startswith(CANCEL_MARK)
+                pos += len(raw)
+
+    def cancel_pending(self, seqs: set[int]) -> dict[int, bytes]:
+        """Remove the pending lines numbered ``seqs`` from JOBFILE (a rewrite of its pending
+        part): each becomes a ``#pbq-cancelled N`` comment, so the lines after it keep
+        their numbers.  Returns the lines removed, by Seq (lines still in a replaced file
+        that someone writes to are not touched)."""
+        found: dict[int, tuple[int, int, bytes, bool]] = {}
+        for path, start, end, line, seq, annotated in self.pending_numbered():
+            if seq in seqs and path == self.q.jobfile and seq not in found:
+                found[seq] = (start, end, line, annotated)
+        if not found:
+            return {}
+        with open(self.q.jobfile, "rb") as f:
+            f.seek(self.state.offset)
+            rest = f.read()
+        rest = rest[: rest.rfind(b"\n") + 1]  # an unterminated line stays where it is written
+        out = bytearray()
+        pos = self.state.offset
+        for seq, (start, end, line, annotated) in sorted(found.items(), key=lambda kv: kv[1][0]):
+            out += rest[pos - self.state.offset : start - self.state.offset]
+            text = line.replace(b"\r", b" ")
+            # A put-back line's number comes from its annotation: its comment counts nothing.
+            out += (b"#pbq-cancelled-put-back " if annotated else CANCEL_MARK)
+            out += str(seq).encode() + b": " + text + b"\n"
+            pos = end
+        out += rest[pos - self.state.offset :]
+        self._replace(b"", None, None, body=(bytes(out), self.state.offset + len(rest)))
+        return {seq: v[2] for seq, v in found.items()}
+
     def has_pending(self) -> bool:
         lines, _ = self.take(1)
         return bool(lines)
@@ -401,14 +534,8 @@ class Txn:
     def count_pending(self) -> int:
         """Complete job lines not consumed yet (reads the rest of each file)."""
         count = 0
-        sources = [(self.q.old_path(o), o.done) for o in self.state.olds]
-        for path, start in [*sources, (self.q.jobfile, self.state.offset)]:
-            f = self._open(path)
-            if f is None:
-                continue
-            with f:
-                f.seek(start)
-                data = f.read()
+        for _path, _start, f in self._pending_files():
+            data = f.read()
             for line in data.split(b"\n")[:-1]:  # the last piece is unterminated (or empty)
                 count += is_job_line(line)
         return count
@@ -450,6 +577,7 @@ class Txn:
         if plan is not None and plan[0] == end:
             for old in self.state.olds:
                 old.done = max(old.done, plan[1].get(old.name, old.done))
+            self.state.lines = max(self.state.lines, plan[2])
         self._plan = None
         if self.state.taken_since is None and end > self.state.offset:
             self.state.taken_since = self.q.clock()  # compaction is due compact_after from now
@@ -581,7 +709,8 @@ class Txn:
         return True
 
     def _replace(
-        self, prefix: bytes, host: str | None, op: int | None, suffix: bytes = b""
+        self, prefix: bytes, host: str | None, op: int | None, suffix: bytes = b"",
+        body: tuple[bytes, int] | None = None,
     ) -> None:
         """Rename ``prefix`` + the pending lines + ``suffix`` over JOBFILE.  The old file is
         linked to a hidden name first and recorded with how far it was copied, so what a
@@ -597,7 +726,14 @@ class Txn:
             try:
                 _write_all(fd, prefix)  # write(2) may write less than asked
                 tail = b""
-                if src is not None:
+                if src is not None and body is not None:
+                    _write_all(fd, body[0])  # the pending part, edited (cancel_pending)
+                    src.seek(body[1])
+                    copied = body[1]
+                    while chunk := src.read(CHUNK * 16):  # what was written since
+                        _write_all(fd, chunk)
+                        copied += len(chunk)
+                elif src is not None:
                     src.seek(copied)
                     while chunk := src.read(CHUNK * 16):
                         _write_all(fd, chunk)
@@ -855,8 +991,18 @@ def line_key(line: bytes) -> str:
     return hashlib.sha1(line).hexdigest()[:16]
 
 
-def append_file(queue: JobQueue, lines: list[bytes]) -> int:
-    """``jobfile-append``: append job lines under the lock; returns how many were appended."""
+def append_file(queue: JobQueue, lines: list[bytes]) -> list[int]:
+    """``jobfile-append``: append lines under the lock, all or none; returns the numbers
+    (Seq) the job lines among them get.  Exact unless someone appends without the lock at
+    the same moment."""
     with queue.transaction() as txn:
         txn.append(lines, end_last_line=True)
-    return len(lines)
+        prev: bytes = b""
+        count = 0
+        for line in lines:
+            count += is_job_line(line) and seq_mark(prev.strip()) is None
+            prev = line
+        if not count:
+            return []
+        mine = [seq for *_, seq, annotated in txn.pending_numbered() if not annotated]
+    return mine[-count:]

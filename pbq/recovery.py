@@ -7,6 +7,7 @@ about to go back is put on record first, and the jobfile's commit record
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import time
@@ -19,7 +20,7 @@ from .host.ledger import Ledger
 from .host.local import outcome_of
 from .host.outcomes import Outcomes
 from .hostlog import HostLog
-from .jobfile import JobQueue, Txn
+from .jobfile import JobQueue, Txn, error_seqs_by_key, is_job_line, line_key, seq_annotated
 from .safety import check_input_file, check_jobfile_directory, read_trusted
 from .sidefiles import ExitRecord, Liveness, host_liveness, read_exit_records
 from .statefiles import (
@@ -160,6 +161,20 @@ def _leftovers(files: HostFiles) -> list[Path]:
     return [directory / name for name in sorted(os.listdir(directory)) if name.startswith(prefix)]
 
 
+def _with_seqs(lines: list[bytes], seqs_path: Path) -> list[bytes]:
+    """The ``.error`` lines, each with the Seq it had (``#pbq-seq N`` before it) when
+    ``.errseq`` knows it: a requeued line keeps its number in the joblog."""
+    try:
+        by_key = error_seqs_by_key(seqs_path.read_bytes())
+    except OSError:
+        by_key = {}
+    seqs: list[int | None] = []
+    for line in lines:
+        known = by_key.get(line_key(line)) if is_job_line(line) else None
+        seqs.append(known.pop(0) if known else None)
+    return seq_annotated(lines, seqs)
+
+
 def requeue_errors(jobfile: Path, hosts: list[str] | None, cfg: Config) -> list[str]:
     """Append the ``.error`` lines back to the jobfile and empty those files (under the lock)."""
     out = []
@@ -180,19 +195,27 @@ def requeue_errors(jobfile: Path, hosts: list[str] | None, cfg: Config) -> list[
                 if not m:
                     continue
                 op = int(m.group(1))
+                errseq = files.path("errseq")
+                seqs_path = errseq.with_name(f"{errseq.name}.requeue-{op}")
                 if txn.state.ops.get(key, 0) < op:
                     lines = _job_lines(path, "error file", cfg)
-                    txn.append(lines, key, op)
-                    count += len(lines)
+                    txn.append(_with_seqs(lines, seqs_path), key, op)
+                    count += sum(1 for ln in lines if is_job_line(ln))
                 unlink_quietly(path)
+                unlink_quietly(seqs_path)
             if files.error.exists():
                 op = txn.state.ops.get(key, 0) + 1
                 moving = files.error.with_name(f"{files.error.name}.requeue-{op}")
+                errseq = files.path("errseq")
+                seqs_path = errseq.with_name(f"{errseq.name}.requeue-{op}")
+                with contextlib.suppress(OSError):
+                    os.replace(errseq, seqs_path)  # first: a record written now is the next's
                 os.replace(files.error, moving)  # a scheduler appending now starts a new .error
                 lines = _job_lines(moving, "error file", cfg)
-                txn.append(lines, key, op)
+                txn.append(_with_seqs(lines, seqs_path), key, op)
                 unlink_quietly(moving)
-                count += len(lines)
+                unlink_quietly(seqs_path)
+                count += sum(1 for ln in lines if is_job_line(ln))
                 atomic_write(files.error, b"")
         out.append(f"{host}: appended {count} failed job(s) to the jobfile")
     return out

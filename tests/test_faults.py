@@ -670,10 +670,12 @@ def test_retries_go_to_the_end_and_are_counted_per_line(tmp_path: Path) -> None:
     assert by_line[flaky] == 2 and by_line[hopeless] == 3, by_line
     assert [r[6] for r in rows if r[8] == hopeless] == ["4", "4", "4"]
     assert [r[6] for r in rows if r[8] == flaky] == ["3", "0"]
-    # Each retry was taken after every line that was behind it: it went to the END.
-    seq = {r[8]: int(r[0]) for r in rows if r[8] in fillers}
-    retried = sorted(int(r[0]) for r in rows if r[8] in (flaky, hopeless))[2:]
-    assert min(retried) > max(seq.values()), rows
+    # Each retry was taken after every line that was behind it: it went to the END.  (Seq
+    # is the line's number, the same for every attempt: the order is the start time.)
+    starts = {r[8]: float(r[2]) for r in rows if r[8] in fillers}
+    retried = sorted(float(r[2]) for r in rows if r[8] in (flaky, hopeless))[2:]
+    assert min(retried) >= max(starts.values()), rows
+    assert {r[0] for r in rows if r[8] == hopeless} == {"2"}, "every attempt keeps its Seq"
     assert lines_of(hostfile_path(jf, "h1", "error")) == [hopeless]
     assert lines_of(tmp_path / "flaky") == ["flaky"]
     log = log_text(jf, "h1")

@@ -385,7 +385,7 @@ def test_jobfile_append_ends_an_unterminated_last_line(tmp_path: Path) -> None:
     path = tmp_path / "jobs"
     q = make(path, b"a\nb")
     assert drain(q) == [b"a"], "b is not a line until it ends with a newline"
-    assert append_file(q, [b"c"]) == 1
+    assert append_file(q, [b"c"]) == [3], "c is the third line: b is numbered before it"
     assert path.read_bytes() == b"a\nb\nc\n"
     assert drain(q) == [b"b", b"c"], "b was not glued to c, nor taken twice"
 

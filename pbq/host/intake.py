@@ -86,7 +86,8 @@ class Intake:
                 return []
             op = self.book.new_op()
             with_retries = self.retries > 0 and self.queue.retries_path.exists()
-            jobs = [self.book.claim(pl.line, op, txn.retries_of(pl.line) if with_retries else 0)
+            jobs = [self.book.claim(pl.line, op, txn.retries_of(pl.line) if with_retries else 0,
+                                    line_seq=pl.seq)
                     for pl in lines]
             try:
                 self.ledger.save(fsync=True)  # write-ahead: ours on record before we commit

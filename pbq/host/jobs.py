@@ -90,6 +90,12 @@ class Job:
     kill_at: float | None = None  # EVICTING/TIMING_OUT: SIGKILL what is left at this time
     cpu_seconds: float = 0.0  # last CPU sample (not saved)
     held: bool = False  # on a DRM host: pbq itself held or suspended it (released by cont)
+    line_seq: int | None = None  # the line's number in the jobfile's history (joblog Seq)
+
+    @property
+    def number(self) -> int:
+        """Its joblog Seq (a job taken by an older pbq has none: its per-host seq)."""
+        return self.seq if self.line_seq is None else self.line_seq
 
     def running_time(self, now: float) -> float:
         """Seconds it has run, time stopped excluded."""
@@ -101,7 +107,7 @@ class Job:
         d: dict[str, Any] = {"seq": self.seq, "line": line_to_text(self.line), "op": self.op,
                              "state": self.state.value}
         for key in ("pid", "pid_start", "started", "stopped_by", "cluster_id", "putback_op",
-                    "stopped_at", "kill_at"):
+                    "stopped_at", "kill_at", "line_seq"):
             value = getattr(self, key)
             if value is not None:
                 d[key] = value
@@ -149,6 +155,7 @@ class Job:
             stopped_secs=float(d.get("stopped_secs", 0.0) or 0.0),
             kill_at=_opt_float(d.get("kill_at")),
             held=bool(d.get("held", False)),
+            line_seq=_opt_int(d.get("line_seq")),
         )
 
 
@@ -218,9 +225,9 @@ class JobBook:
         job.state = to
         self.changed = True
 
-    def claim(self, line: bytes, op: int, tries: int = 0) -> Job:
+    def claim(self, line: bytes, op: int, tries: int = 0, line_seq: int | None = None) -> Job:
         # (jobfile line) -> CLAIMED
-        job = Job(seq=self.counters.next_seq, line=line, op=op, tries=tries)
+        job = Job(seq=self.counters.next_seq, line=line, op=op, tries=tries, line_seq=line_seq)
         self.counters.next_seq += 1
         self._jobs[job.seq] = job
         self.changed = True

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ..errors import PbqError
-from ..jobfile import JobQueue, Txn
+from ..jobfile import JobQueue, Txn, error_seq_records, seq_annotated
 from ..safety import read_trusted_json, read_trusted_json_lines
 from ..sidefiles import append_joblog_rows
 from ..statefiles import HostFiles, append_bytes, atomic_write_json
@@ -71,6 +71,7 @@ class Ledger:
         self.journal_bytes = 1 << 20  # so the first snapshot cuts it
         self.joblog_rows: list[str] = []
         self.error_lines: list[bytes] = []
+        self.error_seqs: list[int | None] = []  # their Seqs, for .errseq (see requeue-errors)
         self.disk_error: str | None = None
         self._said: set[str] = set()
         self.paused = False  # a user's `stop` is kept across restarts until `cont`
@@ -175,11 +176,13 @@ class Ledger:
 
     # -- outcomes -------------------------------------------------------------------
 
-    def record(self, row: str | None = None, error_line: bytes | None = None) -> None:
+    def record(self, row: str | None = None, error_line: bytes | None = None,
+               error_seq: int | None = None) -> None:
         if row is not None:
             self.joblog_rows.append(row)
         if error_line is not None:
             self.error_lines.append(error_line)
+            self.error_seqs.append(error_seq)
 
     def pending(self) -> bool:
         """Outcomes or put-backs not written yet (a full disk): the host must not exit."""
@@ -199,7 +202,11 @@ class Ledger:
         if self.error_lines:
             try:
                 append_bytes(self.files.error, b"".join(line + b"\n" for line in self.error_lines))
+                with contextlib.suppress(PbqError):  # without it, requeued lines get new Seqs
+                    append_bytes(self.files.path("errseq"), error_seq_records(
+                        self.error_lines, self.error_seqs))
                 self.error_lines.clear()
+                self.error_seqs.clear()
             except PbqError as err:
                 self.disk_problem(err)
         if not self.book.in_state(JobState.REQUEUE_FRONT, JobState.REQUEUE_END, JobState.SETTLING):
@@ -236,10 +243,13 @@ class Ledger:
                 self.log.flush()  # the log names every put-back before it commits
                 for job in end:
                     txn.set_retries(job.line, job.tries)
+                # Each line keeps its Seq: "#pbq-seq N" before it (see pbq.jobfile.take).
                 if front:
-                    txn.prepend([j.line for j in front], host, front[0].putback_op or 0)
+                    txn.prepend(seq_annotated([j.line for j in front], [j.line_seq for j in front]),
+                                host, front[0].putback_op or 0)
                 if end:
-                    txn.append([j.line for j in end], host, end[0].putback_op or 0)
+                    txn.append(seq_annotated([j.line for j in end], [j.line_seq for j in end]),
+                               host, end[0].putback_op or 0)
             except PbqError:
                 for job in front + end:
                     if job.putback_op is not None and job.putback_op > txn.state.ops.get(host, 0):

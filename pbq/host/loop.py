@@ -786,7 +786,8 @@ class Scheduler:
         """What a job finds in its environment besides the scheduler's."""
         assert self.host_entry is not None
         return {"PBQ_HOST": self.host, "PBQ_ARCH": self.host_entry.arch,
-                "PBQ_JOB_ID": self.book.job_id(job), "PBQ_JOBFILE": str(self.jobfile)}
+                "PBQ_JOB_ID": self.book.job_id(job), "PBQ_JOBFILE": str(self.jobfile),
+                "PBQ_SEQ": str(job.number)}
 
     def status(self, now: float, state: str | None = None) -> HostStatus:
         stopped = self.book.in_state(JobState.STOPPED)

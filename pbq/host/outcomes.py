@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..config import Config
 from ..errors import PbqError
+from ..safety import read_trusted
 from ..sidefiles import joblog_row
 from ..statefiles import line_to_text
 from .executor import Ended
@@ -60,9 +61,13 @@ class Outcomes:
             self.usage_buf.append((job.line, out.maxrss, out.cpu_seconds, job.running_time(end), out.ok))
         elif job.pid is not None:
             self.ok_by_seq[job.seq] = out.ok  # for the usage the job runner reports next
+        cancelled = not out.ok and self._cancelled(job.number)
+        if cancelled:
+            out.note = "cancelled" + (f"; {out.note}" if out.note else "")
         host = self.book.host
         host_col = f"{host}:{job.cluster_id}" if job.cluster_id else host
-        self.ledger.record(row=joblog_row(job.seq, host_col, job.started or end, runtime,
+        host_col = "_".join(host_col.split()) or "_"  # GNU Parallel refuses a Host with spaces
+        self.ledger.record(row=joblog_row(job.number, host_col, job.started or end, runtime,
                                           out.exit_code, out.signal, job.line))
         how = f"exit {out.exit_code}" if not out.signal else f"signal {out.signal}"
         if out.exit_code == UNKNOWN_EXIT and not out.signal:
@@ -72,6 +77,13 @@ class Outcomes:
         jid = self.book.job_id(job)
         self.log(f"finished {jid} {who} {how} after {runtime:.1f}s{note}: {line_to_text(job.line)}")
         retries = self.cfg.scheduler.retries
+        if cancelled:  # `pbq cancel`: not retried, not in .error (requeue-errors skips it)
+            self.book.counters.failed += 1
+            if job.tries:
+                self.book.settling(job)
+            else:
+                self.ledger.drop(job)
+            return
         if retry and not out.ok and job.tries < retries and out.exit_code != UNKNOWN_EXIT:
             job.tries += 1
             self.book.requeue(job, front=False)
@@ -82,11 +94,21 @@ class Outcomes:
             c.done += 1
         else:
             c.failed += 1
-            self.ledger.record(error_line=job.line)
+            self.ledger.record(error_line=job.line, error_seq=job.number)
         if job.tries:
             self.book.settling(job)  # its retry count is cleared under the next lock
         else:
             self.ledger.drop(job)
+
+    def _cancelled(self, seq: int) -> bool:
+        """Whether ``pbq cancel`` asked for job ``seq`` (``JOBFILE.HOST.cancel``, one Seq a
+        line; only a file of ours counts)."""
+        path = self.ledger.files.path("cancel")
+        try:
+            data = read_trusted(path, "cancel file", self.cfg.scheduler.allow_group_write)
+        except PbqError:
+            return False
+        return data is not None and str(seq).encode() in data.split()
 
     def usage(self, job: Job, cpu: float, maxrss: int, now: float) -> None:
         ok = self.ok_by_seq.pop(job.seq, False)

@@ -1,0 +1,232 @@
+"""Everyday commands: ``pbq wait``, ``pbq add`` and ``pbq cancel``.
+
+They speak of jobs by their Seq, the number a job line has in the jobfile's history
+(the joblog's first column, ``$PBQ_SEQ``; ``jobfile-append`` and ``pbq add`` print it).
+"""
+
+from __future__ import annotations
+
+import shlex
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .cmdline import SHELL_WORDS
+from .config import Config
+from .errors import PbqError
+from .host.jobs import JobBook, JobState
+from .host.ledger import Ledger
+from .jobfile import JobQueue, append_file
+from .ops import LIVE_CONDITIONS, host_row, status_hosts
+from .safety import check_input_file, check_jobfile_directory
+from .sidefiles import JoblogRow, read_joblog
+from .statefiles import HostFiles
+
+# ------------------------------------------------------------------ pbq add
+
+
+def argv_line(argv: list[str]) -> bytes:
+    """The job line that, run by pbq, executes exactly ``argv``: ``shlex.join``, with a
+    first word that the shell would take for an assignment or a keyword quoted (quoted,
+    it is a command name for /bin/sh as well)."""
+    if not argv:
+        raise PbqError("no command given (pbq add JOBFILE -- COMMAND [ARG...])")
+    for arg in argv:
+        if "\n" in arg or "\0" in arg or "\r" in arg:
+            raise PbqError(f"an argument holds a newline or NUL (it would become two lines): "
+                           f"{arg!r}")
+    first = shlex.quote(argv[0])
+    if first == argv[0] and ("=" in first or first in SHELL_WORDS):
+        first = f"'{first}'"
+    line = " ".join([first, *map(shlex.quote, argv[1:])])
+    return line.encode("utf-8", "surrogateescape")
+
+
+def stdin_records(data: bytes) -> list[str]:
+    """``pbq add --stdin``: NUL-separated records if there is a NUL, else lines."""
+    sep = b"\0" if b"\0" in data else b"\n"
+    parts = data.split(sep)
+    if parts and parts[-1] == b"":
+        parts.pop()
+    return [p.decode("utf-8", "surrogateescape") for p in parts]
+
+
+def queue_of(jobfile: Path, cfg: Config) -> JobQueue:
+    group_ok = cfg.scheduler.allow_group_write
+    check_jobfile_directory(jobfile, group_ok)
+    check_input_file(jobfile, "jobfile", group_ok)
+    return JobQueue(jobfile, lock=cfg.jobfile.lock, fsync=cfg.jobfile.fsync,
+                    compact_after=cfg.jobfile.compact_after,
+                    stale_lock_after=cfg.jobfile.stale_lock_after, allow_group_write=group_ok)
+
+
+def add(jobfile: Path, cfg: Config, argv: list[str], records: list[str] | None) -> list[int]:
+    """Append one line for ``argv`` (or one per record, appended to ``argv`` as its last
+    argument); returns their numbers."""
+    lines = [argv_line(argv)] if records is None else [argv_line([*argv, r]) for r in records]
+    return append_file(queue_of(jobfile, cfg), lines)
+
+
+# ------------------------------------------------------------------ what hosts hold
+
+
+def held_jobs(jobfile: Path, host: str, cfg: Config) -> JobBook:
+    """The jobs a host holds, from its write-ahead record (snapshot + journal): exact at
+    every commit, unlike ``.running`` (written up to 50 ms later)."""
+    files = HostFiles(jobfile, host)
+    ledger = Ledger(files, JobBook(host), lambda *a, **k: None, False, time.monotonic)  # type: ignore[arg-type]
+    if not files.state.exists():
+        return ledger.book
+    return ledger.load(cfg.scheduler.allow_group_write)
+
+
+HOLDING = tuple(s for s in JobState if s is not JobState.SETTLING)
+
+
+# ------------------------------------------------------------------ pbq wait
+
+
+@dataclass
+class WaitState:
+    pending: int
+    holding: dict[str, int] = field(default_factory=dict)  # host -> jobs it holds
+    dead: list[str] = field(default_factory=list)  # hosts holding jobs whose scheduler is dead
+    status: dict[str, str] = field(default_factory=dict)  # host -> condition
+
+    @property
+    def done(self) -> bool:
+        return self.pending == 0 and not any(self.holding.values())
+
+
+def wait_state(jobfile: Path, hostfile: Path | None, cfg: Config) -> WaitState:
+    """Hosts first, then the pending lines: a line taken in between is held by then."""
+    now = time.time()
+    holding: dict[str, int] = {}
+    dead: list[str] = []
+    conds: dict[str, str] = {}
+    for host in status_hosts(jobfile, hostfile):
+        held = len(held_jobs(jobfile, host, cfg).in_state(*HOLDING))
+        cond = str(host_row(jobfile, host, now)["state"])
+        conds[host] = cond
+        holding[host] = held
+        if held and cond not in (*LIVE_CONDITIONS, "stale"):
+            dead.append(host)
+    with queue_of(jobfile, cfg).transaction(timeout=30) as txn:
+        pending = txn.count_pending()
+    return WaitState(pending, holding, dead, conds)
+
+
+def final_attempts(jobfile: Path, hostfile: Path | None) -> dict[int, JoblogRow]:
+    """The last attempt of every Seq in all hosts' joblogs."""
+    last: dict[int, JoblogRow] = {}
+    for host in status_hosts(jobfile, hostfile):
+        for row in read_joblog(HostFiles(jobfile, host).joblog):
+            have = last.get(row.seq)
+            if have is None or (row.start, row.end) >= (have.start, have.end):
+                last[row.seq] = row
+    return last
+
+
+def failed_seqs(jobfile: Path, hostfile: Path | None, first: int = 1) -> list[int]:
+    return sorted(seq for seq, row in final_attempts(jobfile, hostfile).items()
+                  if seq >= first and row.failed)
+
+
+def wait(jobfile: Path, hostfile: Path | None, cfg: Config, timeout: float | None,
+         progress: Callable[[WaitState], None] | None = None,
+         every: float = 0.5) -> tuple[str, WaitState]:
+    """Block until no line is pending and no host holds a job ("done"), a host holding
+    jobs is dead ("dead"), or ``timeout`` passed ("timeout")."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    confirmed = False
+    while True:
+        st = wait_state(jobfile, hostfile, cfg)
+        if progress is not None:
+            progress(st)
+        if st.done:
+            if confirmed:
+                return "done", st
+            confirmed = True  # once more: a put-back (a retry) may have been in flight
+            time.sleep(min(every, 0.2))
+            continue
+        confirmed = False
+        if st.dead:
+            return "dead", st
+        if deadline is not None and time.monotonic() >= deadline:
+            return "timeout", st
+        time.sleep(every if deadline is None else max(0.0, min(every, deadline - time.monotonic())))
+
+
+# ------------------------------------------------------------------ pbq cancel
+
+
+def cancel_pending(jobfile: Path, cfg: Config, seqs: set[int]) -> dict[int, bytes]:
+    """Remove pending lines by Seq under the lock; returns what was removed."""
+    with queue_of(jobfile, cfg).transaction(timeout=30) as txn:
+        return txn.cancel_pending(seqs)
+
+
+def holder_of(jobfile: Path, hostfile: Path | None, cfg: Config, seq: int) -> str | None:
+    for host in status_hosts(jobfile, hostfile):
+        for job in held_jobs(jobfile, host, cfg):
+            if job.number == seq and job.state in HOLDING:
+                return host
+    return None
+
+
+def cancel_running(jobfile: Path, cfg: Config, host: str, seq: int) -> str:
+    """End a running or stopped job of a scheduler on this machine: its Seq goes into
+    ``JOBFILE.HOST.cancel`` first (so that its end is recorded as cancelled: no retry, not
+    in ``.error``), then its whole process group gets SIGTERM (and SIGCONT, should it be
+    stopped), and SIGKILL after ``grace`` seconds."""
+    import os
+    import signal
+
+    from .procinfo import same_process
+    from .sidefiles import host_liveness
+    from .statefiles import append_bytes
+
+    files = HostFiles(jobfile, host)
+    _info, _status, verdict = host_liveness(files, time.time())
+    if not verdict.exact:
+        raise PbqError(f"job {seq} runs on host {host}, whose scheduler is not on this "
+                       "machine: run pbq cancel there")
+    held = [j for j in held_jobs(jobfile, host, cfg) if j.number == seq]
+    job = held[0] if held else None
+    if job is None or job.pid is None or not same_process(job.pid, job.pid_start):
+        raise PbqError(f"job {seq} on host {host} has no process (yet) to end")
+    append_bytes(files.path("cancel"), f"{seq}\n".encode(), fsync=True)
+    pgid = job.pid
+    for sig in (signal.SIGTERM, signal.SIGCONT):
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            break
+    deadline = time.monotonic() + cfg.scheduler.term_grace
+    while time.monotonic() < deadline and _group_alive(pgid):
+        time.sleep(0.05)
+    if _group_alive(pgid):
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return f"{seq}: cancelled on {host} (pid {pgid})"
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether a process of the group is left that is not a zombie (the job runner reaps
+    an ended job only once its scheduler has recorded the end)."""
+    import os
+
+    from .procinfo import _stat_fields
+
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                fields = _stat_fields(int(name))
+            except OSError:
+                continue
+            if len(fields) > 2 and fields[2] == str(pgid).encode() and fields[0] != b"Z":
+                return True
+    return False
