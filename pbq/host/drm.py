@@ -93,6 +93,13 @@ def resources_for(host: Host, cfg: Config, predicted_mem: str | None = None) -> 
 class DrmExecutor:
     counts_foreign_load = False
 
+    @property
+    def drm_name(self) -> str:
+        return self.name
+
+    def running_for_real(self) -> None:
+        pass
+
     def __init__(self, host_name: str, host: Host, cfg: Config, workspace: Path, log_dir: Path,
                  log: Log, usage_path: Path, mono: Callable[[], float] = time.monotonic) -> None:
         self.host_name = host_name

@@ -44,11 +44,18 @@ EnvFor = Callable[[Job], dict[str, str]]
 
 class Executor(Protocol):
     name: str
+
+    @property
+    def drm_name(self) -> str | None:
+        """The resource manager's name on a cluster head node, else None."""
     # Slack between policy and executor: a DRM host counts its own jobs in its limit only.
     counts_foreign_load: bool
 
     def fileno(self) -> int | None:
         """A descriptor that becomes readable when something happened, or None."""
+
+    def running_for_real(self) -> None:
+        """Called once when ``pbq-single`` itself runs (not a test driving passes)."""
 
     def has_news(self) -> bool:
         """Something already read waits for ``events``: do not sleep."""
@@ -86,7 +93,8 @@ class Executor(Protocol):
         """End it now, whole (eviction): SIGKILL here, cancel in a DRM."""
 
     def terminate(self, jobs: list[Job]) -> str:
-        """`term`: SIGTERM (SIGKILL after the grace period, see ``finish_term``), or cancel."""
+        """`term`: SIGTERM (SIGKILL after the grace period, see ``term_finished``), or
+        cancel; a line for the log, or "" when there is nothing to add."""
 
     def term_finished(self, jobs: list[Job], hard: bool) -> bool:
         """True when nothing of these jobs runs any more; ``hard``: SIGKILL what is left."""

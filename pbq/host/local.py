@@ -99,6 +99,10 @@ class LocalExecutor:
     name = "local"
     counts_foreign_load = True
 
+    @property
+    def drm_name(self) -> str | None:
+        return None  # not a resource manager
+
     def __init__(self, host: str, jobfile: Path, exits: Path, nice: int, output_dir: Path | None,
                  log: Log, sensors: Sensors, old_runner: int | None = None,
                  allow_group_write: bool = False, containment: str = "auto") -> None:
@@ -153,6 +157,11 @@ class LocalExecutor:
 
     def accepting(self, mono: float) -> bool:
         return True
+
+    def running_for_real(self) -> None:
+        """``pbq-single`` itself (not a test driving passes in its own process): jobs of a
+        dead runner become our children, not init's."""
+        self.subreaper = set_subreaper()
 
     def has_news(self) -> bool:
         return bool(self.inbox)  # read while waiting for a start's answer
@@ -502,7 +511,7 @@ class LocalExecutor:
             self._signal(job, signal.SIGTERM)
             if stopped:
                 self._signal(job, signal.SIGCONT)  # a stopped process can't act on SIGTERM
-        return f"SIGTERM to {len(jobs)} job(s)"
+        return ""  # the loop's own log line says it
 
     def term_finished(self, jobs: list[Job], hard: bool) -> bool:
         """Done when no process of any job is left: its cgroup is empty, or, without one,

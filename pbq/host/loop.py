@@ -54,7 +54,7 @@ from .intake import Intake
 from .jobs import Job, JobBook, JobState
 from .ledger import Ledger, Replaced
 from .limits import TimeLimits
-from .local import LocalExecutor, set_subreaper
+from .local import LocalExecutor
 from .outcomes import Outcomes
 from .outputs import VIEW_DEBOUNCE, HostOutputs
 from .recovery import Action, Step, plan_recovery
@@ -189,7 +189,7 @@ class Scheduler:
             committed = txn.state.ops.get(self.host, 0)
             if self.book.counters.next_op <= committed:
                 self.book.counters.next_op = committed + 1
-            drm = None if isinstance(self.executor, LocalExecutor) else self.executor.name
+            drm = self.executor.drm_name
             self._apply_recovery(plan_recovery(list(self.book), committed, probes, self.host, drm), txn)
         self.ledger.save()
         self.outputs.write_views(force=True)
@@ -289,9 +289,8 @@ class Scheduler:
         self._install_signals()
         try:
             self.startup()
-            if isinstance(self.executor, LocalExecutor):
-                # Jobs of a dead runner become our children, not init's.
-                self.executor.subreaper = set_subreaper()
+            assert self.executor is not None
+            self.executor.running_for_real()  # e.g. become the subreaper of the jobs
         except BaseException:
             if self.executor is not None:
                 self.executor.close()
@@ -445,7 +444,7 @@ class Scheduler:
         self.term_deadline = self.mono() + grace
         self.intake.give_back_claimed()
         said = self.executor.terminate(jobs)
-        if not isinstance(self.executor, LocalExecutor):
+        if said:
             self.log(said)
         for job in jobs:
             self.book.terminating(job)
@@ -793,7 +792,7 @@ class Scheduler:
         stopped = self.book.in_state(JobState.STOPPED)
         c, m = self.book.counters, self.m
         running = self.book.running_count()
-        drm = None if self.executor is None or isinstance(self.executor, LocalExecutor) else self.executor.name
+        drm = None if self.executor is None else self.executor.drm_name
         return HostStatus.of_this_process(
             host=self.host, runner_pid=self.runner_pid, jobfile=str(self.jobfile),
             state=state or self.mode.value, time=now, interval=self.interval,
