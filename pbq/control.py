@@ -221,7 +221,8 @@ def _describe_done(command: str, status: HostStatus | None, gone: bool) -> str:
     return "killed (jobs keep running)"
 
 
-LOAD_KEYS = ("load", "foreign", "limit", "running", "stopped", "active_users")
+LOAD_KEYS = ("load", "foreign", "limit", "running", "stopped", "active_users", "local_users",
+             "remote_users", "sources", "quarantined", "quarantined_until")
 
 
 def load_table(jobfile: Path, hosts: list[str], now: float | None = None) -> list[dict]:
@@ -243,6 +244,8 @@ def load_table(jobfile: Path, hosts: list[str], now: float | None = None) -> lis
         row["state"], row["alive"] = state, verdict.alive
         for key in LOAD_KEYS:
             row[key] = getattr(status, key) if status and verdict.alive else None
+        if row["sources"] is not None:
+            row["sources"] = list(row["sources"])
         if not verdict.alive:
             row["detail"] = verdict.reason
         rows.append(row)
@@ -262,6 +265,8 @@ def table(rows: Iterable[Sequence[str]]) -> str:
 def cell(v: object) -> str:
     if v is None:
         return "-"
+    if isinstance(v, (list, tuple)):
+        return ",".join(str(x) for x in v) or "none"
     if isinstance(v, float):
         return f"{v:.2f}"
     return str(v)
