@@ -803,4 +803,5 @@ class Scheduler:
             epoch=self.epoch,
             mem_available=m.mem_available, control_ack=self.control_ack,
             error=self.ledger.disk_error, started=self.started_at, drm=drm,
+            local_users=m.local_users, remote_users=m.remote_users, sources=m.sources,
         )
