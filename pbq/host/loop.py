@@ -49,6 +49,7 @@ from ..statefiles import (
     line_to_text,
     unlink_quietly,
 )
+from .edges import EDGE_LOOKAHEAD, WorkdayEdge
 from .executor import Ended, Executor, NotStarted, Started
 from .intake import Intake
 from .jobs import Job, JobBook, JobState
@@ -114,6 +115,7 @@ class Scheduler:
         self.outputs = HostOutputs(self.files, self.book, self.cfg, monotonic, self.ledger.disk_problem)
         self.sensing = LoadSensing(self.cfg, self.sensors)
         self.limits = TimeLimits(self.cfg, opts.jobfile.with_name(opts.jobfile.name + ".usage"))
+        self.edge = WorkdayEdge(self.cfg, opts.jobfile.with_name(opts.jobfile.name + ".usage"))
         self.over_since: float | None = None  # monotonic time the load went over the limit
         self.m = Measurements()
         self.executor: Executor | None = None
@@ -729,15 +731,20 @@ class Scheduler:
 
     def _start(self, n: int, now: float) -> None:
         """Start ``n`` jobs: those taken ahead first, then fresh ones from the jobfile."""
-        assert self.executor is not None
+        assert self.executor is not None and self.host_entry is not None
         claimed = self.book.in_state(JobState.CLAIMED)
-        if len(claimed) < n:
-            ahead = self.intake.prefetch(self.outcomes.avg_runtime, self.m.limit) if self.mode is Mode.RUN else 0
-            try:
-                claimed += self.intake.take(n - len(claimed) + ahead)
-            except PbqError as err:
-                self.ledger.disk_problem(err)
-        batch = claimed[:n]
+        until = self.edge.until_work(self.host_entry, self.m.work_time, now)
+        if until is not None:
+            batch = self._pick_before_work(n, now, until, claimed)
+        else:
+            if len(claimed) < n:
+                ahead = self.intake.prefetch(self.outcomes.avg_runtime, self.m.limit) \
+                    if self.mode is Mode.RUN else 0
+                try:
+                    claimed += self.intake.take(n - len(claimed) + ahead)
+                except PbqError as err:
+                    self.ledger.disk_problem(err)
+            batch = claimed[:n]
         if not batch:
             return
         for job in batch:
@@ -780,6 +787,46 @@ class Scheduler:
                 self.ledger.disk_problem(err)
         if failed and self.ledger.flush(self.queue):
             self.intake.changed()
+
+    def _pick_before_work(self, n: int, now: float, until: float, claimed: list[Job]) -> list[Job]:
+        """Before work hours: the lines that may start (``WorkdayEdge``).  Fresh lines are
+        taken with a look-ahead, so that lines held back do not block those behind them;
+        held-back lines go back to the front of the jobfile at the end of the pass (for
+        other hosts, or for later), and when nothing could start, slots above wday take no
+        lines for a while."""
+        h = self.host_entry
+        assert h is not None
+        self.edge.refresh()
+        occupied = self.book.running_count()
+        batch, held = self.edge.pick(claimed, n, occupied, h, until)
+        want = n - len(batch)
+        ahead = EDGE_LOOKAHEAD
+        if want > 0 and self.edge.holding_off(now):
+            want = min(want, max(0, int(h.wday) - occupied - len(batch)))  # wday slots only
+            ahead = 0
+        if want > 0:
+            try:
+                fresh = self.intake.take(want + ahead)
+            except PbqError as err:
+                self.ledger.disk_problem(err)
+                fresh = []
+            more, held_more = self.edge.pick(fresh, want, occupied + len(batch), h, until)
+            batch += more
+            held += held_more
+        if held:
+            first = held[0]
+            expected = self.edge.expected(first) or 0.0
+            self.log(f"work hours begin in {until:.0f}s: not starting {len(held)} line(s) whose "
+                     f"expected run time (e.g. {expected:.0f}s, margin "
+                     f"{self.edge.margin:g}s) would run past it in a slot above wday {h.wday:g}; "
+                     f"back to the front of the jobfile: {line_to_text(first.line)}")
+            for job in held:
+                self.book.requeue(job, front=True)  # CLAIMED -> REQUEUE_FRONT
+            if self.ledger.flush(self.queue):
+                self.intake.changed()
+            if not batch:
+                self.edge.gave_back_at = now
+        return batch
 
     def _env_for(self, job: Job) -> dict[str, str]:
         """What a job finds in its environment besides the scheduler's."""
