@@ -32,6 +32,7 @@ from ..hostfile import Host, find_host, load_hostfile
 from ..hostlog import HostLog
 from ..jobfile import JobQueue, Txn
 from ..policy import Candidate, Decision, Mode, View, choose, decide
+from ..quarantine import End, HostHealth, read_peers
 from ..safety import check_input_file
 from ..sensors import Sensors
 from ..sidefiles import (
@@ -52,7 +53,7 @@ from ..statefiles import (
 from .edges import EDGE_LOOKAHEAD, WorkdayEdge
 from .executor import Ended, Executor, NotStarted, Started
 from .intake import Intake
-from .jobs import Job, JobBook, JobState
+from .jobs import UNKNOWN_EXIT, Job, JobBook, JobState
 from .ledger import Ledger, Replaced
 from .limits import TimeLimits
 from .local import LocalExecutor, set_subreaper
@@ -115,6 +116,7 @@ class Scheduler:
         self.outputs = HostOutputs(self.files, self.book, self.cfg, monotonic, self.ledger.disk_problem)
         self.sensing = LoadSensing(self.cfg, self.sensors)
         self.limits = TimeLimits(self.cfg, opts.jobfile.with_name(opts.jobfile.name + ".usage"))
+        self.health = HostHealth(self.cfg.scheduler.quarantine_after, self.cfg.scheduler.quick_fail)
         self.edge = WorkdayEdge(self.cfg, opts.jobfile.with_name(opts.jobfile.name + ".usage"))
         self.over_since: float | None = None  # monotonic time the load went over the limit
         self.m = Measurements()
@@ -400,6 +402,8 @@ class Scheduler:
             self.paused = False  # PAUSED -> RUN (or QUIT): jobs continue under the load policy
             self.book.release_user_stops()
             self._save_paused()
+            if self.health.lift():
+                self.log(f"{source}: quarantine lifted; taking jobs again")
         elif command == "quit":
             if not self.quitting:
                 self.log(f"{source}: quitting: starting nothing new; exiting when the jobs are done")
@@ -529,7 +533,13 @@ class Scheduler:
         the job runner keeps them, and writes them to ``.exits`` if the scheduler dies."""
         assert self.executor is not None
         for e in ended:
+            # Only a job's own end says something of the host (not a timeout, an eviction
+            # or a put-back).
+            plain = e.job.state in (JobState.RUNNING, JobState.STOPPED, JobState.STARTING)
+            started = e.job.started
             self.outcomes.ended(e, terminating=self.mode is Mode.TERM)
+            if plain and started is not None and e.outcome.exit_code != UNKNOWN_EXIT:
+                self._health_end(End(e.when, e.outcome.ok, max(0.0, e.when - started)), now)
         for job, cpu, maxrss in self.executor.usage():
             self.outcomes.usage(job, cpu, maxrss, now)
         if ended:
@@ -547,6 +557,10 @@ class Scheduler:
         self.next_tick = mono + self.interval
         self._check_control_file()
         self._reload_hostfile()
+        if self.health.until is not None and not self.health.quarantined(now):
+            self.health.until = None
+            self.log("quarantine over: taking jobs again (one more quick failure quarantines "
+                     "the host again, for twice as long)")
         own = self.executor.own_cpu_seconds(self.book.live()) if self.executor.counts_foreign_load else None
         before, self.m = self.m, self.sensing.sense(now, mono, self.host_entry, own)
         if self.m.limit == 0 and (before.limit != 0 or self.next_load_log == 0.0):
@@ -668,7 +682,7 @@ class Scheduler:
             stopped_by_load=sum(1 for j in stopped if j.stopped_by != "user"),
             stopped_by_user=sum(1 for j in stopped if j.stopped_by == "user"),
             pending=self.executor.accepting(mono) and self.ledger.disk_error is None
-            and self.intake.may_have_lines(),
+            and not self.health.quarantined(now) and self.intake.may_have_lines(),
             hysteresis=h,
             mem_available=m.mem_available,
             memfree=self.cfg.scheduler.memfree,
@@ -776,6 +790,7 @@ class Scheduler:
                 job.started = now
                 self.log(f"could not start {jid}: {r.message}")
                 self.outcomes.finish(job, r.outcome, when=now)
+                self._health_end(End(now, r.outcome.ok, 0.0), now)
             else:
                 # Out of processes/memory, or a DRM that did not take it: the job goes back.
                 self.log(f"{r.message}: putting {jid} back")
@@ -828,6 +843,19 @@ class Scheduler:
                 self.edge.gave_back_at = now
         return batch
 
+    def _health_end(self, end: End, now: float) -> None:
+        """A job of this host ended: quarantine the host if only its jobs fail."""
+        self.health.ended(end)
+        if not self.health.suspect() or self.health.quarantined(now):
+            return
+        why = self.health.check(now, read_peers(self.jobfile, self.host, now))
+        if why is None:
+            return
+        until = (self.health.until or now) - now
+        self.log(f"quarantined for {until:.0f}s: {why}; taking no new jobs "
+                 f"(pbq control ... cont {self.host} lifts it)")
+        self.intake.give_back_claimed()
+
     def _env_for(self, job: Job) -> dict[str, str]:
         """What a job finds in its environment besides the scheduler's."""
         assert self.host_entry is not None
@@ -851,4 +879,7 @@ class Scheduler:
             mem_available=m.mem_available, control_ack=self.control_ack,
             error=self.ledger.disk_error, started=self.started_at, drm=drm,
             local_users=m.local_users, remote_users=m.remote_users, sources=m.sources,
+            last_success=self.health.last_success, last_failure=self.health.last_failure,
+            quick_failures=self.health.quick_failures, quarantined=self.health.quarantined(now),
+            quarantined_until=self.health.until, quarantines=self.health.quarantines,
         )
