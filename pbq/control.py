@@ -92,6 +92,11 @@ def describe_condition(
     state = (status.state if status and status.pid == info.pid else None) or "running"
     out["state"] = state
     out["condition"] = LIVE_STATE_CONDITIONS.get(state, "alive")
+    if status is not None and status.pid == info.pid and status.quarantined and state == "running":
+        out["condition"] = "quarantined"
+        until = status.quarantined_until
+        left = "" if until is None else f" for {max(0.0, until - now):.0f}s more"
+        out["detail"] = f"its jobs only fail while others succeed; taking no new jobs{left}"
     return out
 
 
