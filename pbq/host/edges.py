@@ -11,16 +11,16 @@ later, and when nothing could start the slots above ``wday`` take no lines for
 
 from __future__ import annotations
 
-import os
 from datetime import datetime
 from pathlib import Path
 
 from ..config import Config
 from ..hostfile import Host
 from ..policy import may_start_before_work
-from ..predict import ResourceStore, command_key
+from ..predict import command_key
 from ..statefiles import line_to_text
 from .jobs import Job
+from .medians import MedianRuntimes
 
 RETRY_AFTER = 30.0  # seconds after a give-back before held-back slots take lines again
 EDGE_LOOKAHEAD = 8  # lines taken beyond the free slots, to look past lines held back
@@ -30,9 +30,7 @@ class WorkdayEdge:
     def __init__(self, cfg: Config, usage_path: Path) -> None:
         self.calendar = cfg.schedule.calendar
         self.margin = cfg.schedule.start_margin
-        self.store = ResourceStore(usage_path)
-        self._medians: dict[str, float] = {}
-        self._seen: tuple[int, int] | None = None
+        self.medians = MedianRuntimes(usage_path, 1)
         self.gave_back_at: float | None = None  # wall-clock time of the last give-back
 
     def until_work(self, host: Host, work_time: bool, now: float) -> float | None:
@@ -43,18 +41,11 @@ class WorkdayEdge:
         return None if start is None else max(0.0, start.timestamp() - now)
 
     def expected(self, job: Job) -> float | None:
-        return self._medians.get(command_key(line_to_text(job.line)))
+        return self.medians.get(command_key(line_to_text(job.line)))
 
     def refresh(self) -> None:
         """Re-read the medians if the usage file changed."""
-        try:
-            st = os.stat(self.store.path)
-        except OSError:
-            return
-        seen = (st.st_size, st.st_mtime_ns)
-        if seen != self._seen:
-            self._seen = seen
-            self._medians = self.store.median_runtimes(1)
+        self.medians.refresh()
 
     def pick(self, jobs: list[Job], n: int, occupied: int, host: Host,
              until_work: float | None) -> tuple[list[Job], list[Job]]:
