@@ -34,7 +34,8 @@ __all__ = [
 ]
 
 Kind = Literal[
-    "float", "int", "bool", "str", "size", "choice", "choices", "days", "hours", "duration", "timeout"
+    "float", "int", "bool", "str", "size", "choice", "choices", "days", "hours", "duration",
+    "timeout",
 ]
 
 
@@ -439,7 +440,9 @@ def _convert(spec: KeySpec, value: Any, from_string: bool) -> Any:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             value = f"{value:g}"
         if not isinstance(value, str):
-            raise _Invalid(f"expected a duration like '2h' or a percentage like '300%', got {_show(value)}")
+            raise _Invalid(
+                f"expected a duration like '2h' or a percentage like '300%', got {_show(value)}"
+            )
         value = value.strip()
         if value:
             parse_timeout(value)
