@@ -43,6 +43,7 @@ from .procinfo import process_state as process_state
 from .procinfo import same_process as same_process
 
 LOGIND_EVERY = 5.0  # seconds between reads of logind's sessions
+LOGIND_RETRY = 60.0  # seconds before asking again where logind did not answer
 
 
 def process_parent(pid: int) -> int | None:
@@ -211,9 +212,11 @@ class Sensors:
         return tty_active(logins, atimes, idle_seconds, now)
 
     def _logind_sessions(self) -> list[dict[str, str]] | None:
-        """logind's sessions, read at most every LOGIND_EVERY seconds (two loginctl runs)."""
+        """logind's sessions, read at most every LOGIND_EVERY seconds (two loginctl runs),
+        or every LOGIND_RETRY seconds while it does not answer."""
         mono = time.monotonic()
-        if self._logind_at is None or mono - self._logind_at >= LOGIND_EVERY:
+        every = LOGIND_EVERY if self._logind is not None else LOGIND_RETRY
+        if self._logind_at is None or mono - self._logind_at >= every:
             self._logind_at = mono
             self._logind = self._logind_reader.sessions()
         return self._logind
