@@ -24,6 +24,9 @@ LOAD_COLUMNS = [
     ("running", "RUNNING"),
     ("stopped", "STOPPED"),
     ("active_users", "USERS"),
+    ("local_users", "LOCAL"),
+    ("remote_users", "REMOTE"),
+    ("sources", "SOURCES"),
     ("heartbeat_age", "HEARTBEAT_S"),
 ]
 
@@ -38,7 +41,9 @@ Commands:
   quit            start nothing new; exit when the running and stopped jobs are done
   term            SIGTERM (then SIGKILL) every job; their lines stay in .running/.stopped
   kill            kill the scheduler only; its jobs keep running (a restart adopts them)
-  load            table of load, foreign load, limit and jobs per host
+  load            table of load, foreign load, limit, jobs and users (local at the
+                  machine's seat or console, remote) per host, with the sources that
+                  answered (tty, logind)
   check           alive / stopped / quitting / not running / stale / dead, per host
   recover         put the jobs of a dead host back into the jobfile
   requeue-errors  append the .error lines back to the jobfile and empty the .error files

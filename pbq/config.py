@@ -33,7 +33,10 @@ __all__ = [
     "parse_size",
 ]
 
-Kind = Literal["float", "int", "bool", "str", "size", "choice", "days", "hours", "duration", "timeout"]
+Kind = Literal[
+    "float", "int", "bool", "str", "size", "choice", "choices", "days", "hours", "duration",
+    "timeout",
+]
 
 
 @dataclass(frozen=True)
@@ -75,9 +78,16 @@ KEYS: tuple[KeySpec, ...] = (
        "days on which work hours apply (the host's wday limit); [] = never"),
     _k("schedule", "workhours", "hours", "08:00-20:00",
        "work hours 'HH:MM-HH:MM'; '00:00-24:00' = all day; start > end wraps past midnight"),
+    _k("schedule", "start_margin", "duration", 0.0,
+       "before work hours, a job above the wday slots starts only if its expected run time "
+       "plus this margin ends before work time begins, e.g. '10m'"),
     _k("interactive", "idle_minutes", "float", 10.0,
        "a logged-in user counts as active if their terminal was used within this many minutes",
        minimum=0),
+    _k("interactive", "sources", "choices", ("tty", "logind"),
+       "where active users are seen: 'tty' (terminal access times), 'logind' (sessions, incl. "
+       "graphical ones); those of these that answer here are used; [] = none",
+       choices=("tty", "logind")),
     _k("scheduler", "interval", "float", 1.0,
        f"seconds between scheduler ticks (at least {MIN_INTERVAL:g}: less only burns CPU)",
        minimum=MIN_INTERVAL),
@@ -101,6 +111,11 @@ KEYS: tuple[KeySpec, ...] = (
        "time of earlier successful runs of the same command ('300%'); '' = none"),
     _k("scheduler", "timeout_floor", "duration", 10.0,
        "a percentage timeout is never shorter than this"),
+    _k("scheduler", "quarantine_after", "int", 5,
+       "a host whose last this many jobs all failed quickly, while another host succeeds, "
+       "takes no new jobs for a back-off (1 min, doubling up to 1 h); 0 = off", minimum=0),
+    _k("scheduler", "quick_fail", "duration", 5.0,
+       "a failure within this many seconds of the start counts towards quarantine_after"),
     _k("scheduler", "output_dir", "str", "",
        "directory for per-job output files; '' = jobs inherit the scheduler's stdout/stderr"),
     _k("scheduler", "exit_when_empty", "bool", False, "exit once the jobfile has no jobs left"),
@@ -153,6 +168,7 @@ _BY_NAME: dict[tuple[str, str], KeySpec] = {(s.section, s.key): s for s in KEYS}
 class ScheduleSection:
     workdays: tuple[str, ...]
     workhours: str
+    start_margin: float
 
     @property
     def calendar(self) -> Calendar:
@@ -163,6 +179,7 @@ class ScheduleSection:
 @dataclass(frozen=True)
 class InteractiveSection:
     idle_minutes: float
+    sources: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -178,6 +195,8 @@ class SchedulerSection:
     max_suspend: float
     timeout: str
     timeout_floor: float
+    quarantine_after: int
+    quick_fail: float
     output_dir: str
     exit_when_empty: bool
     allow_group_write: bool
@@ -375,6 +394,22 @@ def _finite(value: float) -> float:
     return value
 
 
+def _choices(spec: KeySpec, value: Any) -> tuple[str, ...]:
+    """A list of names from ``spec.choices`` (a string is split on commas, as in the
+    environment); each once, in the order given."""
+    items = [p for p in value.split(",") if p.strip()] if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)):
+        raise _Invalid(f"expected a list of {', '.join(spec.choices)}, got {_show(value)}")
+    out: list[str] = []
+    for item in items:
+        name = item.strip().lower() if isinstance(item, str) else item
+        if name not in spec.choices:
+            raise _Invalid(f"expected one of {', '.join(spec.choices)}, got {_show(item)}")
+        if name not in out:
+            out.append(name)
+    return tuple(out)
+
+
 def _convert(spec: KeySpec, value: Any, from_string: bool) -> Any:
     """Check and normalise one value; strings from the environment are parsed first."""
     kind = spec.kind
@@ -409,11 +444,15 @@ def _convert(spec: KeySpec, value: Any, from_string: bool) -> Any:
         value = _size(value)
     elif kind == "duration":
         value = parse_duration(value)
+    elif kind == "choices":
+        value = _choices(spec, value)
     elif kind == "timeout":
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             value = f"{value:g}"
         if not isinstance(value, str):
-            raise _Invalid(f"expected a duration like '2h' or a percentage like '300%', got {_show(value)}")
+            raise _Invalid(
+                f"expected a duration like '2h' or a percentage like '300%', got {_show(value)}"
+            )
         value = value.strip()
         if value:
             parse_timeout(value)

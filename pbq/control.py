@@ -92,6 +92,11 @@ def describe_condition(
     state = (status.state if status and status.pid == info.pid else None) or "running"
     out["state"] = state
     out["condition"] = LIVE_STATE_CONDITIONS.get(state, "alive")
+    if status is not None and status.pid == info.pid and status.quarantined and state == "running":
+        out["condition"] = "quarantined"
+        until = status.quarantined_until
+        left = "" if until is None else f" for {max(0.0, until - now):.0f}s more"
+        out["detail"] = f"its jobs only fail while others succeed; taking no new jobs{left}"
     return out
 
 
@@ -221,7 +226,8 @@ def _describe_done(command: str, status: HostStatus | None, gone: bool) -> str:
     return "killed (jobs keep running)"
 
 
-LOAD_KEYS = ("load", "foreign", "limit", "running", "stopped", "active_users")
+LOAD_KEYS = ("load", "foreign", "limit", "running", "stopped", "active_users", "local_users",
+             "remote_users", "sources", "quarantined", "quarantined_until")
 
 
 def load_table(jobfile: Path, hosts: list[str], now: float | None = None) -> list[dict]:
@@ -243,6 +249,8 @@ def load_table(jobfile: Path, hosts: list[str], now: float | None = None) -> lis
         row["state"], row["alive"] = state, verdict.alive
         for key in LOAD_KEYS:
             row[key] = getattr(status, key) if status and verdict.alive else None
+        if row["sources"] is not None:
+            row["sources"] = list(row["sources"])
         if not verdict.alive:
             row["detail"] = verdict.reason
         rows.append(row)
@@ -262,6 +270,8 @@ def table(rows: Iterable[Sequence[str]]) -> str:
 def cell(v: object) -> str:
     if v is None:
         return "-"
+    if isinstance(v, (list, tuple)):
+        return ",".join(str(x) for x in v) or "none"
     if isinstance(v, float):
         return f"{v:.2f}"
     return str(v)

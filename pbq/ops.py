@@ -385,7 +385,8 @@ def status_hosts(jobfile: Path, hostfile: Path | None) -> list[str]:
 
 # Columns of a host's row in `pbq status` taken from its heartbeat as they are.
 STATUS_ROW_KEYS = (
-    "load", "foreign", "limit", "running", "stopped", "done", "failed", "active_users", "error"
+    "load", "foreign", "limit", "running", "stopped", "done", "failed", "active_users", "error",
+    "quarantined", "timed_out", "suspend_ended",
 )
 
 

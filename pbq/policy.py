@@ -35,7 +35,9 @@ class Mode(StrEnum):
     TERM = "terminating"  # `term`: jobs are being terminated
 
 
-def load_limit(max_load: float, wday: float, interactive: int, work_time: bool, active_users: int) -> float:
+def load_limit(
+    max_load: float, wday: float, interactive: int, work_time: bool, active_users: int
+) -> float:
     base = wday if work_time else max_load
     return max(0.0, base - min(interactive, active_users))
 
@@ -131,3 +133,26 @@ def choose(jobs: list[Candidate], d: Decision) -> Choice:
     stopped = [j for j in ordered if j.stopped and j.seq not in evict]
     cont = tuple(j.seq for j in stopped[: max(0, d.cont)])
     return Choice(stop=stop, cont=cont, evict=evict, start=d.start)
+
+
+def may_start_before_work(
+    slot: int,
+    wday: float,
+    max_load: float,
+    until_work: float | None,
+    expected: float | None,
+    margin: float = 0.0,
+) -> bool:
+    """The edge of the work day: may a job start now in ``slot`` (1 = the first of the
+    host's own jobs), with ``until_work`` seconds until the ``wday`` limit comes into force
+    (None: it does not, e.g. it is work time already or there are no workdays)?
+
+    Where ``wday < max``, a job that would occupy a slot above ``wday`` starts only if its
+    ``expected`` run time plus ``margin`` ends before work time begins: otherwise it would
+    be stopped when the limit drops, holding its line for a work day.  The first ``wday``
+    slots start anything, so no job is starved; a job with no expected run time (no
+    successful run of its command yet) starts, as before.
+    """
+    if until_work is None or expected is None or wday >= max_load or slot <= wday:
+        return True
+    return expected + margin <= until_work

@@ -535,7 +535,7 @@ code { font: 12px/1.4 ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; 
 .state { font-size: 12px; font-weight: 500; padding: 1px 8px; border-radius: 10px; background: var(--line); color: var(--fg); }
 .state.alive { background: #dcfce7; color: #166534; }
 .state.stopped, .state.quitting, .state.stale { background: #fef3c7; color: #92400e; }
-.state.dead, .state.terminated { background: #fee2e2; color: #991b1b; }
+.state.dead, .state.terminated, .state.quarantined { background: #fee2e2; color: #991b1b; }
 .hostinfo { color: var(--muted); font-size: 12px; font-weight: 400; }
 .empty { color: var(--muted); }
 .host + .host { border-top: 1px solid var(--line); margin-top: 14px; }
@@ -603,6 +603,8 @@ def _hosts_table(data: ReportData) -> str:
         "Stopped",
         "Done",
         "Failed",
+        "Timed out",
+        "Suspend ended",
         "Heartbeat",
     ]
     rows = [
@@ -627,7 +629,8 @@ def _hosts_table(data: ReportData) -> str:
             f'<td><span class="state {_e(state.replace(" ", "-"))}">{_e(state)}</span></td>'
             + "".join(
                 f'<td class="n">{_e(n(k))}</td>'
-                for k in ("load", "foreign", "limit", "running", "stopped", "done", "failed")
+                for k in ("load", "foreign", "limit", "running", "stopped", "done", "failed",
+                          "timed_out", "suspend_ended")
             )
             + f'<td class="n">{_e("-" if age is None else format_duration(age) + " ago")}</td></tr>'
         )

@@ -15,13 +15,25 @@ processes get the CPU first and their demand shows up in full (up to the number 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import psutil
 
+from .activity import (
+    SOURCES,
+    Activity,
+    Login,
+    LogindReader,
+    Seen,
+    logind_active,
+    merge,
+    tty_active,
+    tty_path,
+)
 from .procinfo import CLK_TCK
 
 # Re-exported: process identity lives in procinfo.py (no psutil needed there).
@@ -29,6 +41,9 @@ from .procinfo import boot_id as boot_id
 from .procinfo import process_start as process_start
 from .procinfo import process_state as process_state
 from .procinfo import same_process as same_process
+
+LOGIND_EVERY = 5.0  # seconds between reads of logind's sessions
+LOGIND_RETRY = 60.0  # seconds before asking again where logind did not answer
 
 
 def process_parent(pid: int) -> int | None:
@@ -83,6 +98,9 @@ class Sensors:
     def __init__(self) -> None:
         self.ncpus = psutil.cpu_count() or 1
         self._meter = ForeignLoadMeter()
+        self._logind_reader = LogindReader()
+        self._logind: list[dict[str, str]] | None = None
+        self._logind_at: float | None = None
 
     def foreign_load(self, own_cpu_seconds: float, now_mono: float) -> float:
         """Foreign load of the last interval, given the CPU seconds used so far by the
@@ -158,27 +176,50 @@ class Sensors:
         return ProcSample(total, running, members, by_sid)
 
     def active_users(self, idle_seconds: float, now: float) -> int:
-        """Distinct logged-in users whose terminal was used within ``idle_seconds``.
+        """Distinct users active within ``idle_seconds``, by every source that answers."""
+        return self.activity(idle_seconds, now).count
 
-        Terminal use is the tty's access time, as HTCondor reads keyboard idleness.
-        """
-        names = set()
+    def activity(
+        self, idle_seconds: float, now: float, sources: Sequence[str] = SOURCES
+    ) -> Activity:
+        """Who used this machine within ``idle_seconds``, by the sources named (see
+        activity.py); a source that cannot be read here adds nobody and is not named as
+        having answered."""
+        results: list[tuple[str, list[Seen] | None]] = []
+        for source in sources:
+            if source == "tty":
+                results.append((source, self._tty_activity(idle_seconds, now)))
+            elif source == "logind":
+                sessions = self._logind_sessions()
+                found = None if sessions is None else logind_active(sessions, idle_seconds, now)
+                results.append((source, found))
+        return merge(results)
+
+    def _tty_activity(self, idle_seconds: float, now: float) -> list[Seen] | None:
+        """Terminal use: the tty's access time, as HTCondor reads keyboard idleness."""
         try:
             users = psutil.users()
         except OSError:
-            return 0
-        for u in users:
-            term = u.terminal
-            if not term:
+            return None
+        logins = [Login(u.name, u.terminal or "", u.host or "") for u in users]
+        atimes: dict[str, float] = {}
+        for login in logins:
+            if not login.terminal:
                 continue
-            path = term if term.startswith("/") else f"/dev/{term}"
-            try:
-                atime = os.stat(path).st_atime
-            except OSError:
-                continue
-            if now - atime < idle_seconds:
-                names.add(u.name)
-        return len(names)
+            path = tty_path(login.terminal)
+            with contextlib.suppress(OSError):
+                atimes[path] = os.stat(path).st_atime
+        return tty_active(logins, atimes, idle_seconds, now)
+
+    def _logind_sessions(self) -> list[dict[str, str]] | None:
+        """logind's sessions, read at most every LOGIND_EVERY seconds (two loginctl runs),
+        or every LOGIND_RETRY seconds while it does not answer."""
+        mono = time.monotonic()
+        every = LOGIND_EVERY if self._logind is not None else LOGIND_RETRY
+        if self._logind_at is None or mono - self._logind_at >= every:
+            self._logind_at = mono
+            self._logind = self._logind_reader.sessions()
+        return self._logind
 
     def mem_available(self) -> int:
         try:

@@ -288,6 +288,15 @@ class HostStatus:
     error: str | None = None
     started: float | None = None
     drm: str | None = None
+    local_users: int | None = None  # of active_users: at this machine's seat or console
+    remote_users: int | None = None  # of active_users: in remote sessions only
+    sources: tuple[str, ...] | None = None  # the activity sources that answered
+    last_success: float | None = None  # when a job of this host last ended well
+    last_failure: float | None = None  # when a job of this host last failed
+    quick_failures: int = 0  # jobs in a row that failed within [scheduler] quick_fail
+    quarantined: bool | None = None  # taking no new jobs: its jobs only fail, others' succeed
+    quarantined_until: float | None = None
+    quarantines: int = 0  # times this host was quarantined
     version: int = 1  # the layout's number before ``format`` existed; kept for old readers
     format: int = field(default=FORMAT_VERSION, compare=False)
 
@@ -334,6 +343,7 @@ _STATUS_READERS: dict[str, Callable[[object], object]] = {
     "int | None": _int,
     "float | None": _float,
     "bool | None": lambda v: v if isinstance(v, bool) else None,
+    "tuple[str, ...] | None": lambda v: tuple(str(x) for x in v) if isinstance(v, list) else None,
 }
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from pbq.errors import PbqError
 
@@ -77,6 +77,20 @@ class Calendar:
             return day in self.workdays
         # Before ``end``: the tail of the shift that began yesterday evening.
         return minute < self.end and (day - 1) % 7 in self.workdays
+
+    def next_start(self, when: datetime) -> datetime | None:
+        """The first moment after ``when`` at which a shift begins (local wall-clock time),
+        or None when there are no workdays.  Seen from outside work time, it is the moment
+        the ``wday`` limit comes into force."""
+        if not self.workdays:
+            return None
+        midnight = when.replace(hour=0, minute=0, second=0, microsecond=0)
+        for days in range(8):
+            day = midnight + timedelta(days=days)
+            start = day + timedelta(minutes=self.start)
+            if start > when and day.weekday() in self.workdays:
+                return start
+        return None  # unreachable: some workday is within 8 days
 
     def describe(self) -> str:
         """Human-readable form, e.g. ``Mon-Fri 08:00-20:00``."""

@@ -312,7 +312,9 @@ def test_status_round_trip_keeps_the_json_keys(tmp_path: Path) -> None:
     write_status(path, st)
     raw = json.loads(path.read_text())
     v1_keys = set(json.loads((V1 / "jobfile.h1.status").read_text()))
-    new_keys = {"format", "pidns", "runner_pid", "quitting", "timed_out", "suspend_ended"}
+    new_keys = {"format", "pidns", "runner_pid", "quitting", "timed_out", "suspend_ended",
+                "local_users", "remote_users", "sources", "last_success", "last_failure",
+                "quick_failures", "quarantined", "quarantined_until", "quarantines", "epoch"}
     assert set(raw) == (v1_keys - {"keeper_pid"}) | new_keys
     assert raw["format"] == FORMAT_VERSION
     assert read_status(path) == st

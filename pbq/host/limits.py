@@ -10,13 +10,13 @@ changed.  The deciding functions take the time and the jobs, and read no clock.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from ..config import Config, parse_timeout
-from ..predict import ResourceStore, command_key
+from ..predict import command_key
 from ..statefiles import line_to_text
 from .jobs import Job, JobState
+from .medians import MedianRuntimes
 
 MIN_RUNS = 3  # successful runs of a command key before a percentage timeout applies
 
@@ -26,9 +26,7 @@ class TimeLimits:
         self.absolute, self.share = parse_timeout(cfg.scheduler.timeout)
         self.floor = cfg.scheduler.timeout_floor
         self.max_suspend = cfg.scheduler.max_suspend
-        self.store = ResourceStore(usage_path)
-        self._medians: dict[str, float] = {}
-        self._seen: tuple[int, int] | None = None  # (size, mtime) of the usage file read
+        self.medians = MedianRuntimes(usage_path, MIN_RUNS)
         self._keys: dict[int, str] = {}  # seq -> command key (computed once per job)
 
     @property
@@ -37,16 +35,8 @@ class TimeLimits:
 
     def refresh(self) -> None:
         """Re-read the medians if the usage file changed (a stat per tick, not a read)."""
-        if not self.share:
-            return
-        try:
-            st = os.stat(self.store.path)
-        except OSError:
-            return
-        seen = (st.st_size, st.st_mtime_ns)
-        if seen != self._seen:
-            self._seen = seen
-            self._medians = self.store.median_runtimes(MIN_RUNS)
+        if self.share:
+            self.medians.refresh()
 
     def limit_for(self, job: Job) -> float | None:
         if self.absolute:
@@ -56,7 +46,7 @@ class TimeLimits:
         key = self._keys.get(job.seq)
         if key is None:
             key = self._keys[job.seq] = command_key(line_to_text(job.line))
-        median = self._medians.get(key)
+        median = self.medians.get(key)
         return None if median is None else max(self.floor, median * self.share)
 
     def timed_out(self, jobs: list[Job], now: float) -> list[tuple[Job, float]]:

@@ -32,6 +32,7 @@ from ..hostfile import Host, find_host, load_hostfile
 from ..hostlog import HostLog
 from ..jobfile import JobQueue, Txn
 from ..policy import Candidate, Decision, Mode, View, choose, decide
+from ..quarantine import End, HostHealth, read_peers
 from ..safety import check_input_file
 from ..sensors import Sensors
 from ..sidefiles import (
@@ -49,9 +50,10 @@ from ..statefiles import (
     line_to_text,
     unlink_quietly,
 )
+from .edges import EDGE_LOOKAHEAD, WorkdayEdge
 from .executor import Ended, Executor, NotStarted, Started
 from .intake import Intake
-from .jobs import Job, JobBook, JobState
+from .jobs import UNKNOWN_EXIT, Job, JobBook, JobState
 from .ledger import Ledger, Replaced
 from .limits import TimeLimits
 from .local import LocalExecutor
@@ -114,6 +116,8 @@ class Scheduler:
         self.outputs = HostOutputs(self.files, self.book, self.cfg, monotonic, self.ledger.disk_problem)
         self.sensing = LoadSensing(self.cfg, self.sensors)
         self.limits = TimeLimits(self.cfg, opts.jobfile.with_name(opts.jobfile.name + ".usage"))
+        self.health = HostHealth(self.cfg.scheduler.quarantine_after, self.cfg.scheduler.quick_fail)
+        self.edge = WorkdayEdge(self.cfg, opts.jobfile.with_name(opts.jobfile.name + ".usage"))
         self.over_since: float | None = None  # monotonic time the load went over the limit
         self.m = Measurements()
         self.executor: Executor | None = None
@@ -398,6 +402,8 @@ class Scheduler:
             self.paused = False  # PAUSED -> RUN (or QUIT): jobs continue under the load policy
             self.book.release_user_stops()
             self._save_paused()
+            if self.health.lift():
+                self.log(f"{source}: quarantine lifted; taking jobs again")
         elif command == "quit":
             if not self.quitting:
                 self.log(f"{source}: quitting: starting nothing new; exiting when the jobs are done")
@@ -527,7 +533,13 @@ class Scheduler:
         the job runner keeps them, and writes them to ``.exits`` if the scheduler dies."""
         assert self.executor is not None
         for e in ended:
+            # Only a job's own end says something of the host (not a timeout, an eviction
+            # or a put-back).
+            plain = e.job.state in (JobState.RUNNING, JobState.STOPPED, JobState.STARTING)
+            started = e.job.started
             self.outcomes.ended(e, terminating=self.mode is Mode.TERM)
+            if plain and started is not None and e.outcome.exit_code != UNKNOWN_EXIT:
+                self._health_end(End(e.when, e.outcome.ok, max(0.0, e.when - started)), now)
         for job, cpu, maxrss in self.executor.usage():
             self.outcomes.usage(job, cpu, maxrss, now)
         if ended:
@@ -545,6 +557,10 @@ class Scheduler:
         self.next_tick = mono + self.interval
         self._check_control_file()
         self._reload_hostfile()
+        if self.health.until is not None and not self.health.quarantined(now):
+            self.health.until = None
+            self.log("quarantine over: taking jobs again (one more quick failure quarantines "
+                     "the host again, for twice as long)")
         own = self.executor.own_cpu_seconds(self.book.live()) if self.executor.counts_foreign_load else None
         before, self.m = self.m, self.sensing.sense(now, mono, self.host_entry, own)
         if self.m.limit == 0 and (before.limit != 0 or self.next_load_log == 0.0):
@@ -666,7 +682,7 @@ class Scheduler:
             stopped_by_load=sum(1 for j in stopped if j.stopped_by != "user"),
             stopped_by_user=sum(1 for j in stopped if j.stopped_by == "user"),
             pending=self.executor.accepting(mono) and self.ledger.disk_error is None
-            and self.intake.may_have_lines(),
+            and not self.health.quarantined(now) and self.intake.may_have_lines(),
             hysteresis=h,
             mem_available=m.mem_available,
             memfree=self.cfg.scheduler.memfree,
@@ -729,15 +745,20 @@ class Scheduler:
 
     def _start(self, n: int, now: float) -> None:
         """Start ``n`` jobs: those taken ahead first, then fresh ones from the jobfile."""
-        assert self.executor is not None
+        assert self.executor is not None and self.host_entry is not None
         claimed = self.book.in_state(JobState.CLAIMED)
-        if len(claimed) < n:
-            ahead = self.intake.prefetch(self.outcomes.avg_runtime, self.m.limit) if self.mode is Mode.RUN else 0
-            try:
-                claimed += self.intake.take(n - len(claimed) + ahead)
-            except PbqError as err:
-                self.ledger.disk_problem(err)
-        batch = claimed[:n]
+        until = self.edge.until_work(self.host_entry, self.m.work_time, now)
+        if until is not None:
+            batch = self._pick_before_work(n, now, until, claimed)
+        else:
+            if len(claimed) < n:
+                ahead = self.intake.prefetch(self.outcomes.avg_runtime, self.m.limit) \
+                    if self.mode is Mode.RUN else 0
+                try:
+                    claimed += self.intake.take(n - len(claimed) + ahead)
+                except PbqError as err:
+                    self.ledger.disk_problem(err)
+            batch = claimed[:n]
         if not batch:
             return
         for job in batch:
@@ -769,6 +790,7 @@ class Scheduler:
                 job.started = now
                 self.log(f"could not start {jid}: {r.message}")
                 self.outcomes.finish(job, r.outcome, when=now)
+                self._health_end(End(now, r.outcome.ok, 0.0), now)
             else:
                 # Out of processes/memory, or a DRM that did not take it: the job goes back.
                 self.log(f"{r.message}: putting {jid} back")
@@ -780,6 +802,59 @@ class Scheduler:
                 self.ledger.disk_problem(err)
         if failed and self.ledger.flush(self.queue):
             self.intake.changed()
+
+    def _pick_before_work(self, n: int, now: float, until: float, claimed: list[Job]) -> list[Job]:
+        """Before work hours: the lines that may start (``WorkdayEdge``).  Fresh lines are
+        taken with a look-ahead, so that lines held back do not block those behind them;
+        held-back lines go back to the front of the jobfile at the end of the pass (for
+        other hosts, or for later), and when nothing could start, slots above wday take no
+        lines for a while."""
+        h = self.host_entry
+        assert h is not None
+        self.edge.refresh()
+        occupied = self.book.running_count()
+        batch, held = self.edge.pick(claimed, n, occupied, h, until)
+        want = n - len(batch)
+        ahead = EDGE_LOOKAHEAD
+        if want > 0 and self.edge.holding_off(now):
+            want = min(want, max(0, int(h.wday) - occupied - len(batch)))  # wday slots only
+            ahead = 0
+        if want > 0:
+            try:
+                fresh = self.intake.take(want + ahead)
+            except PbqError as err:
+                self.ledger.disk_problem(err)
+                fresh = []
+            more, held_more = self.edge.pick(fresh, want, occupied + len(batch), h, until)
+            batch += more
+            held += held_more
+        if held:
+            first = held[0]
+            expected = self.edge.expected(first) or 0.0
+            self.log(f"work hours begin in {until:.0f}s: not starting {len(held)} line(s) whose "
+                     f"expected run time (e.g. {expected:.0f}s, margin "
+                     f"{self.edge.margin:g}s) would run past it in a slot above wday {h.wday:g}; "
+                     f"back to the front of the jobfile: {line_to_text(first.line)}")
+            for job in held:
+                self.book.requeue(job, front=True)  # CLAIMED -> REQUEUE_FRONT
+            if self.ledger.flush(self.queue):
+                self.intake.changed()
+            if not batch:
+                self.edge.gave_back_at = now
+        return batch
+
+    def _health_end(self, end: End, now: float) -> None:
+        """A job of this host ended: quarantine the host if only its jobs fail."""
+        self.health.ended(end)
+        if not self.health.suspect() or self.health.quarantined(now):
+            return
+        why = self.health.check(now, read_peers(self.jobfile, self.host, now))
+        if why is None:
+            return
+        until = (self.health.until or now) - now
+        self.log(f"quarantined for {until:.0f}s: {why}; taking no new jobs "
+                 f"(pbq control ... cont {self.host} lifts it)")
+        self.intake.give_back_claimed()
 
     def _env_for(self, job: Job) -> dict[str, str]:
         """What a job finds in its environment besides the scheduler's."""
@@ -804,4 +879,8 @@ class Scheduler:
             epoch=self.epoch,
             mem_available=m.mem_available, control_ack=self.control_ack,
             error=self.ledger.disk_error, started=self.started_at, drm=drm,
+            local_users=m.local_users, remote_users=m.remote_users, sources=m.sources,
+            last_success=self.health.last_success, last_failure=self.health.last_failure,
+            quick_failures=self.health.quick_failures, quarantined=self.health.quarantined(now),
+            quarantined_until=self.health.until, quarantines=self.health.quarantines,
         )

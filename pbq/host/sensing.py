@@ -6,6 +6,7 @@ from collections import deque
 from dataclasses import dataclass
 from datetime import datetime
 
+from ..activity import Activity, Seen
 from ..config import Config
 from ..hostfile import Host
 from ..policy import load_limit
@@ -20,6 +21,9 @@ class Measurements:
     active_users: int = 0
     work_time: bool = False
     mem_available: int | None = None
+    local_users: int | None = None  # of active_users: at this machine's seat or console
+    remote_users: int | None = None  # of active_users: only in remote sessions
+    sources: tuple[str, ...] = ()  # the activity sources that answered
 
 
 class LoadSensing:
@@ -36,13 +40,15 @@ class LoadSensing:
         work_time = self.cfg.schedule.calendar.is_work_time(datetime.fromtimestamp(now))
         if own_cpu is None:
             self.history.clear()
-            return Measurements(limit=load_limit(host.max, host.wday, 0, work_time, 0), work_time=work_time)
+            limit = load_limit(host.max, host.wday, 0, work_time, 0)
+            return Measurements(limit=limit, work_time=work_time)
         foreign = self.sensors.foreign_load(own_cpu, mono)
         self.history.append((mono, foreign))
         settle = self.cfg.scheduler.settle
         while self.history and self.history[0][0] < mono - settle - 1e-6:
             self.history.popleft()
-        users = self.sensors.active_users(self.cfg.interactive.idle_minutes * 60, now)
+        act = self._activity(now)
+        users = act.count
         mem = self.sensors.mem_available() if self.cfg.scheduler.memfree else None
         return Measurements(
             foreign=foreign,
@@ -51,4 +57,18 @@ class LoadSensing:
             active_users=users,
             work_time=work_time,
             mem_available=mem,
+            local_users=act.local_users,
+            remote_users=act.remote_users,
+            sources=act.answered,
         )
+
+    def _activity(self, now: float) -> Activity:
+        """Who is at the machine, by the configured sources.  A sensors object without
+        ``activity`` (a test's fake) answers with a count only."""
+        idle = self.cfg.interactive.idle_minutes * 60
+        rich = getattr(self.sensors, "activity", None)
+        if rich is not None:
+            found: Activity = rich(idle, now, self.cfg.interactive.sources)
+            return found
+        n = self.sensors.active_users(idle, now)
+        return Activity(tuple(Seen(f"user{i}", True, "fake") for i in range(n)), ("fake",))
