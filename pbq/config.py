@@ -102,7 +102,8 @@ KEYS: tuple[KeySpec, ...] = (
     _k("scheduler", "timeout_floor", "duration", 10.0,
        "a percentage timeout is never shorter than this"),
     _k("scheduler", "output_dir", "str", "",
-       "directory for per-job output files; '' = jobs inherit the scheduler's stdout/stderr"),
+       "directory for per-job output files; '' = JOBFILE.HOST.output/ (packed once a job "
+       "has ended); '-' = jobs inherit the scheduler's stdout/stderr"),
     _k("scheduler", "exit_when_empty", "bool", False, "exit once the jobfile has no jobs left"),
     _k("scheduler", "allow_group_write", "bool", False,
        "accept a jobfile that is group-writable"),

@@ -51,6 +51,7 @@ from ..statefiles import (
 )
 from .executor import Ended, Executor, NotStarted, Started
 from .intake import Intake
+from .joboutput import JobOutput
 from .jobs import Job, JobBook, JobState
 from .ledger import Ledger, Replaced
 from .limits import TimeLimits
@@ -69,7 +70,8 @@ class SchedulerOptions:
     jobfile: Path
     host: str  # the name in file names and in the hostfile
     config: Config
-    output_dir: Path | None = None
+    output_dir: Path | None = None  # None: JOBFILE.HOST.output/, packed
+    inherit_output: bool = False  # --output-dir -: jobs share the scheduler's stdout/stderr
     exit_when_empty: bool = False
     allow_group_write: bool = False
     lock: str = "flock"
@@ -113,6 +115,7 @@ class Scheduler:
                                  opts.jobfile.with_name(opts.jobfile.name + ".usage"), clock)
         self.outputs = HostOutputs(self.files, self.book, self.cfg, monotonic, self.ledger.disk_problem)
         self.sensing = LoadSensing(self.cfg, self.sensors)
+        self.joboutput: JobOutput | None = None  # local jobs only
         self.limits = TimeLimits(self.cfg, opts.jobfile.with_name(opts.jobfile.name + ".usage"))
         self.over_since: float | None = None  # monotonic time the load went over the limit
         self.m = Measurements()
@@ -162,7 +165,11 @@ class Scheduler:
             return DrmExecutor(self.host, h, self.cfg, Path.cwd(), log_dir, self.log,
                                self.jobfile.with_name(self.jobfile.name + ".usage"), self.mono)
         local = old is not None and is_local(old)
-        ex = LocalExecutor(self.host, self.jobfile, self.files.exits, self.cfg.scheduler.nice, self.opts.output_dir,
+        self.joboutput = JobOutput(self.files, self.opts.output_dir, self.opts.inherit_output,
+                                   self.cfg.jobfile.fsync, self.log)
+        self.outcomes.receive = self.joboutput.received
+        ex = LocalExecutor(self.host, self.jobfile, self.files.exits, self.cfg.scheduler.nice,
+                           self.joboutput.directory,
                            self.log, self.sensors, old.runner if local and old is not None else None,
                            allow_group_write=self.opts.allow_group_write,
                            containment=self.cfg.scheduler.containment)
@@ -174,14 +181,14 @@ class Scheduler:
         check_input_file(self.jobfile, "jobfile", self.opts.allow_group_write)
         if not self.jobfile.exists():
             raise PbqError(f"no such jobfile (create it, e.g. with: touch {self.jobfile})", path=str(self.jobfile))
-        if self.opts.output_dir is not None:
+        old = read_pidfile(self.files.pid)
+        self.executor = self._make_executor(old)
+        if self.joboutput is None and self.opts.output_dir is not None:
             try:
                 self.opts.output_dir.mkdir(parents=True, exist_ok=True)
             except OSError as err:
                 raise PbqError(f"cannot create output directory: {err.strerror}",
                                path=str(self.opts.output_dir)) from None
-        old = read_pidfile(self.files.pid)
-        self.executor = self._make_executor(old)
         self.ledger.load(self.opts.allow_group_write)
         probes = self.executor.probe(list(self.book))  # outside the lock: it may wait
         with self.queue.transaction() as txn:
@@ -192,6 +199,8 @@ class Scheduler:
             drm = None if isinstance(self.executor, LocalExecutor) else self.executor.name
             self._apply_recovery(plan_recovery(list(self.book), committed, probes, self.host, drm), txn)
         self.ledger.save()
+        if self.joboutput is not None:
+            self.joboutput.open({j.seq for j in self.book})
         self.outputs.write_views(force=True)
         if self.ledger.paused:
             self.paused = True  # -> PAUSED: the user's stop outlives the restart
@@ -483,6 +492,8 @@ class Scheduler:
             self._record_ends(self.executor.events(self.clock()), self.clock())
             self._put_back_terminated()
             self.executor.close()
+        if self.joboutput is not None:
+            self.joboutput.close()
         self.ledger.flush(self.queue)
         self.outcomes.flush_usage()
         if self.opts.exit_when_empty and self.mode is Mode.RUN:
@@ -536,6 +547,9 @@ class Scheduler:
                 self.intake.changed()
             self.ledger.save_if_changed()
             self.executor.recorded(ended)
+            if self.joboutput is not None:
+                for e in ended:
+                    self.joboutput.ended(e.job.seq)
 
     # ---------------------------------------------------------------- tick
 
@@ -560,6 +574,8 @@ class Scheduler:
         if self.ledger.flush(self.queue):
             self.intake.changed()
         self.outcomes.flush_usage()
+        if self.joboutput is not None:
+            self.joboutput.pack()
         if self.ledger.disk_error is not None:
             self.ledger.retry_disk(self.queue)
         self.intake.compact_if_due(now)
@@ -751,6 +767,7 @@ class Scheduler:
             self.ledger.disk_problem(err)
             return
         started, submitted = [], []
+        ids: list[tuple[int, int, float]] = []
         failed = False
         for r in self.executor.start(batch, self._env_for, now):
             job = r.job
@@ -760,6 +777,7 @@ class Scheduler:
                 self.book.started(job, when, r.pid, r.pid_start, r.cluster_id)  # STARTING -> RUNNING
                 if r.pid is not None:
                     started.append([job.seq, r.pid, r.pid_start, when])
+                    ids.append((job.seq, job.number, when))
                     self.log(f"started {jid} pid {r.pid}: {line_to_text(job.line)}")
                 else:
                     submitted.append([job.seq, r.cluster_id, when])
@@ -774,6 +792,8 @@ class Scheduler:
                 # Out of processes/memory, or a DRM that did not take it: the job goes back.
                 self.log(f"{r.message}: putting {jid} back")
                 self.book.requeue(job, front=True)
+        if ids and self.joboutput is not None:
+            self.joboutput.started(ids)
         if started or submitted:
             try:
                 self.ledger.journal({"started": started, "submitted": submitted})
