@@ -126,6 +126,13 @@ KEYS: tuple[KeySpec, ...] = (
     _k("history", "max_bytes", "size", "5M", "rotate the history file at this size; 0 = never"),
     _k("control", "timeout", "float", 30.0, "seconds to wait for a scheduler to answer",
        minimum=0, exclusive_min=True),
+    _k("notify", "command", "str", "",
+       "run (split like a shell would, no shell) when a job fails for good and when this host "
+       "has nothing left to do, with PBQ_EVENT, PBQ_JOB, PBQ_EXIT, PBQ_COMMAND, PBQ_HOST, "
+       "PBQ_JOBFILE set; '' = off"),
+    _k("notify", "timeout", "float", 30.0,
+       "seconds the notify command may run before it is killed (its process group)",
+       minimum=0, exclusive_min=True),
     _k("cluster", "cpu", "int", 1, "default CPUs per cluster job", minimum=1),
     _k("cluster", "mem", "str", "", "default memory per cluster job, as the DRM spells it"),
     _k("cluster", "vmem", "str", "", "default virtual memory per cluster job"),
@@ -212,6 +219,12 @@ class ControlSection:
 
 
 @dataclass(frozen=True)
+class NotifySection:
+    command: str
+    timeout: float
+
+
+@dataclass(frozen=True)
 class ClusterSection:
     cpu: int
     mem: str
@@ -233,6 +246,7 @@ _SECTION_TYPES: dict[str, type] = {
     "log": LogSection,
     "history": HistorySection,
     "control": ControlSection,
+    "notify": NotifySection,
     "cluster": ClusterSection,
 }
 
@@ -258,6 +272,7 @@ class Config:
     log: LogSection
     history: HistorySection
     control: ControlSection
+    notify: NotifySection
     cluster: ClusterSection
     path: Path | None
     _settings: tuple[Setting, ...]

@@ -52,10 +52,11 @@ from ..statefiles import (
 from .executor import Ended, Executor, NotStarted, Started
 from .intake import Intake
 from .joboutput import JobOutput
-from .jobs import Job, JobBook, JobState
+from .jobs import Job, JobBook, JobState, Outcome
 from .ledger import Ledger, Replaced
 from .limits import TimeLimits
 from .local import LocalExecutor, set_subreaper
+from .notify import Notifier
 from .outcomes import Outcomes
 from .outputs import VIEW_DEBOUNCE, HostOutputs
 from .recovery import Action, Step, plan_recovery
@@ -116,6 +117,10 @@ class Scheduler:
         self.outputs = HostOutputs(self.files, self.book, self.cfg, monotonic, self.ledger.disk_problem)
         self.sensing = LoadSensing(self.cfg, self.sensors)
         self.joboutput: JobOutput | None = None  # local jobs only
+        self.notifier = Notifier(self.cfg.notify.command, self.cfg.notify.timeout, opts.host,
+                                 str(opts.jobfile), self.log)
+        self.outcomes.on_failed = self._notify_failed
+        self.drain_notified = True  # "drained" once per drain: after jobs were held again
         self.limits = TimeLimits(self.cfg, opts.jobfile.with_name(opts.jobfile.name + ".usage"))
         self.over_since: float | None = None  # monotonic time the load went over the limit
         self.m = Measurements()
@@ -174,6 +179,7 @@ class Scheduler:
                            allow_group_write=self.opts.allow_group_write,
                            containment=self.cfg.scheduler.containment)
         ex.on_runner_started = self._runner_started
+        ex.on_stray = self.notifier.reaped
         return ex
 
     def startup(self) -> None:
@@ -487,6 +493,8 @@ class Scheduler:
         return False
 
     def _shutdown(self) -> None:
+        if self.mode is not Mode.TERM:
+            self._notify_drained()  # before the exit's compaction changes the jobfile
         if self.executor is not None:
             self.executor.settle()
             self._record_ends(self.executor.events(self.clock()), self.clock())
@@ -576,6 +584,9 @@ class Scheduler:
         self.outcomes.flush_usage()
         if self.joboutput is not None:
             self.joboutput.pack()
+        self._notify_drained()
+        if self.notifier.pids:
+            self.notifier.poll()
         if self.ledger.disk_error is not None:
             self.ledger.retry_disk(self.queue)
         self.intake.compact_if_due(now)
@@ -757,6 +768,7 @@ class Scheduler:
         batch = claimed[:n]
         if not batch:
             return
+        self.drain_notified = False  # the next drain is news again
         for job in batch:
             self.book.starting(job)  # CLAIMED -> STARTING: from now on it may have run
         try:
@@ -801,6 +813,23 @@ class Scheduler:
                 self.ledger.disk_problem(err)
         if failed and self.ledger.flush(self.queue):
             self.intake.changed()
+
+    # ---------------------------------------------------------------- notifications
+
+    def _notify_failed(self, job: Job, out: Outcome) -> None:
+        code = out.exit_code if not out.signal else 128 + out.signal
+        self.notifier.notify("failed", str(job.number), str(code), line_to_text(job.line))
+
+    def _notify_drained(self) -> None:
+        """Once per drain: no job held, nothing pending (``[notify] command``)."""
+        if not self.notifier.on:
+            return
+        if self.drain_notified or self.book.live() or \
+                self.book.in_state(JobState.STARTING, JobState.CLAIMED):
+            return
+        if self.intake.drained() and not self.ledger.pending():
+            self.drain_notified = True
+            self.notifier.notify("drained")
 
     def _env_for(self, job: Job) -> dict[str, str]:
         """What a job finds in its environment besides the scheduler's."""

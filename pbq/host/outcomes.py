@@ -29,6 +29,7 @@ class Outcomes:
         self.ok_by_seq: dict[int, bool] = {}  # ended, usage not reported yet
         self.usage_buf: list[tuple[bytes, int, float, float, bool]] = []  # line, rss, cpu, runtime, ok
         self.receive: Callable[[int], int] | None = None  # bytes of output of job HOST.N
+        self.on_failed: Callable[[Job, Outcome], None] | None = None  # failed for good
 
     def ended(self, e: Ended, terminating: bool) -> None:
         """A job's process (or cluster job) ended; ``terminating``: the host is in `term`."""
@@ -97,6 +98,8 @@ class Outcomes:
         else:
             c.failed += 1
             self.ledger.record(error_line=job.line, error_seq=job.number)
+            if self.on_failed is not None:
+                self.on_failed(job, out)
         if job.tries:
             self.book.settling(job)  # its retry count is cleared under the next lock
         else:
