@@ -35,7 +35,7 @@ from ..sidefiles import (
     pack_files,
     read_frames,
 )
-from ..statefiles import HostFiles
+from ..statefiles import HostFiles, append_bytes
 from .ledger import Log
 
 PACK_ROTATE = 64 << 20  # bytes: a new packed.K after this
@@ -169,28 +169,13 @@ class JobOutput:
     def _append(self, data: bytes) -> bool:
         path = self._pack_path()
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o666)
-        except OSError as err:
-            self._complain(f"cannot pack job output into {path}: {err.strerror}")
-            return False
-        try:
-            size0 = os.fstat(fd).st_size
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
-                if self.fsync:
-                    os.fsync(fd)
-            except OSError as err:
-                with contextlib.suppress(OSError):
-                    os.ftruncate(fd, size0)
-                self._complain(f"cannot pack job output into {path}: {err.strerror}")
-                return False
-            if size0 + len(data) >= PACK_ROTATE:
+            append_bytes(path, data, fsync=self.fsync)  # all or nothing
+            if os.path.getsize(path) >= PACK_ROTATE:
                 self.pack_path = None
-            return True
-        finally:
-            os.close(fd)
+        except (OSError, PbqError) as err:
+            self._complain(f"cannot pack job output into {path}: {err}")
+            return False
+        return True
 
     def _pack_path(self) -> Path:
         """The stream appended to: the newest, its torn tail (a crash) cut off once."""
