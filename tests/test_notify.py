@@ -46,8 +46,8 @@ with open({str(got)!r}, "a") as f:
     finally:
         kill_all(processes_mentioning(str(jf)))
     evs = events(got)
-    assert [e["PBQ_EVENT"] for e in evs] == ["failed", "drained"], evs
-    failed = evs[0]
+    assert sorted(e["PBQ_EVENT"] for e in evs) == ["drained", "failed"], evs
+    failed = next(e for e in evs if e["PBQ_EVENT"] == "failed")
     assert failed["PBQ_JOB"] == "2" and failed["PBQ_EXIT"] == "3"
     assert failed["PBQ_COMMAND"] == "sh -c 'exit 3'"
     assert failed["PBQ_HOST"] == "h1" and failed["PBQ_JOBFILE"] == str(jf)
