@@ -25,7 +25,7 @@ from .cli_common import (
     output_dir_option,
 )
 from .cli_control import config_cmd, control_cmd
-from .cli_everyday import add_cmd, cancel_cmd, wait_cmd
+from .cli_everyday import add_cmd, cancel_cmd, log_cmd, wait_cmd
 from .cli_ops import report_cmd, start_cmd, status_cmd
 from .errors import PbqError
 
@@ -59,7 +59,8 @@ Examples:
 )
 @config_option
 @flag_option("--exit-when-empty", "Exit once the jobfile is empty and no job is left.")
-@output_dir_option("Keep each job's stdout/stderr in DIR/<job id>.out/.err.")
+@output_dir_option("Keep each job's stdout/stderr in DIR/<job id>.out/.err (default: "
+                   "JOBFILE.HOST.output/, packed once ended; '-': inherit this process's).")
 @lock_option("Jobfile lock: flock (default) or soft (O_EXCL file, for sshfs and the like).")
 @flag_option("--allow-group-write", "Accept group-writable jobfile/hostfile (group-shared queues).")
 @click.option("--interval", type=float, help="Seconds between ticks (default 1).")
@@ -146,7 +147,8 @@ def _scheduler_options(
         jobfile=jobfile,
         host=host,
         config=cfg,
-        output_dir=Path(sc.output_dir).absolute() if sc.output_dir else None,
+        output_dir=Path(sc.output_dir).absolute() if sc.output_dir not in ("", "-") else None,
+        inherit_output=sc.output_dir == "-",
         exit_when_empty=sc.exit_when_empty,
         allow_group_write=sc.allow_group_write,
         lock=cfg.jobfile.lock,
@@ -248,6 +250,7 @@ pbq.add_command(report_cmd)
 pbq.add_command(wait_cmd)
 pbq.add_command(add_cmd)
 pbq.add_command(cancel_cmd)
+pbq.add_command(log_cmd)
 
 
 # ------------------------------------------------------------------ completion

@@ -1,4 +1,5 @@
-"""``pbq wait``, ``pbq add`` and ``pbq cancel``: parsing only; the work is in everyday.py."""
+"""``pbq wait``, ``pbq add``, ``pbq cancel``, ``pbq log``: parsing only; the work is in
+everyday.py."""
 
 from __future__ import annotations
 
@@ -152,3 +153,67 @@ def cancel_cmd(hostfile: Path, jobfile: Path, seqs: tuple[int, ...],
             bad = True
     if bad:
         sys.exit(1)
+
+
+@click.command(
+    "log",
+    context_settings=CONTEXT,
+    short_help="Print a job's stdout and stderr, by Seq.",
+    epilog="""\b
+Examples:
+  pbq log hostfile jobfile 17                   stdout, then stderr, of its last attempt
+  pbq log --stderr --attempt 1 hostfile jobfile 17
+  pbq log --follow hostfile jobfile 17          as it comes, until the job ends
+\b
+Output is kept in JOBFILE.HOST.output/ (packed once the job has ended) or, with
+pbq-single --output-dir DIR, in DIR; not with --output-dir - (inherited).  Exit status 2
+when the job has no attempt with kept output.
+""",
+)
+@click.argument("hostfile", type=FILE_ARG)
+@click.argument("jobfile", type=FILE_ARG)
+@click.argument("seq", type=int)
+@click.option("--stdout", "only_out", is_flag=True, help="Only its stdout.")
+@click.option("--stderr", "only_err", is_flag=True, help="Only its stderr.")
+@click.option("--attempt", type=int, default=None, metavar="N",
+              help="The Nth attempt (1 = first; default: the last).")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing while the job runs.")
+@config_option
+@friendly("pbq log")
+def log_cmd(hostfile: Path, jobfile: Path, seq: int, only_out: bool, only_err: bool,
+            attempt: int | None, follow: bool, config_path: Path | None) -> None:
+    """Print the output of job SEQ (the joblog's Seq) of JOBFILE."""
+    import time
+
+    from . import everyday
+    from .config import load_config
+
+    jobfile = jobfile.absolute()
+    cfg = load_config(jobfile, config_path)
+    streams = ["out"] if only_out and not only_err else ["err"] if only_err and not only_out \
+        else ["out", "err"]
+    found = everyday.attempts_of(jobfile, hostfile, seq)
+    while follow and not found and (everyday.holder_of(jobfile, hostfile, cfg, seq) is not None
+                                    or everyday.is_pending(jobfile, cfg, seq)):
+        time.sleep(0.2)  # waiting in the jobfile, or taken and not started yet
+        found = everyday.attempts_of(jobfile, hostfile, seq)
+    if not found:
+        raise PbqError(f"job {seq} has no recorded attempt (not started, or started by a pbq "
+                       "that did not keep output)")
+    index = len(found) if attempt is None else attempt
+    if not 1 <= index <= len(found):
+        raise PbqError(f"job {seq} has {len(found)} attempt(s), not {index}")
+    a = found[index - 1]
+    if a.directory is None:
+        raise PbqError(f"the output of job {seq} ({a.job_id}) was not kept (--output-dir -)")
+    out = sys.stdout.buffer
+
+    def write(data: bytes) -> None:
+        out.write(data)
+        out.flush()
+
+    if follow:
+        everyday.follow_output(jobfile, cfg, a, streams, write)
+        return
+    for stream in streams:
+        write(everyday.read_output(jobfile, a, stream) or b"")

@@ -142,7 +142,7 @@ def _passed_on(
     if exit_when_empty:
         options.append("--exit-when-empty")
     if output_dir is not None:
-        options += ["--output-dir", str(output_dir.absolute())]
+        options += ["--output-dir", "-" if str(output_dir) == "-" else str(output_dir.absolute())]
     if allow_group_write:
         options.append("--allow-group-write")
     return options

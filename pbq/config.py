@@ -117,7 +117,8 @@ KEYS: tuple[KeySpec, ...] = (
     _k("scheduler", "quick_fail", "duration", 5.0,
        "a failure within this many seconds of the start counts towards quarantine_after"),
     _k("scheduler", "output_dir", "str", "",
-       "directory for per-job output files; '' = jobs inherit the scheduler's stdout/stderr"),
+       "directory for per-job output files; '' = JOBFILE.HOST.output/ (packed once a job "
+       "has ended); '-' = jobs inherit the scheduler's stdout/stderr"),
     _k("scheduler", "exit_when_empty", "bool", False, "exit once the jobfile has no jobs left"),
     _k("scheduler", "allow_group_write", "bool", False,
        "accept a jobfile that is group-writable"),
@@ -139,6 +140,13 @@ KEYS: tuple[KeySpec, ...] = (
        minimum=0, exclusive_min=True),
     _k("history", "max_bytes", "size", "5M", "rotate the history file at this size; 0 = never"),
     _k("control", "timeout", "float", 30.0, "seconds to wait for a scheduler to answer",
+       minimum=0, exclusive_min=True),
+    _k("notify", "command", "str", "",
+       "run (split like a shell would, no shell) when a job fails for good and when this host "
+       "has nothing left to do, with PBQ_EVENT, PBQ_JOB, PBQ_EXIT, PBQ_COMMAND, PBQ_HOST, "
+       "PBQ_JOBFILE set; '' = off"),
+    _k("notify", "timeout", "float", 30.0,
+       "seconds the notify command may run before it is killed (its process group)",
        minimum=0, exclusive_min=True),
     _k("cluster", "cpu", "int", 1, "default CPUs per cluster job", minimum=1),
     _k("cluster", "mem", "str", "", "default memory per cluster job, as the DRM spells it"),
@@ -230,6 +238,12 @@ class ControlSection:
 
 
 @dataclass(frozen=True)
+class NotifySection:
+    command: str
+    timeout: float
+
+
+@dataclass(frozen=True)
 class ClusterSection:
     cpu: int
     mem: str
@@ -251,6 +265,7 @@ _SECTION_TYPES: dict[str, type] = {
     "log": LogSection,
     "history": HistorySection,
     "control": ControlSection,
+    "notify": NotifySection,
     "cluster": ClusterSection,
 }
 
@@ -276,6 +291,7 @@ class Config:
     log: LogSection
     history: HistorySection
     control: ControlSection
+    notify: NotifySection
     cluster: ClusterSection
     path: Path | None
     _settings: tuple[Setting, ...]

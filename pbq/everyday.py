@@ -1,4 +1,4 @@
-"""Everyday commands: ``pbq wait``, ``pbq add`` and ``pbq cancel``.
+"""Everyday commands: ``pbq wait``, ``pbq add``, ``pbq cancel`` and ``pbq log``.
 
 They speak of jobs by their Seq, the number a job line has in the jobfile's history
 (the joblog's first column, ``$PBQ_SEQ``; ``jobfile-append`` and ``pbq add`` print it).
@@ -20,8 +20,8 @@ from .host.ledger import Ledger
 from .jobfile import JobQueue, append_file
 from .ops import LIVE_CONDITIONS, host_row, status_hosts
 from .safety import check_input_file, check_jobfile_directory
-from .sidefiles import JoblogRow, read_joblog
-from .statefiles import HostFiles
+from .sidefiles import Attempt, JoblogRow, pack_files, read_frames, read_jobids, read_joblog
+from .statefiles import HostFiles, hosts_with
 
 # ------------------------------------------------------------------ pbq add
 
@@ -230,3 +230,74 @@ def _group_alive(pgid: int) -> bool:
             if len(fields) > 2 and fields[2] == str(pgid).encode() and fields[0] != b"Z":
                 return True
     return False
+
+
+# ------------------------------------------------------------------ pbq log
+
+
+def attempts_of(jobfile: Path, hostfile: Path | None, seq: int) -> list[Attempt]:
+    """Every attempt of line ``seq`` on any host (``JOBFILE.HOST.jobids``), oldest first."""
+    hosts = dict.fromkeys([*status_hosts(jobfile, hostfile), *hosts_with(jobfile, "jobids")])
+    found = [a for h in hosts for a in read_jobids(HostFiles(jobfile, h).path("jobids"), h, seq)]
+    return sorted(found, key=lambda a: (a.start, a.host, a.n))
+
+
+def _output_file(a: Attempt, stream: str) -> Path | None:
+    return None if a.directory is None else Path(a.directory) / f"{a.job_id}.{stream}"
+
+
+def _packed(jobfile: Path, a: Attempt, stream: str) -> tuple[Path, int, int] | None:
+    """Where the attempt's packed output is: (pack file, offset, length)."""
+    for pack in pack_files(HostFiles(jobfile, a.host).path("output")):
+        for head, at, end in read_frames(pack):
+            if head.get("job") == a.job_id and head.get("stream") == stream:
+                return pack, at, end - at - 1
+    return None
+
+
+def read_output(jobfile: Path, a: Attempt, stream: str, offset: int = 0) -> bytes | None:
+    """An attempt's stdout ("out") or stderr ("err") from ``offset`` on: its file while there
+    is one, else its packed copy; b"" when there is neither (no output); None when its output
+    was not kept."""
+    path = _output_file(a, stream)
+    if path is None:
+        return None
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            return f.read()
+    except FileNotFoundError:
+        pass
+    found = _packed(jobfile, a, stream)
+    if found is None:
+        return b""
+    pack, at, n = found
+    with open(pack, "rb") as f:
+        f.seek(at + min(offset, n))
+        return f.read(max(0, n - offset))
+
+
+def is_pending(jobfile: Path, cfg: Config, seq: int) -> bool:
+    """Whether line ``seq`` waits in the jobfile (not taken yet)."""
+    with queue_of(jobfile, cfg).transaction(timeout=30) as txn:
+        return any(n == seq for *_, n, _annotated in txn.pending_numbered())
+
+
+def attempt_running(jobfile: Path, cfg: Config, a: Attempt) -> bool:
+    return any(j.seq == a.n and j.state in HOLDING for j in held_jobs(jobfile, a.host, cfg))
+
+
+def follow_output(jobfile: Path, cfg: Config, a: Attempt, streams: list[str],
+                  write: Callable[[bytes], None], every: float = 0.2) -> None:
+    """Write what the attempt writes as it comes, until it has ended and all is written."""
+    offsets = dict.fromkeys(streams, 0)
+    while True:
+        running = attempt_running(jobfile, cfg, a)  # before reading: its last bytes are read
+        for stream in streams:
+            data = read_output(jobfile, a, stream, offsets[stream])
+            if data:
+                offsets[stream] += len(data)
+                write(data)
+        if not running:
+            return
+        time.sleep(every)

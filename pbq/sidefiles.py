@@ -14,7 +14,16 @@ Formats (``FORMAT_VERSION`` is the newest this pbq writes and reads):
     One JSON object, the heartbeat, replaced whole every tick.
 ``.joblog``
     GNU Parallel's ``--joblog`` TSV (header, then one row per finished job).  Its layout is
-    Parallel's, so it carries no format number.
+    Parallel's, so it carries no format number.  Receive is the job's output in bytes
+    (stdout and stderr), 0 where it is not kept.
+``.jobids``
+    Which job id each attempt of a line had, and where its output went: lines
+    ``N SEQ START`` (job id ``HOST.N``, the line's Seq, start time), after a line
+    ``#output DIR`` written at each scheduler start (``-``: output inherited, not kept).
+``.output/packed.K``
+    Output of ended jobs, packed: frames ``#pbq-output 1 {"seq", "job", "stream",
+    "bytes"}\n`` + the bytes + ``\n``; a torn last frame (a crash while appending) is cut
+    off by the next writer and skipped by readers.
 
 A record that says it is of a newer format raises FormatError instead of being guessed at:
 a half-upgraded fleet must never corrupt a queue.
@@ -402,10 +411,117 @@ def joblog_row(
     exitval: int,
     signal: int,
     command: bytes,
+    receive: int = 0,
 ) -> str:
     """One TSV row; tabs and newlines of the command become spaces (a row is one line)."""
     cmd = line_to_text(command).replace("\t", " ").replace("\n", " ")
-    return f"{seq}\t{host}\t{start:.3f}\t{runtime:.3f}\t0\t0\t{exitval}\t{signal}\t{cmd}\n"
+    return (f"{seq}\t{host}\t{start:.3f}\t{runtime:.3f}\t0\t{receive}\t{exitval}\t{signal}"
+            f"\t{cmd}\n")
+
+
+# ------------------------------------------------------------------ job output
+
+
+OUTPUT_HEADER = "#output "
+PACK_MAGIC = b"#pbq-output 1 "
+PACK_PREFIX = "packed."
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One attempt of a line on a host, from ``.jobids``."""
+
+    host: str
+    n: int  # job id HOST.N
+    seq: int  # the line's Seq
+    start: float
+    directory: str | None  # where its HOST.N.out/.err are; None: inherited, not kept
+
+    @property
+    def job_id(self) -> str:
+        return f"{self.host}.{self.n}"
+
+
+def jobids_header(directory: Path | None) -> bytes:
+    return f"{OUTPUT_HEADER}{directory if directory is not None else '-'}\n".encode(
+        "utf-8", "surrogateescape")
+
+
+def jobids_line(n: int, seq: int, start: float) -> bytes:
+    return f"{n} {seq} {start:.3f}\n".encode()
+
+
+def read_jobids(path: Path, host: str, seq: int | None = None) -> list[Attempt]:
+    """The attempts ``.jobids`` lists (only those of ``seq`` if given); torn lines skipped."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return []
+    out: list[Attempt] = []
+    directory: str | None = None
+    want = None if seq is None else f" {seq} ".encode()
+    for raw in data.split(b"\n"):
+        if raw.startswith(OUTPUT_HEADER.encode()):
+            d = raw[len(OUTPUT_HEADER):].decode("utf-8", "surrogateescape")
+            directory = None if d == "-" else d
+            continue
+        if want is not None and want not in raw:
+            continue
+        parts = raw.split()
+        if len(parts) != 3:
+            continue
+        try:
+            out.append(Attempt(host, int(parts[0]), int(parts[1]), float(parts[2]), directory))
+        except ValueError:
+            continue
+    return [a for a in out if seq is None or a.seq == seq]
+
+
+def output_frame(seq: int, job_id: str, stream: str, data: bytes) -> bytes:
+    head = json.dumps({"seq": seq, "job": job_id, "stream": stream, "bytes": len(data)})
+    return PACK_MAGIC + head.encode() + b"\n" + data + b"\n"
+
+
+def read_frames(path: Path) -> Iterable[tuple[dict[str, Any], int, int]]:
+    """(header, offset of the bytes, end of the frame) of each whole frame, in order; stops at
+    a torn or garbled frame."""
+    try:
+        f = open(path, "rb")  # noqa: SIM115 - closed below
+    except OSError:
+        return
+    with f:
+        size = os.fstat(f.fileno()).st_size
+        pos = 0
+        while pos < size:
+            f.seek(pos)
+            line = f.readline(4096)
+            if not line.startswith(PACK_MAGIC) or not line.endswith(b"\n"):
+                return
+            try:
+                head = json.loads(line[len(PACK_MAGIC):])
+                n = int(head["bytes"])
+            except (ValueError, KeyError, TypeError):
+                return
+            data_at = pos + len(line)
+            end = data_at + n + 1
+            if end > size:
+                return
+            f.seek(end - 1)
+            if f.read(1) != b"\n":
+                return
+            yield head, data_at, end
+            pos = end
+
+
+def pack_files(directory: Path) -> list[Path]:
+    """The packed output streams in a host's output directory, oldest first."""
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return []
+    nums = sorted(int(n[len(PACK_PREFIX):]) for n in names
+                  if n.startswith(PACK_PREFIX) and n[len(PACK_PREFIX):].isdigit())
+    return [directory / f"{PACK_PREFIX}{k}" for k in nums]
 
 
 def append_joblog_rows(path: Path, rows: Sequence[str], fsync: bool = False) -> None:

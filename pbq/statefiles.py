@@ -35,6 +35,8 @@ HOST_EXTENSIONS = (
     # (the record formats of .pid, .exits, .status and .joblog are in pbq.sidefiles)
     "history",  # JSON lines: one sample per minute, for `pbq report`
     "out",  # output of a scheduler started by `pbq start`
+    "jobids",  # lines N SEQ START: job id HOST.N of each attempt, for `pbq log`
+    "output",  # directory: HOST.N.out/.err of jobs, packed.K of ended jobs' output
 )
 
 

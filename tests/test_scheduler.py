@@ -48,7 +48,8 @@ def test_example_queue_runs_to_completion(tmp_path: Path) -> None:
     jf.write_bytes((ex / "jobfile").read_bytes())
     os.chmod(hf, 0o644)
     os.chmod(jf, 0o644)
-    r = run_cmd("pbq-single", "--exit-when-empty", hf, jf, timeout=60, cwd=tmp_path)
+    r = run_cmd("pbq-single", "--exit-when-empty", "--output-dir", "-", hf, jf, timeout=60,
+                cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     host = next(p.name.split(".")[1] for p in tmp_path.glob("jobfile.*.joblog"))
     joblog = lines_of(hostfile_path(jf, host, "joblog"))

@@ -129,6 +129,7 @@ class LocalExecutor:
         self.unacked: list[int] = []
         self.finished_cpu = 0.0  # CPU seconds of ended jobs (and dead runners)
         self.on_runner_started: Callable[[int], None] | None = None  # the loop records its pid
+        self.on_stray: Callable[[int, int], object] | None = None  # (pid, status) of a stray
         self.cg: cgroups.Cgroups | None = None  # None: process groups only
         self.new_in_cgroup = False  # new jobs get a cgroup (off after a failed move)
         self.job_cg: dict[int, str] = {}  # seq -> the job's cgroup
@@ -379,7 +380,9 @@ class LocalExecutor:
             return ended
         job = self.orphans.pop(pid, None)
         if job is None:
-            return []  # a daemon some job left behind
+            if self.on_stray is not None:
+                self.on_stray(pid, status)  # a notify command (notify.py)
+            return []  # or a daemon some job left behind
         self._job_ended(job, pid)
         if pid in self.cg_cpu_done:
             self.cg_cpu_done.discard(pid)

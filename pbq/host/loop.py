@@ -53,10 +53,12 @@ from ..statefiles import (
 from .edges import EDGE_LOOKAHEAD, WorkdayEdge
 from .executor import Ended, Executor, NotStarted, Started
 from .intake import Intake
-from .jobs import UNKNOWN_EXIT, Job, JobBook, JobState
+from .joboutput import JobOutput
+from .jobs import UNKNOWN_EXIT, Job, JobBook, JobState, Outcome
 from .ledger import Ledger, Replaced
 from .limits import TimeLimits
 from .local import LocalExecutor
+from .notify import Notifier
 from .outcomes import Outcomes
 from .outputs import VIEW_DEBOUNCE, HostOutputs
 from .recovery import Action, Step, plan_recovery
@@ -71,7 +73,8 @@ class SchedulerOptions:
     jobfile: Path
     host: str  # the name in file names and in the hostfile
     config: Config
-    output_dir: Path | None = None
+    output_dir: Path | None = None  # None: JOBFILE.HOST.output/, packed
+    inherit_output: bool = False  # --output-dir -: jobs share the scheduler's stdout/stderr
     exit_when_empty: bool = False
     allow_group_write: bool = False
     lock: str = "flock"
@@ -115,6 +118,11 @@ class Scheduler:
                                  opts.jobfile.with_name(opts.jobfile.name + ".usage"), clock)
         self.outputs = HostOutputs(self.files, self.book, self.cfg, monotonic, self.ledger.disk_problem)
         self.sensing = LoadSensing(self.cfg, self.sensors)
+        self.joboutput: JobOutput | None = None  # local jobs only
+        self.notifier = Notifier(self.cfg.notify.command, self.cfg.notify.timeout, opts.host,
+                                 str(opts.jobfile), self.log)
+        self.outcomes.on_failed = self._notify_failed
+        self.drain_notified = True  # "drained" once per drain: after jobs were held again
         self.limits = TimeLimits(self.cfg, opts.jobfile.with_name(opts.jobfile.name + ".usage"))
         self.health = HostHealth(self.cfg.scheduler.quarantine_after, self.cfg.scheduler.quick_fail)
         self.edge = WorkdayEdge(self.cfg, opts.jobfile.with_name(opts.jobfile.name + ".usage"))
@@ -166,11 +174,16 @@ class Scheduler:
             return DrmExecutor(self.host, h, self.cfg, Path.cwd(), log_dir, self.log,
                                self.jobfile.with_name(self.jobfile.name + ".usage"), self.mono)
         local = old is not None and is_local(old)
-        ex = LocalExecutor(self.host, self.jobfile, self.files.exits, self.cfg.scheduler.nice, self.opts.output_dir,
+        self.joboutput = JobOutput(self.files, self.opts.output_dir, self.opts.inherit_output,
+                                   self.cfg.jobfile.fsync, self.log)
+        self.outcomes.receive = self.joboutput.received
+        ex = LocalExecutor(self.host, self.jobfile, self.files.exits, self.cfg.scheduler.nice,
+                           self.joboutput.directory,
                            self.log, self.sensors, old.runner if local and old is not None else None,
                            allow_group_write=self.opts.allow_group_write,
                            containment=self.cfg.scheduler.containment)
         ex.on_runner_started = self._runner_started
+        ex.on_stray = self.notifier.reaped
         return ex
 
     def startup(self) -> None:
@@ -178,14 +191,14 @@ class Scheduler:
         check_input_file(self.jobfile, "jobfile", self.opts.allow_group_write)
         if not self.jobfile.exists():
             raise PbqError(f"no such jobfile (create it, e.g. with: touch {self.jobfile})", path=str(self.jobfile))
-        if self.opts.output_dir is not None:
+        old = read_pidfile(self.files.pid)
+        self.executor = self._make_executor(old)
+        if self.joboutput is None and self.opts.output_dir is not None:
             try:
                 self.opts.output_dir.mkdir(parents=True, exist_ok=True)
             except OSError as err:
                 raise PbqError(f"cannot create output directory: {err.strerror}",
                                path=str(self.opts.output_dir)) from None
-        old = read_pidfile(self.files.pid)
-        self.executor = self._make_executor(old)
         self.ledger.load(self.opts.allow_group_write)
         probes = self.executor.probe(list(self.book))  # outside the lock: it may wait
         with self.queue.transaction() as txn:
@@ -196,6 +209,8 @@ class Scheduler:
             drm = self.executor.drm_name
             self._apply_recovery(plan_recovery(list(self.book), committed, probes, self.host, drm), txn)
         self.ledger.save()
+        if self.joboutput is not None:
+            self.joboutput.open({j.seq for j in self.book})
         self.outputs.write_views(force=True)
         if self.ledger.paused:
             self.paused = True  # -> PAUSED: the user's stop outlives the restart
@@ -483,11 +498,15 @@ class Scheduler:
         return False
 
     def _shutdown(self) -> None:
+        if self.mode is not Mode.TERM:
+            self._notify_drained()  # before the exit's compaction changes the jobfile
         if self.executor is not None:
             self.executor.settle()
             self._record_ends(self.executor.events(self.clock()), self.clock())
             self._put_back_terminated()
             self.executor.close()
+        if self.joboutput is not None:
+            self.joboutput.close()
         self.ledger.flush(self.queue)
         self.outcomes.flush_usage()
         if self.opts.exit_when_empty and self.mode is Mode.RUN:
@@ -547,6 +566,9 @@ class Scheduler:
                 self.intake.changed()
             self.ledger.save_if_changed()
             self.executor.recorded(ended)
+            if self.joboutput is not None:
+                for e in ended:
+                    self.joboutput.ended(e.job.seq)
 
     # ---------------------------------------------------------------- tick
 
@@ -575,6 +597,11 @@ class Scheduler:
         if self.ledger.flush(self.queue):
             self.intake.changed()
         self.outcomes.flush_usage()
+        if self.joboutput is not None:
+            self.joboutput.pack()
+        self._notify_drained()
+        if self.notifier.pids:
+            self.notifier.poll()
         if self.ledger.disk_error is not None:
             self.ledger.retry_disk(self.queue)
         self.intake.compact_if_due(now)
@@ -761,6 +788,7 @@ class Scheduler:
             batch = claimed[:n]
         if not batch:
             return
+        self.drain_notified = False  # the next drain is news again
         for job in batch:
             self.book.starting(job)  # CLAIMED -> STARTING: from now on it may have run
         try:
@@ -771,6 +799,7 @@ class Scheduler:
             self.ledger.disk_problem(err)
             return
         started, submitted = [], []
+        ids: list[tuple[int, int, float]] = []
         failed = False
         for r in self.executor.start(batch, self._env_for, now):
             job = r.job
@@ -780,6 +809,7 @@ class Scheduler:
                 self.book.started(job, when, r.pid, r.pid_start, r.cluster_id)  # STARTING -> RUNNING
                 if r.pid is not None:
                     started.append([job.seq, r.pid, r.pid_start, when])
+                    ids.append((job.seq, job.number, when))
                     self.log(f"started {jid} pid {r.pid}: {line_to_text(job.line)}")
                 else:
                     submitted.append([job.seq, r.cluster_id, when])
@@ -795,6 +825,8 @@ class Scheduler:
                 # Out of processes/memory, or a DRM that did not take it: the job goes back.
                 self.log(f"{r.message}: putting {jid} back")
                 self.book.requeue(job, front=True)
+        if ids and self.joboutput is not None:
+            self.joboutput.started(ids)
         if started or submitted:
             try:
                 self.ledger.journal({"started": started, "submitted": submitted})
@@ -855,6 +887,23 @@ class Scheduler:
         self.log(f"quarantined for {until:.0f}s: {why}; taking no new jobs "
                  f"(pbq control ... cont {self.host} lifts it)")
         self.intake.give_back_claimed()
+
+    # ---------------------------------------------------------------- notifications
+
+    def _notify_failed(self, job: Job, out: Outcome) -> None:
+        code = out.exit_code if not out.signal else 128 + out.signal
+        self.notifier.notify("failed", str(job.number), str(code), line_to_text(job.line))
+
+    def _notify_drained(self) -> None:
+        """Once per drain: no job held, nothing pending (``[notify] command``)."""
+        if not self.notifier.on:
+            return
+        if self.drain_notified or self.book.live() or \
+                self.book.in_state(JobState.STARTING, JobState.CLAIMED):
+            return
+        if self.intake.drained() and not self.ledger.pending():
+            self.drain_notified = True
+            self.notifier.notify("drained")
 
     def _env_for(self, job: Job) -> dict[str, str]:
         """What a job finds in its environment besides the scheduler's."""

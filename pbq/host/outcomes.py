@@ -28,6 +28,8 @@ class Outcomes:
         self.avg_runtime: float | None = None  # moving average of job run times
         self.ok_by_seq: dict[int, bool] = {}  # ended, usage not reported yet
         self.usage_buf: list[tuple[bytes, int, float, float, bool]] = []  # line, rss, cpu, runtime, ok
+        self.receive: Callable[[int], int] | None = None  # bytes of output of job HOST.N
+        self.on_failed: Callable[[Job, Outcome], None] | None = None  # failed for good
 
     def ended(self, e: Ended, terminating: bool) -> None:
         """A job's process (or cluster job) ended; ``terminating``: the host is in `term`."""
@@ -67,8 +69,9 @@ class Outcomes:
         host = self.book.host
         host_col = f"{host}:{job.cluster_id}" if job.cluster_id else host
         host_col = "_".join(host_col.split()) or "_"  # GNU Parallel refuses a Host with spaces
+        got = self.receive(job.seq) if self.receive is not None and job.pid is not None else 0
         self.ledger.record(row=joblog_row(job.number, host_col, job.started or end, runtime,
-                                          out.exit_code, out.signal, job.line))
+                                          out.exit_code, out.signal, job.line, got))
         how = f"exit {out.exit_code}" if not out.signal else f"signal {out.signal}"
         if out.exit_code == UNKNOWN_EXIT and not out.signal:
             how = "outcome UNKNOWN"
@@ -95,6 +98,8 @@ class Outcomes:
         else:
             c.failed += 1
             self.ledger.record(error_line=job.line, error_seq=job.number)
+            if self.on_failed is not None:
+                self.on_failed(job, out)
         if job.tries:
             self.book.settling(job)  # its retry count is cleared under the next lock
         else:
