@@ -11,6 +11,7 @@ later, and when nothing could start the slots above ``wday`` take no lines for
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
@@ -66,3 +67,31 @@ class WorkdayEdge:
     def holding_off(self, now: float) -> bool:
         """A give-back was recent: slots above wday take no lines for a while."""
         return self.gave_back_at is not None and 0 <= now - self.gave_back_at < RETRY_AFTER
+
+    def choose_batch(self, claimed: list[Job], n: int, occupied: int, host: Host, until: float,
+                     now: float, take: Callable[[int], list[Job]]) -> tuple[list[Job], list[Job]]:
+        """Up to ``n`` lines to start now and the ones held back, from those taken ahead
+        and, taken with a look-ahead through ``take``, fresh ones; when nothing could start,
+        slots above wday take no lines for a while."""
+        self.refresh()
+        batch, held = self.pick(claimed, n, occupied, host, until)
+        want = n - len(batch)
+        ahead = EDGE_LOOKAHEAD
+        if want > 0 and self.holding_off(now):
+            want = min(want, max(0, int(host.wday) - occupied - len(batch)))  # wday slots only
+            ahead = 0
+        if want > 0:
+            more, held_more = self.pick(take(want + ahead), want, occupied + len(batch), host, until)
+            batch += more
+            held += held_more
+        if held and not batch:
+            self.gave_back_at = now
+        return batch, held
+
+    def held_message(self, held: list[Job], until: float, host: Host) -> str:
+        first = held[0]
+        expected = self.expected(first) or 0.0
+        return (f"work hours begin in {until:.0f}s: not starting {len(held)} line(s) whose "
+                f"expected run time (e.g. {expected:.0f}s, margin {self.margin:g}s) would run "
+                f"past it in a slot above wday {host.wday:g}; back to the front of the jobfile: "
+                f"{line_to_text(first.line)}")

@@ -13,9 +13,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..config import Config, parse_timeout
+from ..errors import PbqError
 from ..predict import command_key
 from ..statefiles import line_to_text
-from .jobs import Job, JobState
+from .executor import Executor
+from .jobs import Job, JobBook, JobState
+from .ledger import Ledger, Log
 from .medians import MedianRuntimes
 
 MIN_RUNS = 3  # successful runs of a command key before a percentage timeout applies
@@ -75,3 +78,36 @@ class TimeLimits:
 
     def forget(self, seq: int) -> None:
         self._keys.pop(seq, None)
+
+
+def enforce_limits(limits: TimeLimits, book: JobBook, executor: Executor, ledger: Ledger, log: Log,
+                   now: float, grace: float, decide: bool) -> None:
+    """Act on what ``TimeLimits`` decided: SIGTERM to the whole job now, SIGKILL after
+    ``grace``; a timed-out job's line goes to .error, a long-stopped one's back to the front
+    of the jobfile.  ``decide``: False while the host is terminating anyway (only the
+    SIGKILLs that are due still go out)."""
+    ending = False
+    if limits.active and decide:
+        limits.refresh()
+        for job, limit in limits.timed_out(book.in_state(JobState.RUNNING, JobState.STOPPED), now):
+            executor.term(job)
+            book.timing_out(job, kill_at=now + grace)  # RUNNING/STOPPED -> TIMING_OUT
+            log(f"job {book.job_id(job)} timed out after {limit:.1f}s of running time: "
+                f"SIGTERM (SIGKILL after {grace:g} s)")
+            ending = True
+        for job in limits.suspended_too_long(book.in_state(JobState.STOPPED), now):
+            stopped_for = now - (job.stopped_at or now)
+            executor.term(job)
+            book.evicting(job, kill_at=now + grace)  # STOPPED -> EVICTING
+            book.counters.suspend_ended += 1
+            log(f"job {book.job_id(job)} was stopped for {stopped_for:.0f}s (max_suspend "
+                f"{limits.max_suspend:g}s): ending it; its line goes back to the front")
+            ending = True
+    for job in book.in_state(JobState.EVICTING, JobState.TIMING_OUT):
+        if job.kill_at is not None and now >= job.kill_at:
+            executor.kill(job)  # what SIGTERM did not end (repeated each tick until gone)
+    if ending:
+        try:
+            ledger.save(fsync=True)  # on record before they end: a restart knows why
+        except PbqError as err:
+            ledger.disk_problem(err)

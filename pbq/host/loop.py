@@ -50,13 +50,13 @@ from ..statefiles import (
     line_to_text,
     unlink_quietly,
 )
-from .edges import EDGE_LOOKAHEAD, WorkdayEdge
+from .edges import WorkdayEdge
 from .executor import Ended, Executor, NotStarted, Started
 from .intake import Intake
 from .joboutput import JobOutput
 from .jobs import UNKNOWN_EXIT, Job, JobBook, JobState, Outcome
 from .ledger import Ledger, Replaced
-from .limits import TimeLimits
+from .limits import TimeLimits, enforce_limits
 from .local import LocalExecutor
 from .notify import Notifier
 from .outcomes import Outcomes
@@ -616,36 +616,9 @@ class Scheduler:
             self.outputs.append_history(now, self.m)
 
     def _enforce_limits(self, now: float) -> None:
-        """Time limits and max_suspend: SIGTERM to the whole job now, SIGKILL after
-        ``term_grace``; a timed-out job's line goes to .error, a long-stopped one's back to
-        the front of the jobfile."""
         assert self.executor is not None
-        grace = self.cfg.scheduler.term_grace
-        ending = False
-        if self.limits.active and self.mode is not Mode.TERM:
-            self.limits.refresh()
-            for job, limit in self.limits.timed_out(self.book.in_state(JobState.RUNNING, JobState.STOPPED), now):
-                self.executor.term(job)
-                self.book.timing_out(job, kill_at=now + grace)  # RUNNING/STOPPED -> TIMING_OUT
-                self.log(f"job {self.book.job_id(job)} timed out after {limit:.1f}s of running time: "
-                         f"SIGTERM (SIGKILL after {grace:g} s)")
-                ending = True
-            for job in self.limits.suspended_too_long(self.book.in_state(JobState.STOPPED), now):
-                stopped_for = now - (job.stopped_at or now)
-                self.executor.term(job)
-                self.book.evicting(job, kill_at=now + grace)  # STOPPED -> EVICTING
-                self.book.counters.suspend_ended += 1
-                self.log(f"job {self.book.job_id(job)} was stopped for {stopped_for:.0f}s (max_suspend "
-                         f"{self.limits.max_suspend:g}s): ending it; its line goes back to the front")
-                ending = True
-        for job in self.book.in_state(JobState.EVICTING, JobState.TIMING_OUT):
-            if job.kill_at is not None and now >= job.kill_at:
-                self.executor.kill(job)  # what SIGTERM did not end (repeated each tick until gone)
-        if ending:
-            try:
-                self.ledger.save(fsync=True)  # on record before they end: a restart knows why
-            except PbqError as err:
-                self.ledger.disk_problem(err)
+        enforce_limits(self.limits, self.book, self.executor, self.ledger, self.log, now,
+                       self.cfg.scheduler.term_grace, decide=self.mode is not Mode.TERM)
 
     def _why_zero(self) -> str:
         h, m = self.host_entry, self.m
@@ -836,44 +809,26 @@ class Scheduler:
             self.intake.changed()
 
     def _pick_before_work(self, n: int, now: float, until: float, claimed: list[Job]) -> list[Job]:
-        """Before work hours: the lines that may start (``WorkdayEdge``).  Fresh lines are
-        taken with a look-ahead, so that lines held back do not block those behind them;
-        held-back lines go back to the front of the jobfile at the end of the pass (for
-        other hosts, or for later), and when nothing could start, slots above wday take no
-        lines for a while."""
+        """Before work hours: the lines that may start (``WorkdayEdge`` chooses); held-back
+        lines go back to the front of the jobfile, for other hosts or for later."""
         h = self.host_entry
         assert h is not None
-        self.edge.refresh()
-        occupied = self.book.running_count()
-        batch, held = self.edge.pick(claimed, n, occupied, h, until)
-        want = n - len(batch)
-        ahead = EDGE_LOOKAHEAD
-        if want > 0 and self.edge.holding_off(now):
-            want = min(want, max(0, int(h.wday) - occupied - len(batch)))  # wday slots only
-            ahead = 0
-        if want > 0:
-            try:
-                fresh = self.intake.take(want + ahead)
-            except PbqError as err:
-                self.ledger.disk_problem(err)
-                fresh = []
-            more, held_more = self.edge.pick(fresh, want, occupied + len(batch), h, until)
-            batch += more
-            held += held_more
+        batch, held = self.edge.choose_batch(claimed, n, self.book.running_count(), h, until, now,
+                                             self._take_quietly)
         if held:
-            first = held[0]
-            expected = self.edge.expected(first) or 0.0
-            self.log(f"work hours begin in {until:.0f}s: not starting {len(held)} line(s) whose "
-                     f"expected run time (e.g. {expected:.0f}s, margin "
-                     f"{self.edge.margin:g}s) would run past it in a slot above wday {h.wday:g}; "
-                     f"back to the front of the jobfile: {line_to_text(first.line)}")
+            self.log(self.edge.held_message(held, until, h))
             for job in held:
                 self.book.requeue(job, front=True)  # CLAIMED -> REQUEUE_FRONT
             if self.ledger.flush(self.queue):
                 self.intake.changed()
-            if not batch:
-                self.edge.gave_back_at = now
         return batch
+
+    def _take_quietly(self, n: int) -> list[Job]:
+        try:
+            return self.intake.take(n)
+        except PbqError as err:
+            self.ledger.disk_problem(err)
+            return []
 
     def _health_end(self, end: End, now: float) -> None:
         """A job of this host ended: quarantine the host if only its jobs fail."""
