@@ -672,7 +672,7 @@ def sec_dispatch(b: Bench) -> list[Row]:
             ratio_cell(q),
             "<= 2.00x",
             q <= 2.0,
-        )
+        ),
     )
     other = f"{span['parallel']:.2f} (parallel)" if b.parallel else "-"
     q = span["pbq"] / span["parallel"] if b.parallel else float("nan")

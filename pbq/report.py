@@ -629,8 +629,17 @@ def _hosts_table(data: ReportData) -> str:
             f'<td><span class="state {_e(state.replace(" ", "-"))}">{_e(state)}</span></td>'
             + "".join(
                 f'<td class="n">{_e(n(k))}</td>'
-                for k in ("load", "foreign", "limit", "running", "stopped", "done", "failed",
-                          "timed_out", "suspend_ended")
+                for k in (
+                    "load",
+                    "foreign",
+                    "limit",
+                    "running",
+                    "stopped",
+                    "done",
+                    "failed",
+                    "timed_out",
+                    "suspend_ended",
+                )
             )
             + f'<td class="n">{_e("-" if age is None else format_duration(age) + " ago")}</td></tr>'
         )
