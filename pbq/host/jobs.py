@@ -4,19 +4,20 @@ Every state that must survive a crash is a state of :class:`JobState` -- no flag
 says "running but terminated".  The edges (each is one method of :class:`JobBook`, which
 refuses any other)::
 
-    (jobfile line) --take--> CLAIMED --start--> STARTING --started--> RUNNING <--stop/cont--> STOPPED
-                                |                  |                     |  \\                  /
-                                |                  |                     |   +-- evict/term/timeout --+
-                                |                  |                     v         v
-                                |                  |    EVICTING, TIMING_OUT   TERMINATING --gone--> TERMINATED
-                                |                  |                     |         |                    |
-                                +------------------+---------------------+---------+--------------------+
-                                                   |  put back (front: crash, eviction, term, quit;
-                                                   v            end: a retry)
-                                     REQUEUE_FRONT / REQUEUE_END --committed--> (gone: the line is pending again)
+    (jobfile line) -take-> CLAIMED -start-> STARTING -started-> RUNNING <-stop/cont-> STOPPED
+                              |                |                   | \\                     /
+                              |                |                   |  +-evict/term/timeout-+
+                              |                |                   v       v
+                              |                | EVICTING/TIMING_OUT  TERMINATING -gone-> TERMINATED
+                              |                |                   |       |                  |
+                              +----------------+-------------------+-------+-------------------+
+                                               |  put back (front: crash, eviction, term, quit;
+                                               v            end: a retry)
+                      REQUEUE_FRONT / REQUEUE_END -committed-> (gone: the line is pending again)
 
-    STARTING/RUNNING/STOPPED/TIMING_OUT --ended--> (gone: joblog/.error written)
-                                    \\-> SETTLING (its retry count is cleared under the next lock) --> (gone)
+    STARTING/RUNNING/STOPPED/TIMING_OUT -ended-> (gone: joblog/.error written)
+                                    \\-> SETTLING -> (gone)
+                                        (its retry count is cleared under the next lock)
 
 A put-back carries the operation number under which it is written ahead (``putback_op``);
 until then it is ``None`` and a restart puts the line back itself.
