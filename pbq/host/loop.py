@@ -89,6 +89,7 @@ class Scheduler:
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
+        # Long but flat: every part and every attribute of the loop is made here, in one place.
         self.opts = opts
         self.cfg = opts.config
         self.jobfile = opts.jobfile
@@ -866,6 +867,7 @@ class Scheduler:
 
     def _start(self, n: int, now: float) -> None:
         """Start ``n`` jobs: those taken ahead first, then fresh ones from the jobfile."""
+        # Kept whole: pick, journal "starting", start, journal "started" -- the write-ahead order.
         assert self.executor is not None and self.host_entry is not None
         claimed = self.book.in_state(JobState.CLAIMED)
         until = self.edge.until_work(self.host_entry, self.m.work_time, now)

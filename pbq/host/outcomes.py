@@ -67,6 +67,7 @@ class Outcomes:
     def finish(self, job: Job, out: Outcome, when: float | None = None, retry: bool = True) -> None:
         """Its joblog row, .error line and log line; then the job leaves the book, settles
         its retry count, or goes back for a retry."""
+        # Kept whole: what is recorded, and in which order, is the same for every outcome.
         end = when or self.clock()
         runtime = max(0.0, end - (job.started or end))
         self.avg_runtime = (
