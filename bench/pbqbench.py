@@ -614,7 +614,8 @@ def sec_dispatch(b: Bench) -> list[Row]:
                 )
             runs[tool].append(res)
             say(
-                f"dispatch round {r + 1}/{s.rounds}: {tool:8s} {res['wall']:.2f} s = {res['wall'] / n * 1e3:.2f} ms/job"
+                f"dispatch round {r + 1}/{s.rounds}: {tool:8s} {res['wall']:.2f} s = "
+                f"{res['wall'] / n * 1e3:.2f} ms/job"
             )
         d = b.mkdir("dispatch", f"r{r}", "startup")
         startup.append(drain_pbq(b, d, [])["wall"])
@@ -672,7 +673,7 @@ def sec_dispatch(b: Bench) -> list[Row]:
             ratio_cell(q),
             "<= 2.00x",
             q <= 2.0,
-        )
+        ),
     )
     other = f"{span['parallel']:.2f} (parallel)" if b.parallel else "-"
     q = span["pbq"] / span["parallel"] if b.parallel else float("nan")
@@ -731,7 +732,8 @@ def sec_scaling(b: Bench) -> list[Row]:
             med[n].append(median(times))
             mean[n].append(statistics.fmean(times))
             say(
-                f"scaling round {r + 1}/{s.rounds}: {n:>7d} lines: median {med[n][-1] * 1e3:.3f} ms/take, "
+                f"scaling round {r + 1}/{s.rounds}: {n:>7d} lines: "
+                f"median {med[n][-1] * 1e3:.3f} ms/take, "
                 f"mean {mean[n][-1] * 1e3:.3f} ms/take"
             )
     small, big = sizes
@@ -774,7 +776,10 @@ def foreign_load(jf: Path, host: str) -> float:
 
 
 def busy_or_fail(what: str, worst: float, d: Path) -> None:
-    """Raise Skip when a foreign load from outside the benchmark explains ``what``, else BenchError."""
+    """Raise Skip when a foreign load from outside the benchmark explains ``what``.
+
+    Otherwise raise BenchError.
+    """
     if worst > 0.5:
         raise Skip(
             f"machine too busy: {what} (the scheduler saw a foreign load of up to {worst:.2f} "
@@ -890,9 +895,11 @@ def sec_reaction(b: Bench) -> list[Row]:
         cont_s.append(t_cont)
         traces.append(trace)
         say(
-            f"reaction round {r + 1}/{s.rounds}: first job stopped after {secs(t_first, stop_wait)}, both after "
-            f"{secs(t_all, stop_wait)}; both continued {secs(t_cont, cont_wait)} after the loops ended "
-            f"(foreign load the scheduler reported meanwhile, every 0.5 s: {' '.join(f'{x:.1f}' for x in trace[:40])})"
+            f"reaction round {r + 1}/{s.rounds}: first job stopped after "
+            f"{secs(t_first, stop_wait)}, both after {secs(t_all, stop_wait)}; "
+            f"both continued {secs(t_cont, cont_wait)} after the loops ended "
+            f"(foreign load the scheduler reported meanwhile, every 0.5 s: "
+            f"{' '.join(f'{x:.1f}' for x in trace[:40])})"
         )
     # Flapping: one steady foreign busy loop.
     need(
@@ -1021,7 +1028,8 @@ def sec_idle(b: Bench) -> list[Row]:
         b0, a0 = before[name], after[name]
         if None in b0 or None in a0:
             raise BenchError(
-                f"the {name} scheduler died during the window: {tail((da if name == 'empty' else db) / 'sched.out')}"
+                f"the {name} scheduler died during the window: "
+                f"{tail((da if name == 'empty' else db) / 'sched.out')}"
             )
         cpu = sum(a0) - sum(b0)  # type: ignore[arg-type]
         res[name] = {
@@ -1186,7 +1194,8 @@ def sec_hosts(b: Bench) -> list[Row]:
                 tp[v][hosts].append(rate)
                 checks.append(chk)
                 say(
-                    f"hosts round {r + 1}/{s.rounds}: {v:6s} {hosts} process(es): {rate:.0f}/s, {once_cell(chk)}"
+                    f"hosts round {r + 1}/{s.rounds}: {v:6s} {hosts} process(es): "
+                    f"{rate:.0f}/s, {once_cell(chk)}"
                 )
     m = {v: {h: median(x) for h, x in tp[v].items()} for v in variants}
     total = {key: sum(c[key] for c in checks) for key in ("lost", "duplicated", "unexpected")}
@@ -1311,7 +1320,8 @@ def sec_stress(b: Bench) -> list[Row]:
         res[hosts] = stress_run(b, d, hosts, total)
         x = res[hosts]
         say(
-            f"stress: {hosts} scheduler(s): {total} jobs in {x['wall']:.1f} s = {x['jobs_per_s']:.0f} jobs/s, "
+            f"stress: {hosts} scheduler(s): {total} jobs in {x['wall']:.1f} s = "
+            f"{x['jobs_per_s']:.0f} jobs/s, "
             f"{once_cell(x)}, {x['failed']} failed"
         )
     b.samples["stress"] = {str(h): v for h, v in res.items()}
@@ -1513,7 +1523,8 @@ def header_lines(b: Bench, sections: list[str]) -> list[str]:
     la = os.getloadavg()
     busy = busy_share(1.0)
     mode = (
-        "quick (smoke: small N, 1 round, short windows, a fast reaction config; do not read the figures)"
+        "quick (smoke: small N, 1 round, short windows, a fast reaction config; "
+        "do not read the figures)"
         if s.quick
         else "full"
     )
@@ -1524,15 +1535,18 @@ def header_lines(b: Bench, sections: list[str]) -> list[str]:
     b.samples["header"] = {"loadavg_start": la, "busy_start": busy}
     return [
         f"pbq benchmark: {mode}",
-        f"  N = {s.n} jobs, {s.rounds} round(s), stress {s.stress_n} jobs, {s.schedulers} schedulers; "
-        f"sections: {', '.join(sections)}",
-        f"  machine {socket.gethostname()}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}, "
-        f"Python {platform.python_version()}, pbq {pv} ({rev or 'no git'}), bench niceness {os.nice(0)}",
-        f"  load average at start: {la[0]:.2f} {la[1]:.2f} {la[2]:.2f}; CPU busy in the last second: "
-        f"{busy * 100:.0f}% of all CPUs",
+        f"  N = {s.n} jobs, {s.rounds} round(s), stress {s.stress_n} jobs, "
+        f"{s.schedulers} schedulers; sections: {', '.join(sections)}",
+        f"  machine {socket.gethostname()}, {os.cpu_count()} CPUs, "
+        f"{platform.system()} {platform.release()}, "
+        f"Python {platform.python_version()}, pbq {pv} ({rev or 'no git'}), "
+        f"bench niceness {os.nice(0)}",
+        f"  load average at start: {la[0]:.2f} {la[1]:.2f} {la[2]:.2f}; "
+        f"CPU busy in the last second: {busy * 100:.0f}% of all CPUs",
         f"  GNU Parallel: {par}",
         f"  {autogroup_note()}",
-        "  tools alternate within each round; figures are medians over the rounds; ratios = pbq / other",
+        "  tools alternate within each round; figures are medians over the rounds; "
+        "ratios = pbq / other",
     ]
 
 
@@ -1544,8 +1558,9 @@ def autogroup_note() -> str:
         return "kernel.sched_autogroup_enabled: not available"
     if on:
         return (
-            "kernel.sched_autogroup_enabled = 1: each session gets an equal CPU share, so a job's nice 19 "
-            "does not yield to foreign processes in other sessions (the foreign loops here run in their own)"
+            "kernel.sched_autogroup_enabled = 1: each session gets an equal CPU share, "
+            "so a job's nice 19 does not yield to foreign processes in other sessions "
+            "(the foreign loops here run in their own)"
         )
     return "kernel.sched_autogroup_enabled = 0"
 
@@ -1607,8 +1622,13 @@ RUNNERS: dict[str, Callable[[Bench], list[Row]]] = {
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(
         prog="bench/run",
-        description="Benchmark pbq against GNU Parallel and xargs; print one table of medians and ratios.",
-        epilog=f"sections: {', '.join(SECTIONS)} (default: all), and {', '.join(EXTRA_SECTIONS)} (only when named)",
+        description=(
+            "Benchmark pbq against GNU Parallel and xargs; print one table of medians and ratios."
+        ),
+        epilog=(
+            f"sections: {', '.join(SECTIONS)} (default: all), "
+            f"and {', '.join(EXTRA_SECTIONS)} (only when named)"
+        ),
     )
     ap.add_argument(
         "--quick",

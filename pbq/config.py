@@ -428,6 +428,7 @@ def _choices(spec: KeySpec, value: Any) -> tuple[str, ...]:
 
 def _convert(spec: KeySpec, value: Any, from_string: bool) -> Any:
     """Check and normalise one value; strings from the environment are parsed first."""
+    # Long but flat: one branch per kind of value -- parse, check, then the bounds.
     kind = spec.kind
     if from_string and isinstance(value, str):
         text = value.strip()

@@ -190,6 +190,19 @@ def send_command(
             finally:
                 os.umask(old)
         pending[host] = (sent, request_id, info)
+    _await_confirmations(jobfile, command, pending, reports, timeout)
+    return [reports[h] for h in hosts]
+
+
+def _await_confirmations(
+    jobfile: Path,
+    command: str,
+    pending: dict[str, tuple[float, str | None, PidRecord]],
+    reports: dict[str, HostReport],
+    timeout: float,
+) -> None:
+    """Wait until each host in ``pending`` confirms ``command``, or ``timeout`` passed; add a
+    report for each of them to ``reports``."""
     deadline = time.time() + timeout
     while pending:
         for host, (sent, request_id, info) in list(pending.items()):
@@ -204,7 +217,6 @@ def send_command(
         time.sleep(0.05)
     for host in pending:
         reports[host] = HostReport(host, False, f"no confirmation within {timeout:g} s")
-    return [reports[h] for h in hosts]
 
 
 def _describe_done(command: str, status: HostStatus | None, gone: bool) -> str:

@@ -716,6 +716,7 @@ class Txn:
         linked to a hidden name first and recorded with how far it was copied, so what a
         writer still appends to it (or the rest of an unterminated last line) is taken
         from there."""
+        # Kept whole: copy, unterminated last line, then the record that decides the change.
         tmp = self.q.compact_tmp
         old = self._link_old()
         src = self._open()

@@ -259,7 +259,15 @@ def start_hosts(
             results[host] = failed
             continue
         launches[host] = launch
+    _await_heartbeats(launches, results, timeout)
+    return [results[h] for h in hosts]
 
+
+def _await_heartbeats(
+    launches: dict[str, _Launch], results: dict[str, StartResult], timeout: float
+) -> None:
+    """Wait for the heartbeat of each launched scheduler, or until ``timeout`` passed; add a
+    result for each of them to ``results``, and stop the remote shells that did not return."""
     deadline = time.monotonic() + timeout
     waiting = dict(launches)
     while waiting:
@@ -285,7 +293,6 @@ def start_hosts(
         # own session after pbq exits.
         if not la.local and la.proc is not None and la.proc.poll() is None:
             _stop_remote_shell(la.proc)
-    return [results[h] for h in hosts]
 
 
 def _launch(la: _Launch, argv: list[str], rsh_argv: list[str], jobfile: Path) -> StartResult | None:

@@ -305,7 +305,8 @@ def _axes(f: Frame, ticks: list[tuple[float, str]], yticks: list[float], y_label
         )
     for t, _ in ticks:
         out.append(
-            f'<line x1="{f.x(t):.1f}" x2="{f.x(t):.1f}" y1="{f.top}" y2="{f.y0}" stroke-dasharray="2,3"/>'
+            f'<line x1="{f.x(t):.1f}" x2="{f.x(t):.1f}" y1="{f.top}" y2="{f.y0}" '
+            'stroke-dasharray="2,3"/>'
         )
     out.append("</g>")
     out.append(f'<g class="yaxis" fill="{C_TEXT}" font-size="11" text-anchor="end">')
@@ -321,7 +322,8 @@ def _axes(f: Frame, ticks: list[tuple[float, str]], yticks: list[float], y_label
     )
     out.append(
         f'<text class="ylabel" x="12" y="{(f.top + f.y0) / 2:.0f}" fill="{C_TEXT}" font-size="11" '
-        f'text-anchor="middle" transform="rotate(-90 12 {(f.top + f.y0) / 2:.0f})">{_e(y_label)}</text>'
+        f'text-anchor="middle" transform="rotate(-90 12 {(f.top + f.y0) / 2:.0f})">'
+        f"{_e(y_label)}</text>"
     )
     return out
 
@@ -342,7 +344,10 @@ def line_chart(
     vmax = max((v for s in series for _, v in s.points if v is not None), default=0.0)
     yt = value_ticks(vmax, integer=integer)
     f = Frame(t0, t1, yt[-1], height=height)
-    desc = f"{y_label} on {host}, {time.strftime('%H:%M', time.localtime(t0))} to {time.strftime('%H:%M', time.localtime(t1))}"
+    desc = (
+        f"{y_label} on {host}, {time.strftime('%H:%M', time.localtime(t0))} "
+        f"to {time.strftime('%H:%M', time.localtime(t1))}"
+    )
     out = [
         f'<svg class="chart {_e(kind)}" data-host="{_e(host)}" viewBox="0 0 {f.width} {f.height}" '
         f'xmlns="http://www.w3.org/2000/svg" role="img" aria-label="{_e(desc)}" '
@@ -364,7 +369,8 @@ def line_chart(
                 ]  # show the last value's width
             if s.fill:
                 out.append(
-                    f'<path d="{_path(seg, f, s.step, True)}" fill="{s.color}" fill-opacity="0.18" stroke="none"/>'
+                    f'<path d="{_path(seg, f, s.step, True)}" fill="{s.color}" '
+                    'fill-opacity="0.18" stroke="none"/>'
                 )
             dash = f' stroke-dasharray="{s.dash}"' if s.dash else ""
             if len(seg) == 1:
@@ -462,8 +468,10 @@ def histogram(jobs: Sequence[JoblogRow]) -> str:
     f = Frame(0, nb, yt[-1], height=220, bottom=30, right=24)
     desc = f"histogram of the run times of {len(jobs)} jobs"
     out = [
-        f'<svg class="chart histogram" viewBox="0 0 {f.width} {f.height}" xmlns="http://www.w3.org/2000/svg" '
-        f'role="img" aria-label="{_e(desc)}" font-family="system-ui,-apple-system,Segoe UI,Roboto,Helvetica,Arial,sans-serif">',
+        f'<svg class="chart histogram" viewBox="0 0 {f.width} {f.height}" '
+        'xmlns="http://www.w3.org/2000/svg" '
+        f'role="img" aria-label="{_e(desc)}" '
+        'font-family="system-ui,-apple-system,Segoe UI,Roboto,Helvetica,Arial,sans-serif">',
         f"<title>{_e(desc)}</title>",
     ]
     out += _axes(f, [], yt, "jobs")
@@ -471,23 +479,30 @@ def histogram(jobs: Sequence[JoblogRow]) -> str:
     for i in range(nb):
         x = f.x(i) + bw * 0.08
         w = bw * 0.84
-        tip = f"{short_duration(edges[i])} to {short_duration(edges[i + 1])}: {ok[i] + bad[i]} job(s), {bad[i]} failed"
+        tip = (
+            f"{short_duration(edges[i])} to {short_duration(edges[i + 1])}: "
+            f"{ok[i] + bad[i]} job(s), {bad[i]} failed"
+        )
         out.append(
-            f'<g class="bin" data-lo="{edges[i]:g}" data-hi="{edges[i + 1]:g}" data-ok="{ok[i]}" data-failed="{bad[i]}"><title>{_e(tip)}</title>'
+            f'<g class="bin" data-lo="{edges[i]:g}" data-hi="{edges[i + 1]:g}" '
+            f'data-ok="{ok[i]}" data-failed="{bad[i]}"><title>{_e(tip)}</title>'
         )
         y_ok = f.y(ok[i])
         if ok[i]:
             out.append(
-                f'<rect x="{x:.1f}" y="{y_ok:.1f}" width="{w:.1f}" height="{f.y0 - y_ok:.1f}" fill="{C_OK}" rx="2"/>'
+                f'<rect x="{x:.1f}" y="{y_ok:.1f}" width="{w:.1f}" height="{f.y0 - y_ok:.1f}" '
+                f'fill="{C_OK}" rx="2"/>'
             )
         if bad[i]:
             y_bad = f.y(ok[i] + bad[i])
             out.append(
-                f'<rect x="{x:.1f}" y="{y_bad:.1f}" width="{w:.1f}" height="{y_ok - y_bad:.1f}" fill="{C_FAILED}" rx="2"/>'
+                f'<rect x="{x:.1f}" y="{y_bad:.1f}" width="{w:.1f}" height="{y_ok - y_bad:.1f}" '
+                f'fill="{C_FAILED}" rx="2"/>'
             )
         if ok[i] + bad[i]:
             out.append(
-                f'<text x="{x + w / 2:.1f}" y="{f.y(ok[i] + bad[i]) - 4:.1f}" font-size="10" fill="{C_TEXT}" '
+                f'<text x="{x + w / 2:.1f}" y="{f.y(ok[i] + bad[i]) - 4:.1f}" '
+                f'font-size="10" fill="{C_TEXT}" '
                 f'text-anchor="middle">{ok[i] + bad[i]}</text>'
             )
         out.append("</g>")
@@ -500,6 +515,8 @@ def histogram(jobs: Sequence[JoblogRow]) -> str:
 
 # ------------------------------------------------------------------ page
 
+# A backslash at the end of a line continues the rule on the next one: the text has no newline
+# there, so the style sheet stays as it was.
 CSS = """
 :root { --fg: #111827; --muted: #6b7280; --line: #e5e7eb; --bg: #f3f4f6; }
 * { box-sizing: border-box; }
@@ -515,24 +532,32 @@ h3 { font-size: 14px; margin: 18px 0 6px; display: flex; gap: 10px; align-items:
 .card .k { color: var(--muted); font-size: 11px; text-transform: uppercase; letter-spacing: .05em; }
 .card .v { font-size: 22px; font-weight: 600; font-variant-numeric: tabular-nums; }
 .card.failed .v { color: #b91c1c; }
-.bar { height: 8px; background: var(--line); border-radius: 4px; overflow: hidden; display: flex; margin: 12px 0 0; }
+.bar { height: 8px; background: var(--line); border-radius: 4px; overflow: hidden; \
+display: flex; margin: 12px 0 0; }
 .bar span { display: block; height: 100%; }
-.panel { background: #fff; border: 1px solid var(--line); border-radius: 8px; padding: 16px 18px; margin-top: 16px; }
+.panel { background: #fff; border: 1px solid var(--line); border-radius: 8px; \
+padding: 16px 18px; margin-top: 16px; }
 table { border-collapse: collapse; width: 100%; }
-th, td { text-align: left; padding: 5px 8px; border-bottom: 1px solid var(--line); vertical-align: top; }
-th { font-size: 11px; text-transform: uppercase; letter-spacing: .05em; color: var(--muted); font-weight: 600; }
+th, td { text-align: left; padding: 5px 8px; border-bottom: 1px solid var(--line); \
+vertical-align: top; }
+th { font-size: 11px; text-transform: uppercase; letter-spacing: .05em; color: var(--muted); \
+font-weight: 600; }
 th.n { text-align: right; }
 td.nw { white-space: nowrap; }
 td.n { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
-code { font: 12px/1.4 ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; white-space: pre-wrap; word-break: break-all; }
+code { font: 12px/1.4 ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; \
+white-space: pre-wrap; word-break: break-all; }
 .chart { width: 100%; height: auto; display: block; }
-.charthead { display: flex; justify-content: space-between; align-items: baseline; margin-top: 6px; }
+.charthead { display: flex; justify-content: space-between; align-items: baseline; \
+margin-top: 6px; }
 .charthead .t { font-size: 12px; color: var(--muted); }
 .legend { font-size: 12px; color: var(--muted); display: flex; gap: 14px; flex-wrap: wrap; }
-.legend .sw { display: inline-block; width: 16px; height: 3px; vertical-align: middle; margin-right: 5px; border-radius: 2px; }
+.legend .sw { display: inline-block; width: 16px; height: 3px; vertical-align: middle; \
+margin-right: 5px; border-radius: 2px; }
 .legend .sw.dash { height: 0; border-top: 2px dashed; background: none; }
 .legend .sw.fill { height: 10px; opacity: .5; }
-.state { font-size: 12px; font-weight: 500; padding: 1px 8px; border-radius: 10px; background: var(--line); color: var(--fg); }
+.state { font-size: 12px; font-weight: 500; padding: 1px 8px; border-radius: 10px; \
+background: var(--line); color: var(--fg); }
 .state.alive { background: #dcfce7; color: #166534; }
 .state.stopped, .state.quitting, .state.stale { background: #fef3c7; color: #92400e; }
 .state.dead, .state.terminated, .state.quarantined { background: #fee2e2; color: #991b1b; }
@@ -545,7 +570,10 @@ footer { color: var(--muted); font-size: 12px; margin-top: 18px; text-align: cen
 
 
 def _card(key: str, value: str, cls: str = "") -> str:
-    return f'<div class="card {cls}"><div class="k">{_e(key)}</div><div class="v">{_e(value)}</div></div>'
+    return (
+        f'<div class="card {cls}"><div class="k">{_e(key)}</div>'
+        f'<div class="v">{_e(value)}</div></div>'
+    )
 
 
 def _when(t: float, with_date: bool = True) -> str:
@@ -584,11 +612,15 @@ def _summary(data: ReportData) -> str:
             ("stopped", st["stopped"], C_STOPPED),
         ]
         spans = "".join(
-            f'<span title="{_e(name)}: {n}" style="width:{100 * n / total:.2f}%;background:{color}"></span>'
+            f'<span title="{_e(name)}: {n}" '
+            f'style="width:{100 * n / total:.2f}%;background:{color}"></span>'
             for name, n, color in parts
             if n
         )
-        bar = f'<div class="bar" title="{st["done"] + st["failed"]} of {total} finished">{spans}</div>'
+        bar = (
+            f'<div class="bar" title="{st["done"] + st["failed"]} of {total} finished">'
+            f"{spans}</div>"
+        )
     return f'<div class="cards">{"".join(cards)}</div>{bar}'
 
 
@@ -629,8 +661,17 @@ def _hosts_table(data: ReportData) -> str:
             f'<td><span class="state {_e(state.replace(" ", "-"))}">{_e(state)}</span></td>'
             + "".join(
                 f'<td class="n">{_e(n(k))}</td>'
-                for k in ("load", "foreign", "limit", "running", "stopped", "done", "failed",
-                          "timed_out", "suspend_ended")
+                for k in (
+                    "load",
+                    "foreign",
+                    "limit",
+                    "running",
+                    "stopped",
+                    "done",
+                    "failed",
+                    "timed_out",
+                    "suspend_ended",
+                )
             )
             + f'<td class="n">{_e("-" if age is None else format_duration(age) + " ago")}</td></tr>'
         )
@@ -684,7 +725,8 @@ def _host_section(h: HostData, t0: float, t1: float) -> str:
     ]
     if not h.history:
         out.append(
-            '<p class="empty">No history samples yet (the scheduler writes one every [history] every seconds).</p></div>'
+            '<p class="empty">No history samples yet '
+            "(the scheduler writes one every [history] every seconds).</p></div>"
         )
         return "".join(out)
     gap = _gap(h.history)

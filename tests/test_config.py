@@ -407,7 +407,7 @@ def test_fuzz_parse_size(text: str | int) -> None:
             "\n[schedul]\nworkdays = []\n",
             2,
             "unknown section [schedul]; known sections: "
-            "schedule, interactive, scheduler, jobfile, log, history, control, cluster",
+            "schedule, interactive, scheduler, jobfile, log, history, control, notify, cluster",
         ),
         (
             "[scheduler]\n# c\nintervall = 1\n",

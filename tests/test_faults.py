@@ -479,7 +479,9 @@ def install(i, act):
             if act["when"] == "before":
                 os.kill(os.getpid(), signal.SIGKILL)
             if act["when"] == "fail":
-                raise PbqError("cannot write: the disk is full (injected)", path=str(a[0]) if a else None)
+                raise PbqError(
+                    "cannot write: the disk is full (injected)", path=str(a[0]) if a else None
+                )
         r = orig(*a, **k)
         if hit and act["when"] == "after":
             os.kill(os.getpid(), signal.SIGKILL)
@@ -617,7 +619,10 @@ def test_failed_snapshot_then_sigkill_keeps_every_start_on_record(tmp_path: Path
             "when": "fail",
             "nth": 1,
             "times": 3,
-            "cond": "str(a[0]).endswith('.state') and not k.get('fsync') and any(j['state'] == 'claimed' for j in a[1]['jobs'])",
+            "cond": (
+                "str(a[0]).endswith('.state') and not k.get('fsync') "
+                "and any(j['state'] == 'claimed' for j in a[1]['jobs'])"
+            ),
         },
         # ... and the scheduler dies right after it has journaled the start of more jobs
         {
@@ -659,7 +664,10 @@ def test_retries_go_to_the_end_and_are_counted_per_line(tmp_path: Path) -> None:
     hf = hostfile(tmp_path, "* linux 2 2 0\n")
     config(tmp_path, FAST_CONFIG.replace("[scheduler]\n", "[scheduler]\nretries = 2\n"))
     marker = tmp_path / "failed-once"
-    flaky = f"sh -c 'if [ -e {marker} ]; then echo flaky >> {tmp_path / 'flaky'}; else touch {marker}; exit 3; fi'"
+    flaky = (
+        f"sh -c 'if [ -e {marker} ]; then echo flaky >> {tmp_path / 'flaky'}; "
+        f"else touch {marker}; exit 3; fi'"
+    )
     hopeless = "sh -c 'exit 4'"
     fillers = [rec_line(tmp_path, i) for i in range(6)]
     jf = jobfile(tmp_path, [flaky, hopeless, *fillers])

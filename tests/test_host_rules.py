@@ -62,7 +62,9 @@ def test_a_users_stop_outlives_a_kill_and_restart(tmp_path: Path) -> None:
         wait_exit(p, 10)
         p = start_scheduler(hf, jf)
         wait_for(lambda: status(jf, "h1").get("pid") == p.pid, what="restarted")
-        st = wait_for(lambda: (s := status(jf, "h1")).get("stopped") == 2 and s, what="both still stopped")
+        st = wait_for(
+            lambda: (s := status(jf, "h1")).get("stopped") == 2 and s, what="both still stopped"
+        )
         assert st["state"] == "stopped" and st["running"] == 0
         log = hostfile_path(jf, "h1", "log").read_text()
         assert "stopped by the user before this restart" in log
@@ -88,12 +90,17 @@ def test_a_job_killed_by_a_signal_is_written_as_gnu_parallel_writes_it(tmp_path:
 
 def test_a_zero_limit_says_why_nothing_starts(tmp_path: Path) -> None:
     hf = hostfile(tmp_path, "* linux 0 2 0\n")  # max 0: nothing outside work hours
-    config(tmp_path, FAST_CONFIG + '\n[schedule]\nworkdays = []\n')
+    config(tmp_path, FAST_CONFIG + "\n[schedule]\nworkdays = []\n")
     jf = jobfile(tmp_path, ["true"])
     p = start_scheduler(hf, jf)
     try:
-        wait_for(lambda: "the load limit is 0 now (max is 0 outside work hours)"
-                 in text_of(hostfile_path(jf, "h1", "log")), what="the reason in the log")
+        wait_for(
+            lambda: (
+                "the load limit is 0 now (max is 0 outside work hours)"
+                in text_of(hostfile_path(jf, "h1", "log"))
+            ),
+            what="the reason in the log",
+        )
         assert status(jf, "h1").get("running") == 0
     finally:
         p.send_signal(signal.SIGTERM)
@@ -120,8 +127,11 @@ def _children_of_runner(scheduler: int) -> list[int]:
     import psutil
 
     try:
-        runners = [c for c in psutil.Process(scheduler).children()
-                   if "#pbq-runner" in " ".join(c.cmdline())]
+        runners = [
+            c
+            for c in psutil.Process(scheduler).children()
+            if "#pbq-runner" in " ".join(c.cmdline())
+        ]
         return [c.pid for r in runners for c in r.children()]
     except psutil.Error:
         return []

@@ -466,7 +466,8 @@ def test_bash_completion_really_completes() -> None:
         'eval "$(pbq completion bash)"\n'
         "COMPREPLY=(); COMP_WORDS=(pbq sta); COMP_CWORD=1; _pbq_completion pbq\n"
         "printf '%s\\n' \"${COMPREPLY[@]}\"\n"
-        "COMPREPLY=(); COMP_WORDS=(pbq-single --exit-w); COMP_CWORD=1; _pbq_single_completion pbq-single\n"
+        "COMPREPLY=(); COMP_WORDS=(pbq-single --exit-w); COMP_CWORD=1; "
+        "_pbq_single_completion pbq-single\n"
         "printf '%s\\n' \"${COMPREPLY[@]}\"\n"
     )
     r = subprocess.run(["bash", "-c", script], capture_output=True, text=True, env=env, timeout=60)

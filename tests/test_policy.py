@@ -33,7 +33,9 @@ from pbq.policy import Decision, Mode, View, decide, load_limit
     ],
 )
 def test_load_limit(max_load, wday, interactive, work_time, active_users, expected) -> None:
-    assert load_limit(max_load, wday, interactive, work_time, active_users) == pytest.approx(expected)
+    assert load_limit(max_load, wday, interactive, work_time, active_users) == pytest.approx(
+        expected
+    )
 
 
 @given(
@@ -43,7 +45,9 @@ def test_load_limit(max_load, wday, interactive, work_time, active_users, expect
     work_time=st.booleans(),
     users=st.integers(0, 64),
 )
-def test_load_limit_never_negative_and_monotone_in_users(max_load, wday, interactive, work_time, users):
+def test_load_limit_never_negative_and_monotone_in_users(
+    max_load, wday, interactive, work_time, users
+):
     lim = load_limit(max_load, wday, interactive, work_time, users)
     assert lim >= 0
     assert lim <= (wday if work_time else max_load)
@@ -74,72 +78,175 @@ MB = 1 << 20
 
 DECIDE_CASES = [
     # mode
-    pytest.param(view(mode=Mode.PAUSED, running=3, stopped_by_load=1), Decision(stop=3), id="paused-stops-all"),
-    pytest.param(view(mode=Mode.PAUSED, running=0, stopped_by_user=2), Decision(), id="paused-nothing-running"),
-    pytest.param(view(mode=Mode.PAUSED, running=2, limit=0, foreign=9, foreign_recent=9), Decision(stop=2),
-                 id="paused-over-limit-stops-all"),
-    pytest.param(view(mode=Mode.TERM, running=3, foreign=9, foreign_recent=9), Decision(), id="term-never-stops"),
-    pytest.param(view(mode=Mode.TERM, stopped_by_load=2), Decision(), id="term-never-continues-or-starts"),
+    pytest.param(
+        view(mode=Mode.PAUSED, running=3, stopped_by_load=1),
+        Decision(stop=3),
+        id="paused-stops-all",
+    ),
+    pytest.param(
+        view(mode=Mode.PAUSED, running=0, stopped_by_user=2),
+        Decision(),
+        id="paused-nothing-running",
+    ),
+    pytest.param(
+        view(mode=Mode.PAUSED, running=2, limit=0, foreign=9, foreign_recent=9),
+        Decision(stop=2),
+        id="paused-over-limit-stops-all",
+    ),
+    pytest.param(
+        view(mode=Mode.TERM, running=3, foreign=9, foreign_recent=9),
+        Decision(),
+        id="term-never-stops",
+    ),
+    pytest.param(
+        view(mode=Mode.TERM, stopped_by_load=2), Decision(), id="term-never-continues-or-starts"
+    ),
     # over the limit: stop the fewest
-    pytest.param(view(foreign=2.0, foreign_recent=2.0, running=4), Decision(stop=2), id="over-stops-2-of-4"),
-    pytest.param(view(foreign=1.0, foreign_recent=1.0, running=4), Decision(stop=1), id="over-by-1-stops-1"),
-    pytest.param(view(foreign=0.6, foreign_recent=0.6, running=4), Decision(stop=1), id="just-above-band-stops-1"),
-    pytest.param(view(foreign=1.5, foreign_recent=1.5, running=4), Decision(stop=1), id="stop-1-lands-on-band-edge"),
-    pytest.param(view(foreign=1.6, foreign_recent=1.6, running=4), Decision(stop=2), id="stop-2-when-1-not-enough"),
-    pytest.param(view(foreign=10, foreign_recent=10, running=2), Decision(stop=2), id="stop-capped-by-running"),
-    pytest.param(view(foreign=10, foreign_recent=10, running=0, stopped_by_load=2), Decision(),
-                 id="over-nothing-to-stop"),
+    pytest.param(
+        view(foreign=2.0, foreign_recent=2.0, running=4), Decision(stop=2), id="over-stops-2-of-4"
+    ),
+    pytest.param(
+        view(foreign=1.0, foreign_recent=1.0, running=4), Decision(stop=1), id="over-by-1-stops-1"
+    ),
+    pytest.param(
+        view(foreign=0.6, foreign_recent=0.6, running=4),
+        Decision(stop=1),
+        id="just-above-band-stops-1",
+    ),
+    pytest.param(
+        view(foreign=1.5, foreign_recent=1.5, running=4),
+        Decision(stop=1),
+        id="stop-1-lands-on-band-edge",
+    ),
+    pytest.param(
+        view(foreign=1.6, foreign_recent=1.6, running=4),
+        Decision(stop=2),
+        id="stop-2-when-1-not-enough",
+    ),
+    pytest.param(
+        view(foreign=10, foreign_recent=10, running=2),
+        Decision(stop=2),
+        id="stop-capped-by-running",
+    ),
+    pytest.param(
+        view(foreign=10, foreign_recent=10, running=0, stopped_by_load=2),
+        Decision(),
+        id="over-nothing-to-stop",
+    ),
     pytest.param(view(limit=0, running=1), Decision(stop=1), id="limit-0-stops-job"),
-    pytest.param(view(foreign=3, foreign_recent=3, running=2, hysteresis=0), Decision(stop=1), id="no-hysteresis"),
+    pytest.param(
+        view(foreign=3, foreign_recent=3, running=2, hysteresis=0),
+        Decision(stop=1),
+        id="no-hysteresis",
+    ),
     # hysteresis band: nothing
-    pytest.param(view(foreign=0.5, foreign_recent=0.5, running=4), Decision(), id="band-upper-edge"),
+    pytest.param(
+        view(foreign=0.5, foreign_recent=0.5, running=4), Decision(), id="band-upper-edge"
+    ),
     pytest.param(view(foreign=0.3, foreign_recent=0.3, running=4), Decision(), id="band-inside"),
-    pytest.param(view(foreign=0.3, foreign_recent=0.3, running=4, stopped_by_load=2), Decision(),
-                 id="band-no-continue"),
-    pytest.param(view(foreign=1.4, foreign_recent=1.4, running=3, hysteresis=1.0), Decision(), id="wide-band"),
+    pytest.param(
+        view(foreign=0.3, foreign_recent=0.3, running=4, stopped_by_load=2),
+        Decision(),
+        id="band-no-continue",
+    ),
+    pytest.param(
+        view(foreign=1.4, foreign_recent=1.4, running=3, hysteresis=1.0), Decision(), id="wide-band"
+    ),
     # starting and continuing
     pytest.param(view(), Decision(start=4), id="idle-starts-to-limit"),
     pytest.param(view(limit=2.7), Decision(start=3), id="fractional-limit-plus-band"),
     pytest.param(view(limit=2.4), Decision(start=2), id="fractional-limit-below-band"),
     pytest.param(view(limit=0), Decision(), id="limit-0-starts-nothing"),
-    pytest.param(view(running=1, stopped_by_load=2), Decision(cont=2, start=1), id="continue-before-start"),
+    pytest.param(
+        view(running=1, stopped_by_load=2), Decision(cont=2, start=1), id="continue-before-start"
+    ),
     pytest.param(view(running=1, stopped_by_load=5), Decision(cont=3), id="continue-only-room"),
-    pytest.param(view(running=1, stopped_by_load=1, stopped_by_user=1), Decision(cont=2, start=1),
-                 id="continue-user-stopped-in-run"),
-    pytest.param(view(foreign=1.2, foreign_recent=1.2, running=1), Decision(start=2), id="foreign-takes-room"),
+    pytest.param(
+        view(running=1, stopped_by_load=1, stopped_by_user=1),
+        Decision(cont=2, start=1),
+        id="continue-user-stopped-in-run",
+    ),
+    pytest.param(
+        view(foreign=1.2, foreign_recent=1.2, running=1), Decision(start=2), id="foreign-takes-room"
+    ),
     # settle: foreign_recent
-    pytest.param(view(foreign=0, foreign_recent=3.2, running=1, stopped_by_load=1), Decision(),
-                 id="recent-foreign-blocks-continue"),
-    pytest.param(view(foreign=0, foreign_recent=2.2, running=0, stopped_by_load=1), Decision(cont=1, start=1),
-                 id="recent-foreign-limits-room"),
-    pytest.param(view(foreign=0, foreign_recent=9, running=4), Decision(), id="recent-high-current-low-no-stop"),
-    pytest.param(view(foreign=3, foreign_recent=9, running=3), Decision(stop=2),
-                 id="stop-uses-current-not-recent"),
+    pytest.param(
+        view(foreign=0, foreign_recent=3.2, running=1, stopped_by_load=1),
+        Decision(),
+        id="recent-foreign-blocks-continue",
+    ),
+    pytest.param(
+        view(foreign=0, foreign_recent=2.2, running=0, stopped_by_load=1),
+        Decision(cont=1, start=1),
+        id="recent-foreign-limits-room",
+    ),
+    pytest.param(
+        view(foreign=0, foreign_recent=9, running=4),
+        Decision(),
+        id="recent-high-current-low-no-stop",
+    ),
+    pytest.param(
+        view(foreign=3, foreign_recent=9, running=3),
+        Decision(stop=2),
+        id="stop-uses-current-not-recent",
+    ),
     # QUIT
-    pytest.param(view(mode=Mode.QUIT, stopped_by_load=2), Decision(cont=2), id="quit-continues-never-starts"),
+    pytest.param(
+        view(mode=Mode.QUIT, stopped_by_load=2), Decision(cont=2), id="quit-continues-never-starts"
+    ),
     pytest.param(view(mode=Mode.QUIT, running=1), Decision(), id="quit-idle-starts-nothing"),
-    pytest.param(view(mode=Mode.QUIT, foreign=2, foreign_recent=2, running=4), Decision(stop=2),
-                 id="quit-still-stops-over-limit"),
+    pytest.param(
+        view(mode=Mode.QUIT, foreign=2, foreign_recent=2, running=4),
+        Decision(stop=2),
+        id="quit-still-stops-over-limit",
+    ),
     # pending
     pytest.param(view(pending=False), Decision(), id="no-pending-starts-nothing"),
-    pytest.param(view(pending=False, stopped_by_load=2), Decision(cont=2), id="no-pending-still-continues"),
+    pytest.param(
+        view(pending=False, stopped_by_load=2), Decision(cont=2), id="no-pending-still-continues"
+    ),
     # memory
-    pytest.param(view(memfree=1000 * MB, mem_available=2000 * MB), Decision(start=4), id="mem-enough"),
-    pytest.param(view(memfree=1000 * MB, mem_available=999 * MB, running=1, stopped_by_load=1),
-                 Decision(cont=1), id="mem-low-starts-nothing-continues"),
-    pytest.param(view(memfree=1000 * MB, mem_available=500 * MB, running=2), Decision(),
-                 id="mem-at-half-no-evict"),
-    pytest.param(view(memfree=1000 * MB, mem_available=499 * MB, running=2, since_evict=5, settle=2),
-                 Decision(evict=1), id="mem-below-half-evicts-one"),
-    pytest.param(view(memfree=1000 * MB, mem_available=499 * MB, running=2, since_evict=2, settle=2),
-                 Decision(evict=1), id="mem-evict-exactly-settle"),
-    pytest.param(view(memfree=1000 * MB, mem_available=10 * MB, running=2, since_evict=1, settle=2),
-                 Decision(), id="mem-evict-waits-settle"),
-    pytest.param(view(memfree=1000 * MB, mem_available=10 * MB, stopped_by_user=1, foreign_recent=9),
-                 Decision(evict=1), id="mem-evicts-stopped-job"),
-    pytest.param(view(memfree=1000 * MB, mem_available=10 * MB), Decision(), id="mem-no-jobs-no-evict"),
-    pytest.param(view(memfree=1000 * MB, mem_available=10 * MB, running=4, foreign=2, foreign_recent=2),
-                 Decision(stop=2, evict=1), id="mem-evict-with-stop"),
+    pytest.param(
+        view(memfree=1000 * MB, mem_available=2000 * MB), Decision(start=4), id="mem-enough"
+    ),
+    pytest.param(
+        view(memfree=1000 * MB, mem_available=999 * MB, running=1, stopped_by_load=1),
+        Decision(cont=1),
+        id="mem-low-starts-nothing-continues",
+    ),
+    pytest.param(
+        view(memfree=1000 * MB, mem_available=500 * MB, running=2),
+        Decision(),
+        id="mem-at-half-no-evict",
+    ),
+    pytest.param(
+        view(memfree=1000 * MB, mem_available=499 * MB, running=2, since_evict=5, settle=2),
+        Decision(evict=1),
+        id="mem-below-half-evicts-one",
+    ),
+    pytest.param(
+        view(memfree=1000 * MB, mem_available=499 * MB, running=2, since_evict=2, settle=2),
+        Decision(evict=1),
+        id="mem-evict-exactly-settle",
+    ),
+    pytest.param(
+        view(memfree=1000 * MB, mem_available=10 * MB, running=2, since_evict=1, settle=2),
+        Decision(),
+        id="mem-evict-waits-settle",
+    ),
+    pytest.param(
+        view(memfree=1000 * MB, mem_available=10 * MB, stopped_by_user=1, foreign_recent=9),
+        Decision(evict=1),
+        id="mem-evicts-stopped-job",
+    ),
+    pytest.param(
+        view(memfree=1000 * MB, mem_available=10 * MB), Decision(), id="mem-no-jobs-no-evict"
+    ),
+    pytest.param(
+        view(memfree=1000 * MB, mem_available=10 * MB, running=4, foreign=2, foreign_recent=2),
+        Decision(stop=2, evict=1),
+        id="mem-evict-with-stop",
+    ),
     pytest.param(view(memfree=0, mem_available=10), Decision(start=4), id="memfree-off"),
     pytest.param(view(memfree=1000 * MB, mem_available=None), Decision(start=4), id="mem-unknown"),
 ]
@@ -191,7 +298,9 @@ def apply(v: View, d: Decision) -> View:
     return replace(
         v,
         running=v.running - d.stop + d.cont + d.start,
-        stopped_by_load=v.stopped_by_load - cont_load + (d.stop if v.mode is not Mode.PAUSED else 0),
+        stopped_by_load=v.stopped_by_load
+        - cont_load
+        + (d.stop if v.mode is not Mode.PAUSED else 0),
         stopped_by_user=v.stopped_by_user - cont_user + (d.stop if v.mode is Mode.PAUSED else 0),
         since_evict=0.0 if d.evict else v.since_evict,
     )

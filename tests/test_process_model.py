@@ -497,7 +497,9 @@ def daemonizer_line(tmp: Path) -> str:
 
 
 # With process groups a daemon escapes its job; in a cgroup it ends with it (test_cgroup.py).
-PROCESS_GROUPS = FAST_CONFIG.replace("[scheduler]\n", '[scheduler]\ncontainment = "process-group"\n')
+PROCESS_GROUPS = FAST_CONFIG.replace(
+    "[scheduler]\n", '[scheduler]\ncontainment = "process-group"\n'
+)
 
 
 def test_daemon_left_by_a_job_does_not_hold_term(tmp_path: Path) -> None:

@@ -119,7 +119,9 @@ def test_v1_joblog_reads() -> None:
 
 
 def test_v1_state_journal_and_queue_read() -> None:
-    ledger = Ledger(HostFiles(V1 / "jobfile", "h1"), JobBook("h1"), lambda *a: None, False, time.monotonic)  # type: ignore[arg-type]
+    ledger = Ledger(
+        HostFiles(V1 / "jobfile", "h1"), JobBook("h1"), lambda *a: None, False, time.monotonic
+    )  # type: ignore[arg-type]
     book = ledger.load()
     assert {j.seq: j.state for j in book} == {
         4: JobState.RUNNING,
@@ -141,7 +143,10 @@ def test_v1_queue_recovers_by_hand(tmp_path: Path) -> None:
     assert lines_of(jf) == ["echo pending-1", "echo pending-2"]
     rows = [r.split("\t") for r in lines_of(hostfile_path(jf, "h1", "joblog"))[1:]]
     assert sorted((r[6], r[7], r[8]) for r in rows[-3:]) == [
-        ("0", "0", "sleep 2"), ("0", "15", "sleep 60"), ("0", "9", "sleep 60")]
+        ("0", "0", "sleep 2"),
+        ("0", "15", "sleep 60"),
+        ("0", "9", "sleep 60"),
+    ]
     assert not hostfile_path(jf, "h1", "pid").exists()
 
 
@@ -312,9 +317,24 @@ def test_status_round_trip_keeps_the_json_keys(tmp_path: Path) -> None:
     write_status(path, st)
     raw = json.loads(path.read_text())
     v1_keys = set(json.loads((V1 / "jobfile.h1.status").read_text()))
-    new_keys = {"format", "pidns", "runner_pid", "quitting", "timed_out", "suspend_ended",
-                "local_users", "remote_users", "sources", "last_success", "last_failure",
-                "quick_failures", "quarantined", "quarantined_until", "quarantines", "epoch"}
+    new_keys = {
+        "format",
+        "pidns",
+        "runner_pid",
+        "quitting",
+        "timed_out",
+        "suspend_ended",
+        "local_users",
+        "remote_users",
+        "sources",
+        "last_success",
+        "last_failure",
+        "quick_failures",
+        "quarantined",
+        "quarantined_until",
+        "quarantines",
+        "epoch",
+    }
     assert set(raw) == (v1_keys - {"keeper_pid"}) | new_keys
     assert raw["format"] == FORMAT_VERSION
     assert read_status(path) == st

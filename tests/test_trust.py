@@ -159,11 +159,16 @@ def test_control_symlink_is_not_followed(
         wait_for(lambda: status(jf, "h1").get("running") == 1, what="job running")
         state = hostfile_path(jf, "h1", "state")
         # the pid reaches the snapshot within half a second (the journal has it before)
-        pid = wait_for(lambda: (json.loads(text_of(state) or "{}").get("jobs") or [{}])[0].get("pid"),
-                       what="the job's pid in the state snapshot")
+        pid = wait_for(
+            lambda: (json.loads(text_of(state) or "{}").get("jobs") or [{}])[0].get("pid"),
+            what="the job's pid in the state snapshot",
+        )
         # A request that would be obeyed if read: yours, 0600 -- reached through a symlink.
-        target = write(tmp_path / "request", json.dumps(
-            {"id": "x1", "command": "stop", "time": time.time(), "by": "mallory"}), 0o600)
+        target = write(
+            tmp_path / "request",
+            json.dumps({"id": "x1", "command": "stop", "time": time.time(), "by": "mallory"}),
+            0o600,
+        )
         link = hostfile_path(jf, "h1", "control")
         link.symlink_to(target)
         os.lchown(link, mallory.pw_uid, mallory.pw_gid)

@@ -285,6 +285,7 @@ class DrmExecutor:
         A job whose exit-code file exists has ended, whatever its status reads. An ERROR
         status (negative, odd value, an exception for that job) is a verdict only after
         ``error_polls`` polls in a row; an odd value for a job pbq held means "held"."""
+        # One pass on purpose: exit-code files first, then one status query, then the verdicts.
         if mono < self.next_poll:
             return []
         for cid in self.forget_ids:  # the scripts, exit-code files and tickets of recorded jobs

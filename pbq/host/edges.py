@@ -48,8 +48,9 @@ class WorkdayEdge:
         """Re-read the medians if the usage file changed."""
         self.medians.refresh()
 
-    def pick(self, jobs: list[Job], n: int, occupied: int, host: Host,
-             until_work: float | None) -> tuple[list[Job], list[Job]]:
+    def pick(
+        self, jobs: list[Job], n: int, occupied: int, host: Host, until_work: float | None
+    ) -> tuple[list[Job], list[Job]]:
         """Up to ``n`` of ``jobs`` (in order) that may start in the slots after the
         ``occupied`` ones, and the ones held back: those that could not start in the next
         free slot.  The others (startable, beyond ``n``) stay taken ahead."""
@@ -57,8 +58,9 @@ class WorkdayEdge:
         held: list[Job] = []
         for job in jobs:
             slot = occupied + len(start) + 1
-            if not may_start_before_work(slot, host.wday, host.max, until_work,
-                                         self.expected(job), self.margin):
+            if not may_start_before_work(
+                slot, host.wday, host.max, until_work, self.expected(job), self.margin
+            ):
                 held.append(job)
             elif len(start) < n:
                 start.append(job)
@@ -68,8 +70,16 @@ class WorkdayEdge:
         """A give-back was recent: slots above wday take no lines for a while."""
         return self.gave_back_at is not None and 0 <= now - self.gave_back_at < RETRY_AFTER
 
-    def choose_batch(self, claimed: list[Job], n: int, occupied: int, host: Host, until: float,
-                     now: float, take: Callable[[int], list[Job]]) -> tuple[list[Job], list[Job]]:
+    def choose_batch(
+        self,
+        claimed: list[Job],
+        n: int,
+        occupied: int,
+        host: Host,
+        until: float,
+        now: float,
+        take: Callable[[int], list[Job]],
+    ) -> tuple[list[Job], list[Job]]:
         """Up to ``n`` lines to start now and the ones held back, from those taken ahead
         and, taken with a look-ahead through ``take``, fresh ones; when nothing could start,
         slots above wday take no lines for a while."""
@@ -81,7 +91,9 @@ class WorkdayEdge:
             want = min(want, max(0, int(host.wday) - occupied - len(batch)))  # wday slots only
             ahead = 0
         if want > 0:
-            more, held_more = self.pick(take(want + ahead), want, occupied + len(batch), host, until)
+            more, held_more = self.pick(
+                take(want + ahead), want, occupied + len(batch), host, until
+            )
             batch += more
             held += held_more
         if held and not batch:
@@ -91,7 +103,9 @@ class WorkdayEdge:
     def held_message(self, held: list[Job], until: float, host: Host) -> str:
         first = held[0]
         expected = self.expected(first) or 0.0
-        return (f"work hours begin in {until:.0f}s: not starting {len(held)} line(s) whose "
-                f"expected run time (e.g. {expected:.0f}s, margin {self.margin:g}s) would run "
-                f"past it in a slot above wday {host.wday:g}; back to the front of the jobfile: "
-                f"{line_to_text(first.line)}")
+        return (
+            f"work hours begin in {until:.0f}s: not starting {len(held)} line(s) whose "
+            f"expected run time (e.g. {expected:.0f}s, margin {self.margin:g}s) would run "
+            f"past it in a slot above wday {host.wday:g}; back to the front of the jobfile: "
+            f"{line_to_text(first.line)}"
+        )

@@ -4,19 +4,20 @@ Every state that must survive a crash is a state of :class:`JobState` -- no flag
 says "running but terminated".  The edges (each is one method of :class:`JobBook`, which
 refuses any other)::
 
-    (jobfile line) --take--> CLAIMED --start--> STARTING --started--> RUNNING <--stop/cont--> STOPPED
-                                |                  |                     |  \\                  /
-                                |                  |                     |   +-- evict/term/timeout --+
-                                |                  |                     v         v
-                                |                  |    EVICTING, TIMING_OUT   TERMINATING --gone--> TERMINATED
-                                |                  |                     |         |                    |
-                                +------------------+---------------------+---------+--------------------+
-                                                   |  put back (front: crash, eviction, term, quit;
-                                                   v            end: a retry)
-                                     REQUEUE_FRONT / REQUEUE_END --committed--> (gone: the line is pending again)
+    (jobfile line) -take-> CLAIMED -start-> STARTING -started-> RUNNING <-stop/cont-> STOPPED
+                              |                |                   | \\                     /
+                              |                |                   |  +-evict/term/timeout-+
+                              |                |                   v       v
+                              |                | EVICTING/TIMING_OUT  TERMINATING -gone-> TERMINATED
+                              |                |                   |       |                  |
+                              +----------------+-------------------+-------+-------------------+
+                                               |  put back (front: crash, eviction, term, quit;
+                                               v            end: a retry)
+                      REQUEUE_FRONT / REQUEUE_END -committed-> (gone: the line is pending again)
 
-    STARTING/RUNNING/STOPPED/TIMING_OUT --ended--> (gone: joblog/.error written)
-                                    \\-> SETTLING (its retry count is cleared under the next lock) --> (gone)
+    STARTING/RUNNING/STOPPED/TIMING_OUT -ended-> (gone: joblog/.error written)
+                                    \\-> SETTLING -> (gone)
+                                        (its retry count is cleared under the next lock)
 
 A put-back carries the operation number under which it is written ahead (``putback_op``);
 until then it is ``None`` and a restart puts the line back itself.
@@ -48,8 +49,13 @@ class JobState(StrEnum):
     REQUEUE_END = "requeue_end"  # its line is being put back at the end (a retry)
 
 
-LIVE = (JobState.RUNNING, JobState.STOPPED, JobState.EVICTING, JobState.TIMING_OUT,
-        JobState.TERMINATING)
+LIVE = (
+    JobState.RUNNING,
+    JobState.STOPPED,
+    JobState.EVICTING,
+    JobState.TIMING_OUT,
+    JobState.TERMINATING,
+)
 REQUEUE = (JobState.REQUEUE_FRONT, JobState.REQUEUE_END)
 # States whose process may still run (it must be watched, signalled on term, adopted).
 WATCHED = LIVE
@@ -99,15 +105,30 @@ class Job:
 
     def running_time(self, now: float) -> float:
         """Seconds it has run, time stopped excluded."""
-        stopped = self.stopped_secs + (now - self.stopped_at if self.stopped_at is not None else 0.0)
+        stopped = self.stopped_secs + (
+            now - self.stopped_at if self.stopped_at is not None else 0.0
+        )
         started = now if self.started is None else self.started
         return max(0.0, now - started - stopped)
 
     def to_json(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"seq": self.seq, "line": line_to_text(self.line), "op": self.op,
-                             "state": self.state.value}
-        for key in ("pid", "pid_start", "started", "stopped_by", "cluster_id", "putback_op",
-                    "stopped_at", "kill_at", "line_seq"):
+        d: dict[str, Any] = {
+            "seq": self.seq,
+            "line": line_to_text(self.line),
+            "op": self.op,
+            "state": self.state.value,
+        }
+        for key in (
+            "pid",
+            "pid_start",
+            "started",
+            "stopped_by",
+            "cluster_id",
+            "putback_op",
+            "stopped_at",
+            "kill_at",
+            "line_seq",
+        ):
             value = getattr(self, key)
             if value is not None:
                 d[key] = value
@@ -207,7 +228,9 @@ class JobBook:
 
     def running_count(self) -> int:
         """Jobs that use a slot now (being started counts: it will run at once)."""
-        return sum(1 for j in self._jobs.values() if j.state in (JobState.RUNNING, JobState.STARTING))
+        return sum(
+            1 for j in self._jobs.values() if j.state in (JobState.RUNNING, JobState.STARTING)
+        )
 
     def job_id(self, job: Job) -> str:
         return f"{self.host}.{job.seq}"
@@ -243,10 +266,18 @@ class JobBook:
         self._move(job, JobState.STARTING, (JobState.CLAIMED,))  # CLAIMED -> STARTING
 
     def unstart(self, job: Job) -> None:
-        self._move(job, JobState.CLAIMED, (JobState.STARTING,))  # STARTING -> CLAIMED (not on record)
+        self._move(
+            job, JobState.CLAIMED, (JobState.STARTING,)
+        )  # STARTING -> CLAIMED (not on record)
 
-    def started(self, job: Job, now: float, pid: int | None = None, pid_start: float | None = None,
-                cluster_id: str | None = None) -> None:
+    def started(
+        self,
+        job: Job,
+        now: float,
+        pid: int | None = None,
+        pid_start: float | None = None,
+        cluster_id: str | None = None,
+    ) -> None:
         self._move(job, JobState.RUNNING, (JobState.STARTING,))  # STARTING -> RUNNING
         job.pid, job.pid_start, job.cluster_id, job.started = pid, pid_start, cluster_id, now
 
@@ -290,7 +321,9 @@ class JobBook:
 
     def terminating(self, job: Job) -> None:
         # RUNNING/STOPPED/STARTING -> TERMINATING
-        self._move(job, JobState.TERMINATING, (JobState.RUNNING, JobState.STOPPED, JobState.STARTING))
+        self._move(
+            job, JobState.TERMINATING, (JobState.RUNNING, JobState.STOPPED, JobState.STARTING)
+        )
 
     def terminated(self, job: Job) -> None:
         self._move(job, JobState.TERMINATED, (JobState.TERMINATING,))  # TERMINATING -> TERMINATED
@@ -300,17 +333,25 @@ class JobBook:
         """Its line is to go back into the jobfile (written ahead by the ledger)."""
         if front:
             # CLAIMED/STARTING/live/TERMINATED -> REQUEUE_FRONT
-            self._move(job, JobState.REQUEUE_FRONT, (JobState.CLAIMED, JobState.STARTING,
-                                                      JobState.TERMINATED, *LIVE))
+            self._move(
+                job,
+                JobState.REQUEUE_FRONT,
+                (JobState.CLAIMED, JobState.STARTING, JobState.TERMINATED, *LIVE),
+            )
         else:
             # STARTING/RUNNING/STOPPED -> REQUEUE_END (a retry)
-            self._move(job, JobState.REQUEUE_END, (JobState.STARTING, JobState.RUNNING, JobState.STOPPED))
+            self._move(
+                job, JobState.REQUEUE_END, (JobState.STARTING, JobState.RUNNING, JobState.STOPPED)
+            )
         job.putback_op = None
 
     def settling(self, job: Job) -> None:
         # ended with a retry count to clear: STARTING/RUNNING/STOPPED/TIMING_OUT -> SETTLING
-        self._move(job, JobState.SETTLING, (JobState.STARTING, JobState.RUNNING, JobState.STOPPED,
-                                            JobState.TIMING_OUT))
+        self._move(
+            job,
+            JobState.SETTLING,
+            (JobState.STARTING, JobState.RUNNING, JobState.STOPPED, JobState.TIMING_OUT),
+        )
 
     def drop(self, job: Job) -> None:
         """The job leaves the book: its outcome is written, or its line is pending again."""
@@ -323,9 +364,15 @@ class JobBook:
 
     def to_json(self) -> dict[str, Any]:
         c = self.counters
-        return {"next_seq": c.next_seq, "next_op": c.next_op, "done": c.done, "failed": c.failed,
-                "timed_out": c.timed_out, "suspend_ended": c.suspend_ended,
-                "jobs": [j.to_json() for j in self._jobs.values()]}
+        return {
+            "next_seq": c.next_seq,
+            "next_op": c.next_op,
+            "done": c.done,
+            "failed": c.failed,
+            "timed_out": c.timed_out,
+            "suspend_ended": c.suspend_ended,
+            "jobs": [j.to_json() for j in self._jobs.values()],
+        }
 
     @classmethod
     def from_json(cls, host: str, d: object) -> JobBook:
@@ -339,9 +386,14 @@ class JobBook:
         self.counters = Counters()
         if not isinstance(d, dict):
             return
-        self.counters = Counters(int(d.get("next_seq", 1)), int(d.get("next_op", 1)),
-                                 int(d.get("done", 0)), int(d.get("failed", 0)),
-                                 int(d.get("timed_out", 0)), int(d.get("suspend_ended", 0)))
+        self.counters = Counters(
+            int(d.get("next_seq", 1)),
+            int(d.get("next_op", 1)),
+            int(d.get("done", 0)),
+            int(d.get("failed", 0)),
+            int(d.get("timed_out", 0)),
+            int(d.get("suspend_ended", 0)),
+        )
         for raw in d.get("jobs", []):
             job = Job.from_json(raw)
             self._jobs[job.seq] = job

@@ -57,8 +57,9 @@ def check_format(obj: object, path: Path, current: int) -> None:
 
 
 class Ledger:
-    def __init__(self, files: HostFiles, book: JobBook, log: Log, fsync: bool,
-                 mono: Callable[[], float]) -> None:
+    def __init__(
+        self, files: HostFiles, book: JobBook, log: Log, fsync: bool, mono: Callable[[], float]
+    ) -> None:
         self.files = files
         self.book = book
         self.log = log
@@ -124,9 +125,14 @@ class Ledger:
     def save(self, fsync: bool = False) -> None:
         """Write a new snapshot; the journal before it is obsolete."""
         self.gen += 1
-        doc = {"format": STATE_FORMAT, "host": self.book.host, "gen": self.gen, "paused": self.paused,
-               "epoch": self.epoch,
-               **self.book.to_json()}
+        doc = {
+            "format": STATE_FORMAT,
+            "host": self.book.host,
+            "gen": self.gen,
+            "paused": self.paused,
+            "epoch": self.epoch,
+            **self.book.to_json(),
+        }
         try:
             atomic_write_json(self.files.state, doc, fsync=fsync)
         except PbqError:
@@ -176,8 +182,9 @@ class Ledger:
 
     # -- outcomes -------------------------------------------------------------------
 
-    def record(self, row: str | None = None, error_line: bytes | None = None,
-               error_seq: int | None = None) -> None:
+    def record(
+        self, row: str | None = None, error_line: bytes | None = None, error_seq: int | None = None
+    ) -> None:
         if row is not None:
             self.joblog_rows.append(row)
         if error_line is not None:
@@ -186,8 +193,9 @@ class Ledger:
 
     def pending(self) -> bool:
         """Outcomes or put-backs not written yet (a full disk): the host must not exit."""
-        unsettled = self.book.in_state(JobState.REQUEUE_FRONT, JobState.REQUEUE_END,
-                                       JobState.SETTLING)
+        unsettled = self.book.in_state(
+            JobState.REQUEUE_FRONT, JobState.REQUEUE_END, JobState.SETTLING
+        )
         return bool(self.joblog_rows or self.error_lines or unsettled)
 
     def flush(self, queue: JobQueue, txn: Txn | None = None) -> int:
@@ -203,8 +211,10 @@ class Ledger:
             try:
                 append_bytes(self.files.error, b"".join(line + b"\n" for line in self.error_lines))
                 with contextlib.suppress(PbqError):  # without it, requeued lines get new Seqs
-                    append_bytes(self.files.path("errseq"), error_seq_records(
-                        self.error_lines, self.error_seqs))
+                    append_bytes(
+                        self.files.path("errseq"),
+                        error_seq_records(self.error_lines, self.error_seqs),
+                    )
                 self.error_lines.clear()
                 self.error_seqs.clear()
             except PbqError as err:
@@ -234,8 +244,13 @@ class Ledger:
         if front or end:
             # One operation per side: each commits on its own, so a crash between the two
             # redoes exactly the one that did not commit.
-            ops = {id(j): op for group in (front, end) if group
-                   for op in [self.book.new_op()] for j in group}
+            ops = {
+                id(j): op
+                for group in (front, end)
+                if group
+                for op in [self.book.new_op()]
+                for j in group
+            }
             for job in front + end:
                 job.putback_op = ops[id(job)]
             try:
@@ -245,11 +260,17 @@ class Ledger:
                     txn.set_retries(job.line, job.tries)
                 # Each line keeps its Seq: "#pbq-seq N" before it (see pbq.jobfile.take).
                 if front:
-                    txn.prepend(seq_annotated([j.line for j in front], [j.line_seq for j in front]),
-                                host, front[0].putback_op or 0)
+                    txn.prepend(
+                        seq_annotated([j.line for j in front], [j.line_seq for j in front]),
+                        host,
+                        front[0].putback_op or 0,
+                    )
                 if end:
-                    txn.append(seq_annotated([j.line for j in end], [j.line_seq for j in end]),
-                               host, end[0].putback_op or 0)
+                    txn.append(
+                        seq_annotated([j.line for j in end], [j.line_seq for j in end]),
+                        host,
+                        end[0].putback_op or 0,
+                    )
             except PbqError:
                 for job in front + end:
                     if job.putback_op is not None and job.putback_op > txn.state.ops.get(host, 0):

@@ -80,8 +80,16 @@ class TimeLimits:
         self._keys.pop(seq, None)
 
 
-def enforce_limits(limits: TimeLimits, book: JobBook, executor: Executor, ledger: Ledger, log: Log,
-                   now: float, grace: float, decide: bool) -> None:
+def enforce_limits(
+    limits: TimeLimits,
+    book: JobBook,
+    executor: Executor,
+    ledger: Ledger,
+    log: Log,
+    now: float,
+    grace: float,
+    decide: bool,
+) -> None:
     """Act on what ``TimeLimits`` decided: SIGTERM to the whole job now, SIGKILL after
     ``grace``; a timed-out job's line goes to .error, a long-stopped one's back to the front
     of the jobfile.  ``decide``: False while the host is terminating anyway (only the
@@ -92,16 +100,20 @@ def enforce_limits(limits: TimeLimits, book: JobBook, executor: Executor, ledger
         for job, limit in limits.timed_out(book.in_state(JobState.RUNNING, JobState.STOPPED), now):
             executor.term(job)
             book.timing_out(job, kill_at=now + grace)  # RUNNING/STOPPED -> TIMING_OUT
-            log(f"job {book.job_id(job)} timed out after {limit:.1f}s of running time: "
-                f"SIGTERM (SIGKILL after {grace:g} s)")
+            log(
+                f"job {book.job_id(job)} timed out after {limit:.1f}s of running time: "
+                f"SIGTERM (SIGKILL after {grace:g} s)"
+            )
             ending = True
         for job in limits.suspended_too_long(book.in_state(JobState.STOPPED), now):
             stopped_for = now - (job.stopped_at or now)
             executor.term(job)
             book.evicting(job, kill_at=now + grace)  # STOPPED -> EVICTING
             book.counters.suspend_ended += 1
-            log(f"job {book.job_id(job)} was stopped for {stopped_for:.0f}s (max_suspend "
-                f"{limits.max_suspend:g}s): ending it; its line goes back to the front")
+            log(
+                f"job {book.job_id(job)} was stopped for {stopped_for:.0f}s (max_suspend "
+                f"{limits.max_suspend:g}s): ending it; its line goes back to the front"
+            )
             ending = True
     for job in book.in_state(JobState.EVICTING, JobState.TIMING_OUT):
         if job.kill_at is not None and now >= job.kill_at:

@@ -89,6 +89,7 @@ class Scheduler:
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
+        # Long but flat: every part and every attribute of the loop is made here, in one place.
         self.opts = opts
         self.cfg = opts.config
         self.jobfile = opts.jobfile
@@ -97,7 +98,9 @@ class Scheduler:
         self.sensors = sensors or Sensors()
         self.clock = clock
         self.mono = monotonic
-        self.log = HostLog(self.files.log, self.cfg.log.max_bytes, self.cfg.log.backups, echo=opts.echo_log)
+        self.log = HostLog(
+            self.files.log, self.cfg.log.max_bytes, self.cfg.log.backups, echo=opts.echo_log
+        )
         self.queue = JobQueue(
             opts.jobfile,
             lock=opts.lock,
@@ -112,15 +115,30 @@ class Scheduler:
         # The parts, each with one reason to change; the loop only wires them together.
         self.book = JobBook(opts.host)
         self.ledger = Ledger(self.files, self.book, self.log, self.cfg.jobfile.fsync, monotonic)
-        self.intake = Intake(self.queue, self.book, self.ledger, self.log, opts.allow_group_write,
-                             self.cfg.scheduler.retries)
-        self.outcomes = Outcomes(self.book, self.ledger, self.log, self.cfg,
-                                 opts.jobfile.with_name(opts.jobfile.name + ".usage"), clock)
-        self.outputs = HostOutputs(self.files, self.book, self.cfg, monotonic, self.ledger.disk_problem)
+        self.intake = Intake(
+            self.queue,
+            self.book,
+            self.ledger,
+            self.log,
+            opts.allow_group_write,
+            self.cfg.scheduler.retries,
+        )
+        self.outcomes = Outcomes(
+            self.book,
+            self.ledger,
+            self.log,
+            self.cfg,
+            opts.jobfile.with_name(opts.jobfile.name + ".usage"),
+            clock,
+        )
+        self.outputs = HostOutputs(
+            self.files, self.book, self.cfg, monotonic, self.ledger.disk_problem
+        )
         self.sensing = LoadSensing(self.cfg, self.sensors)
         self.joboutput: JobOutput | None = None  # local jobs only
-        self.notifier = Notifier(self.cfg.notify.command, self.cfg.notify.timeout, opts.host,
-                                 str(opts.jobfile), self.log)
+        self.notifier = Notifier(
+            self.cfg.notify.command, self.cfg.notify.timeout, opts.host, str(opts.jobfile), self.log
+        )
         self.outcomes.on_failed = self._notify_failed
         self.drain_notified = True  # "drained" once per drain: after jobs were held again
         self.limits = TimeLimits(self.cfg, opts.jobfile.with_name(opts.jobfile.name + ".usage"))
@@ -170,18 +188,40 @@ class Scheduler:
         if h.drm:
             from .drm import DrmExecutor
 
-            log_dir = self.opts.output_dir or self.jobfile.with_name(f"{self.jobfile.name}.{self.host}.drmlogs")
-            return DrmExecutor(self.host, h, self.cfg, Path.cwd(), log_dir, self.log,
-                               self.jobfile.with_name(self.jobfile.name + ".usage"), self.mono)
+            log_dir = self.opts.output_dir or self.jobfile.with_name(
+                f"{self.jobfile.name}.{self.host}.drmlogs"
+            )
+            return DrmExecutor(
+                self.host,
+                h,
+                self.cfg,
+                Path.cwd(),
+                log_dir,
+                self.log,
+                self.jobfile.with_name(self.jobfile.name + ".usage"),
+                self.mono,
+            )
         local = old is not None and is_local(old)
-        self.joboutput = JobOutput(self.files, self.opts.output_dir, self.opts.inherit_output,
-                                   self.cfg.jobfile.fsync, self.log)
+        self.joboutput = JobOutput(
+            self.files,
+            self.opts.output_dir,
+            self.opts.inherit_output,
+            self.cfg.jobfile.fsync,
+            self.log,
+        )
         self.outcomes.receive = self.joboutput.received
-        ex = LocalExecutor(self.host, self.jobfile, self.files.exits, self.cfg.scheduler.nice,
-                           self.joboutput.directory,
-                           self.log, self.sensors, old.runner if local and old is not None else None,
-                           allow_group_write=self.opts.allow_group_write,
-                           containment=self.cfg.scheduler.containment)
+        ex = LocalExecutor(
+            self.host,
+            self.jobfile,
+            self.files.exits,
+            self.cfg.scheduler.nice,
+            self.joboutput.directory,
+            self.log,
+            self.sensors,
+            old.runner if local and old is not None else None,
+            allow_group_write=self.opts.allow_group_write,
+            containment=self.cfg.scheduler.containment,
+        )
         ex.on_runner_started = self._runner_started
         ex.on_stray = self.notifier.reaped
         return ex
@@ -190,15 +230,20 @@ class Scheduler:
         self.load_host()
         check_input_file(self.jobfile, "jobfile", self.opts.allow_group_write)
         if not self.jobfile.exists():
-            raise PbqError(f"no such jobfile (create it, e.g. with: touch {self.jobfile})", path=str(self.jobfile))
+            raise PbqError(
+                f"no such jobfile (create it, e.g. with: touch {self.jobfile})",
+                path=str(self.jobfile),
+            )
         old = read_pidfile(self.files.pid)
         self.executor = self._make_executor(old)
         if self.joboutput is None and self.opts.output_dir is not None:
             try:
                 self.opts.output_dir.mkdir(parents=True, exist_ok=True)
             except OSError as err:
-                raise PbqError(f"cannot create output directory: {err.strerror}",
-                               path=str(self.opts.output_dir)) from None
+                raise PbqError(
+                    f"cannot create output directory: {err.strerror}",
+                    path=str(self.opts.output_dir),
+                ) from None
         self.ledger.load(self.opts.allow_group_write)
         probes = self.executor.probe(list(self.book))  # outside the lock: it may wait
         with self.queue.transaction() as txn:
@@ -207,7 +252,9 @@ class Scheduler:
             if self.book.counters.next_op <= committed:
                 self.book.counters.next_op = committed + 1
             drm = self.executor.drm_name
-            self._apply_recovery(plan_recovery(list(self.book), committed, probes, self.host, drm), txn)
+            self._apply_recovery(
+                plan_recovery(list(self.book), committed, probes, self.host, drm), txn
+            )
         self.ledger.save()
         if self.joboutput is not None:
             self.joboutput.open({j.seq for j in self.book})
@@ -241,8 +288,10 @@ class Scheduler:
                 how = f"stop it first (pbq control ... quit {self.host})"
             else:
                 how = "stop it there, or wait until its heartbeat is old"
-            raise PbqError(f"a scheduler for host {self.host} is already running ({verdict.reason}); {how}",
-                           path=str(self.files.pid))
+            raise PbqError(
+                f"a scheduler for host {self.host} is already running ({verdict.reason}); {how}",
+                path=str(self.files.pid),
+            )
         if info is not None:
             how = "recovering" if verdict.exact else "taking over"
             self.log(f"found stale {self.files.pid.name} ({verdict.reason}): {how}")
@@ -251,16 +300,24 @@ class Scheduler:
         self._write_pidfile()
 
     def _write_pidfile(self) -> None:
-        write_pidfile(self.files.pid, PidRecord.current(runner=self.runner_pid, epoch=self.epoch),
-                      fsync=self.cfg.jobfile.fsync)
+        write_pidfile(
+            self.files.pid,
+            PidRecord.current(runner=self.runner_pid, epoch=self.epoch),
+            fsync=self.cfg.jobfile.fsync,
+        )
 
     def _fence(self, txn: Txn | None = None) -> None:
         """Raise Replaced when the queue record names a newer owner of this host."""
-        epoch = txn.epoch_of(self.host) if txn is not None else \
-            self.queue.peek_state().epochs.get(self.host, 0)
+        epoch = (
+            txn.epoch_of(self.host)
+            if txn is not None
+            else self.queue.peek_state().epochs.get(self.host, 0)
+        )
         if epoch != self.epoch:
-            raise Replaced(f"host {self.host} was taken over by another scheduler (epoch {epoch}, "
-                           f"this one has {self.epoch}); exiting without touching its jobs")
+            raise Replaced(
+                f"host {self.host} was taken over by another scheduler (epoch {epoch}, "
+                f"this one has {self.epoch}); exiting without touching its jobs"
+            )
 
     def _runner_started(self, pid: int) -> None:
         self.runner_pid = pid
@@ -287,8 +344,10 @@ class Scheduler:
                 self.book.adopt(job, stopped=p.stopped)
                 adopted.append(job)
                 if job.pid is not None:
-                    self.log(f"adopted job {self.book.job_id(job)} pid {job.pid} ({job.state.value}) "
-                             "from the previous run")
+                    self.log(
+                        f"adopted job {self.book.job_id(job)} pid {job.pid} ({job.state.value}) "
+                        "from the previous run"
+                    )
             elif step.action is Action.FINISH:
                 assert p.exit is not None
                 self.outcomes.finish(job, p.exit, when=p.ended_at)
@@ -357,7 +416,14 @@ class Scheduler:
         os.set_blocking(w, False)
         self._wake_r, self._wake_w = r, w
         signal.set_wakeup_fd(w, warn_on_full_buffer=False)
-        for sig in (signal.SIGUSR1, signal.SIGUSR2, signal.SIGCONT, signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        for sig in (
+            signal.SIGUSR1,
+            signal.SIGUSR2,
+            signal.SIGCONT,
+            signal.SIGTERM,
+            signal.SIGINT,
+            signal.SIGHUP,
+        ):
             signal.signal(sig, self._record_signal)
         # SIGCHLD needs a handler (not SIG_DFL) so that it reaches the wakeup fd: the runner's
         # death, and the end of a job a dead runner left to us, wake the loop.
@@ -421,7 +487,9 @@ class Scheduler:
                 self.log(f"{source}: quarantine lifted; taking jobs again")
         elif command == "quit":
             if not self.quitting:
-                self.log(f"{source}: quitting: starting nothing new; exiting when the jobs are done")
+                self.log(
+                    f"{source}: quitting: starting nothing new; exiting when the jobs are done"
+                )
             self.quitting = True  # -> QUIT
             self.intake.give_back_claimed()
         elif command == "term":
@@ -479,7 +547,9 @@ class Scheduler:
         if self.mode is Mode.TERM:
             assert self.term_deadline is not None
             hard = self.mono() >= self.term_deadline and not self.killed_hard
-            finished = self.executor.term_finished(self.book.in_state(JobState.TERMINATING, JobState.EVICTING), hard)
+            finished = self.executor.term_finished(
+                self.book.in_state(JobState.TERMINATING, JobState.EVICTING), hard
+            )
             if hard:
                 self.killed_hard = True
                 self.term_deadline = self.mono() + 5.0
@@ -534,11 +604,16 @@ class Scheduler:
         if not jobs:
             return
         for job in jobs:
-            still = job.state is JobState.TERMINATING and self.executor is not None and \
-                not self.executor.term_finished([job], hard=False)
+            still = (
+                job.state is JobState.TERMINATING
+                and self.executor is not None
+                and not self.executor.term_finished([job], hard=False)
+            )
             note = " (still running after SIGKILL: POSSIBLE DUPLICATE)" if still else ""
-            self.log(f"term: putting {self.book.job_id(job)} back at the front of the jobfile{note}: "
-                     f"{line_to_text(job.line)}")
+            self.log(
+                f"term: putting {self.book.job_id(job)} back at the front of the jobfile{note}: "
+                f"{line_to_text(job.line)}"
+            )
             self.book.requeue(job, front=True)
         if self.ledger.flush(self.queue):
             self.intake.changed()
@@ -581,9 +656,15 @@ class Scheduler:
         self._reload_hostfile()
         if self.health.until is not None and not self.health.quarantined(now):
             self.health.until = None
-            self.log("quarantine over: taking jobs again (one more quick failure quarantines "
-                     "the host again, for twice as long)")
-        own = self.executor.own_cpu_seconds(self.book.live()) if self.executor.counts_foreign_load else None
+            self.log(
+                "quarantine over: taking jobs again (one more quick failure quarantines "
+                "the host again, for twice as long)"
+            )
+        own = (
+            self.executor.own_cpu_seconds(self.book.live())
+            if self.executor.counts_foreign_load
+            else None
+        )
         before, self.m = self.m, self.sensing.sense(now, mono, self.host_entry, own)
         if self.m.limit == 0 and (before.limit != 0 or self.next_load_log == 0.0):
             self.log(f"the load limit is 0 now ({self._why_zero()}): starting nothing")
@@ -617,8 +698,16 @@ class Scheduler:
 
     def _enforce_limits(self, now: float) -> None:
         assert self.executor is not None
-        enforce_limits(self.limits, self.book, self.executor, self.ledger, self.log, now,
-                       self.cfg.scheduler.term_grace, decide=self.mode is not Mode.TERM)
+        enforce_limits(
+            self.limits,
+            self.book,
+            self.executor,
+            self.ledger,
+            self.log,
+            now,
+            self.cfg.scheduler.term_grace,
+            decide=self.mode is not Mode.TERM,
+        )
 
     def _why_zero(self) -> str:
         h, m = self.host_entry, self.m
@@ -659,7 +748,9 @@ class Scheduler:
             self.log("hostfile changed this host's drm= field: restart the scheduler for that")
             return
         if old != h and h is not None:
-            self.log(f"hostfile reloaded: max {h.max:g} wday {h.wday:g} interactive {h.interactive}")
+            self.log(
+                f"hostfile reloaded: max {h.max:g} wday {h.wday:g} interactive {h.interactive}"
+            )
 
     # ---------------------------------------------------------------- act
 
@@ -681,8 +772,10 @@ class Scheduler:
             running=self.book.running_count(),
             stopped_by_load=sum(1 for j in stopped if j.stopped_by != "user"),
             stopped_by_user=sum(1 for j in stopped if j.stopped_by == "user"),
-            pending=self.executor.accepting(mono) and self.ledger.disk_error is None
-            and not self.health.quarantined(now) and self.intake.may_have_lines(),
+            pending=self.executor.accepting(mono)
+            and self.ledger.disk_error is None
+            and not self.health.quarantined(now)
+            and self.intake.may_have_lines(),
             hysteresis=h,
             mem_available=m.mem_available,
             memfree=self.cfg.scheduler.memfree,
@@ -697,7 +790,9 @@ class Scheduler:
         if not d:
             return d
         held = self.book.in_state(JobState.RUNNING, JobState.STOPPED)
-        choice = choose([Candidate(j.seq, j.started or 0.0, j.state is JobState.STOPPED) for j in held], d)
+        choice = choose(
+            [Candidate(j.seq, j.started or 0.0, j.state is JobState.STOPPED) for j in held], d
+        )
         by_seq = {j.seq: j for j in held}
         for seq in choice.evict:
             self._evict(by_seq[seq])
@@ -740,11 +835,14 @@ class Scheduler:
             self.ledger.disk_problem(err)
         self.executor.kill(job)
         self.last_evict = self.mono()
-        self.log(f"available memory {(self.m.mem_available or 0) >> 20} MiB is below half of memfree: "
-                 f"killing {self.book.job_id(job)}")
+        self.log(
+            f"available memory {(self.m.mem_available or 0) >> 20} MiB is below half of memfree: "
+            f"killing {self.book.job_id(job)}"
+        )
 
     def _start(self, n: int, now: float) -> None:
         """Start ``n`` jobs: those taken ahead first, then fresh ones from the jobfile."""
+        # Kept whole: pick, journal "starting", start, journal "started" -- the write-ahead order.
         assert self.executor is not None and self.host_entry is not None
         claimed = self.book.in_state(JobState.CLAIMED)
         until = self.edge.until_work(self.host_entry, self.m.work_time, now)
@@ -752,8 +850,11 @@ class Scheduler:
             batch = self._pick_before_work(n, now, until, claimed)
         else:
             if len(claimed) < n:
-                ahead = self.intake.prefetch(self.outcomes.avg_runtime, self.m.limit) \
-                    if self.mode is Mode.RUN else 0
+                ahead = (
+                    self.intake.prefetch(self.outcomes.avg_runtime, self.m.limit)
+                    if self.mode is Mode.RUN
+                    else 0
+                )
                 try:
                     claimed += self.intake.take(n - len(claimed) + ahead)
                 except PbqError as err:
@@ -779,7 +880,9 @@ class Scheduler:
             jid = self.book.job_id(job)
             if isinstance(r, Started):
                 when = r.when or now
-                self.book.started(job, when, r.pid, r.pid_start, r.cluster_id)  # STARTING -> RUNNING
+                self.book.started(
+                    job, when, r.pid, r.pid_start, r.cluster_id
+                )  # STARTING -> RUNNING
                 if r.pid is not None:
                     started.append([job.seq, r.pid, r.pid_start, when])
                     ids.append((job.seq, job.number, when))
@@ -813,8 +916,9 @@ class Scheduler:
         lines go back to the front of the jobfile, for other hosts or for later."""
         h = self.host_entry
         assert h is not None
-        batch, held = self.edge.choose_batch(claimed, n, self.book.running_count(), h, until, now,
-                                             self._take_quietly)
+        batch, held = self.edge.choose_batch(
+            claimed, n, self.book.running_count(), h, until, now, self._take_quietly
+        )
         if held:
             self.log(self.edge.held_message(held, until, h))
             for job in held:
@@ -839,8 +943,10 @@ class Scheduler:
         if why is None:
             return
         until = (self.health.until or now) - now
-        self.log(f"quarantined for {until:.0f}s: {why}; taking no new jobs "
-                 f"(pbq control ... cont {self.host} lifts it)")
+        self.log(
+            f"quarantined for {until:.0f}s: {why}; taking no new jobs "
+            f"(pbq control ... cont {self.host} lifts it)"
+        )
         self.intake.give_back_claimed()
 
     # ---------------------------------------------------------------- notifications
@@ -853,8 +959,11 @@ class Scheduler:
         """Once per drain: no job held, nothing pending (``[notify] command``)."""
         if not self.notifier.on:
             return
-        if self.drain_notified or self.book.live() or \
-                self.book.in_state(JobState.STARTING, JobState.CLAIMED):
+        if (
+            self.drain_notified
+            or self.book.live()
+            or self.book.in_state(JobState.STARTING, JobState.CLAIMED)
+        ):
             return
         if self.intake.drained() and not self.ledger.pending():
             self.drain_notified = True
@@ -863,9 +972,13 @@ class Scheduler:
     def _env_for(self, job: Job) -> dict[str, str]:
         """What a job finds in its environment besides the scheduler's."""
         assert self.host_entry is not None
-        return {"PBQ_HOST": self.host, "PBQ_ARCH": self.host_entry.arch,
-                "PBQ_JOB_ID": self.book.job_id(job), "PBQ_JOBFILE": str(self.jobfile),
-                "PBQ_SEQ": str(job.number)}
+        return {
+            "PBQ_HOST": self.host,
+            "PBQ_ARCH": self.host_entry.arch,
+            "PBQ_JOB_ID": self.book.job_id(job),
+            "PBQ_JOBFILE": str(self.jobfile),
+            "PBQ_SEQ": str(job.number),
+        }
 
     def status(self, now: float, state: str | None = None) -> HostStatus:
         stopped = self.book.in_state(JobState.STOPPED)
@@ -873,18 +986,39 @@ class Scheduler:
         running = self.book.running_count()
         drm = None if self.executor is None else self.executor.drm_name
         return HostStatus.of_this_process(
-            host=self.host, runner_pid=self.runner_pid, jobfile=str(self.jobfile),
-            state=state or self.mode.value, time=now, interval=self.interval,
-            load=round(m.foreign + running, 3), foreign=round(m.foreign, 3), limit=m.limit,
-            work_time=m.work_time, active_users=m.active_users, running=running,
-            stopped=len(stopped), stopped_by_user=sum(1 for j in stopped if j.stopped_by == "user"),
-            claimed=len(self.book.in_state(JobState.CLAIMED)), done=c.done, failed=c.failed,
-            timed_out=c.timed_out, suspend_ended=c.suspend_ended, quitting=self.quitting,
+            host=self.host,
+            runner_pid=self.runner_pid,
+            jobfile=str(self.jobfile),
+            state=state or self.mode.value,
+            time=now,
+            interval=self.interval,
+            load=round(m.foreign + running, 3),
+            foreign=round(m.foreign, 3),
+            limit=m.limit,
+            work_time=m.work_time,
+            active_users=m.active_users,
+            running=running,
+            stopped=len(stopped),
+            stopped_by_user=sum(1 for j in stopped if j.stopped_by == "user"),
+            claimed=len(self.book.in_state(JobState.CLAIMED)),
+            done=c.done,
+            failed=c.failed,
+            timed_out=c.timed_out,
+            suspend_ended=c.suspend_ended,
+            quitting=self.quitting,
             epoch=self.epoch,
-            mem_available=m.mem_available, control_ack=self.control_ack,
-            error=self.ledger.disk_error, started=self.started_at, drm=drm,
-            local_users=m.local_users, remote_users=m.remote_users, sources=m.sources,
-            last_success=self.health.last_success, last_failure=self.health.last_failure,
-            quick_failures=self.health.quick_failures, quarantined=self.health.quarantined(now),
-            quarantined_until=self.health.until, quarantines=self.health.quarantines,
+            mem_available=m.mem_available,
+            control_ack=self.control_ack,
+            error=self.ledger.disk_error,
+            started=self.started_at,
+            drm=drm,
+            local_users=m.local_users,
+            remote_users=m.remote_users,
+            sources=m.sources,
+            last_success=self.health.last_success,
+            last_failure=self.health.last_failure,
+            quick_failures=self.health.quick_failures,
+            quarantined=self.health.quarantined(now),
+            quarantined_until=self.health.until,
+            quarantines=self.health.quarantines,
         )

@@ -17,8 +17,15 @@ from .ledger import Ledger, Log
 
 
 class Outcomes:
-    def __init__(self, book: JobBook, ledger: Ledger, log: Log, cfg: Config, usage_path: Path,
-                 clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        book: JobBook,
+        ledger: Ledger,
+        log: Log,
+        cfg: Config,
+        usage_path: Path,
+        clock: Callable[[], float],
+    ) -> None:
         self.book = book
         self.ledger = ledger
         self.log = log
@@ -27,7 +34,9 @@ class Outcomes:
         self.clock = clock
         self.avg_runtime: float | None = None  # moving average of job run times
         self.ok_by_seq: dict[int, bool] = {}  # ended, usage not reported yet
-        self.usage_buf: list[tuple[bytes, int, float, float, bool]] = []  # line, rss, cpu, runtime, ok
+        self.usage_buf: list[
+            tuple[bytes, int, float, float, bool]
+        ] = []  # line, rss, cpu, runtime, ok
         self.receive: Callable[[int], int] | None = None  # bytes of output of job HOST.N
         self.on_failed: Callable[[Job, Outcome], None] | None = None  # failed for good
 
@@ -41,8 +50,10 @@ class Outcomes:
             return
         if job.state is JobState.EVICTING:
             self.book.requeue(job, front=True)  # EVICTING -> REQUEUE_FRONT
-            self.log(f"job {self.book.job_id(job)} ended by pbq (killed to free memory, or stopped too "
-                     "long): back at the front of the jobfile")
+            self.log(
+                f"job {self.book.job_id(job)} ended by pbq (killed to free memory, or stopped too "
+                "long): back at the front of the jobfile"
+            )
             return
         if job.state is JobState.TIMING_OUT:
             out = e.outcome
@@ -56,11 +67,16 @@ class Outcomes:
     def finish(self, job: Job, out: Outcome, when: float | None = None, retry: bool = True) -> None:
         """Its joblog row, .error line and log line; then the job leaves the book, settles
         its retry count, or goes back for a retry."""
+        # Kept whole: what is recorded, and in which order, is the same for every outcome.
         end = when or self.clock()
         runtime = max(0.0, end - (job.started or end))
-        self.avg_runtime = runtime if self.avg_runtime is None else 0.8 * self.avg_runtime + 0.2 * runtime
+        self.avg_runtime = (
+            runtime if self.avg_runtime is None else 0.8 * self.avg_runtime + 0.2 * runtime
+        )
         if out.maxrss or out.cpu_seconds:
-            self.usage_buf.append((job.line, out.maxrss, out.cpu_seconds, job.running_time(end), out.ok))
+            self.usage_buf.append(
+                (job.line, out.maxrss, out.cpu_seconds, job.running_time(end), out.ok)
+            )
         elif job.pid is not None:
             self.ok_by_seq[job.seq] = out.ok  # for the usage the job runner reports next
         cancelled = not out.ok and self._cancelled(job.number)
@@ -70,13 +86,29 @@ class Outcomes:
         host_col = f"{host}:{job.cluster_id}" if job.cluster_id else host
         host_col = "_".join(host_col.split()) or "_"  # GNU Parallel refuses a Host with spaces
         got = self.receive(job.seq) if self.receive is not None and job.pid is not None else 0
-        self.ledger.record(row=joblog_row(job.number, host_col, job.started or end, runtime,
-                                          out.exit_code, out.signal, job.line, got))
+        self.ledger.record(
+            row=joblog_row(
+                job.number,
+                host_col,
+                job.started or end,
+                runtime,
+                out.exit_code,
+                out.signal,
+                job.line,
+                got,
+            )
+        )
         how = f"exit {out.exit_code}" if not out.signal else f"signal {out.signal}"
         if out.exit_code == UNKNOWN_EXIT and not out.signal:
             how = "outcome UNKNOWN"
         note = f" ({out.note})" if out.note else ""
-        who = f"pid {job.pid}" if job.pid else f"cluster id {job.cluster_id}" if job.cluster_id else "never started"
+        who = (
+            f"pid {job.pid}"
+            if job.pid
+            else f"cluster id {job.cluster_id}"
+            if job.cluster_id
+            else "never started"
+        )
         jid = self.book.job_id(job)
         self.log(f"finished {jid} {who} {how} after {runtime:.1f}s{note}: {line_to_text(job.line)}")
         retries = self.cfg.scheduler.retries
@@ -128,9 +160,18 @@ class Outcomes:
         batch, self.usage_buf = self.usage_buf, []
         now = round(self.clock(), 3)
         try:
-            ResourceStore(self.usage_path).record_many([
-                Run(command_key(line_to_text(line)), rss or None, round(cpu, 3), round(rt, 3), now, ok)
-                for line, rss, cpu, rt, ok in batch
-            ])
+            ResourceStore(self.usage_path).record_many(
+                [
+                    Run(
+                        command_key(line_to_text(line)),
+                        rss or None,
+                        round(cpu, 3),
+                        round(rt, 3),
+                        now,
+                        ok,
+                    )
+                    for line, rss, cpu, rt, ok in batch
+                ]
+            )
         except (OSError, PbqError, ValueError):
             pass  # information for prediction: never worth stopping for

@@ -60,6 +60,7 @@ def plan_recovery(
 
 
 def _plan_one(job: Job, committed: int, p: Probe, jid: str, drm: str | None) -> Step:  # noqa: PLR0911
+    # A flat decision table: the first rule that matches wins, so the order is the logic.
     text = line_to_text(job.line)
     st = job.state
     if st in (JobState.REQUEUE_FRONT, JobState.REQUEUE_END):

@@ -275,7 +275,10 @@ def test_job_script_missing_workspace(tmp_path: Path) -> None:
 
 
 def test_parse_usage_and_exit_file(tmp_path: Path) -> None:
-    text = "Command exited with non-zero status 3\npbq-usage maxrss_kb=2048 user_s=1.50 sys_s=0.25 elapsed_s=3.00\n"
+    text = (
+        "Command exited with non-zero status 3\n"
+        "pbq-usage maxrss_kb=2048 user_s=1.50 sys_s=0.25 elapsed_s=3.00\n"
+    )
     usage = parse_usage(text)
     assert usage is not None
     assert usage.peak_rss_bytes == 2048 * 1024
