@@ -512,7 +512,14 @@ def run_injected(
         str(hf),
         str(jf),
     ]
-    return subprocess.run(argv, capture_output=True, timeout=timeout, cwd=jf.parent)
+    # Output to a file, not a pipe: the killed scheduler's job runner (and its jobs, which the
+    # load policy may have stopped on a busy machine) keep the inherited descriptors open
+    # until their jobs end; waiting for a pipe's end would wait for them.
+    out_path = jf.parent / "injected.out"
+    with open(out_path, "wb") as out:
+        p = subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT, timeout=timeout,
+                           cwd=jf.parent)
+    return subprocess.CompletedProcess(argv, p.returncode, b"", out_path.read_bytes())
 
 
 def run_with_kill(
