@@ -496,7 +496,9 @@ def ensure_parallel(b: Bench) -> None:
 # ---------------------------------------------------------------------- 1. dispatch
 
 
-PROCESS_GROUPS = '[scheduler]\ncontainment = "process-group"\n'
+NO_OUTPUT = '[scheduler]\noutput_dir = "-"\n'
+PROCESS_GROUPS = '[scheduler]\noutput_dir = "-"\ncontainment = "process-group"\n'
+VARIANTS = {"pbq-noout": NO_OUTPUT, "pbq-pg": PROCESS_GROUPS}
 
 
 def text_of_log(b: Bench, section: str) -> str:
@@ -594,7 +596,8 @@ def sec_dispatch(b: Bench) -> list[Row]:
     s = b.s
     n = s.n
     lines = ["true"] * n
-    tools = ["pbq", "pbq-pg", "parallel", "xargs"] if b.parallel else ["pbq", "pbq-pg", "xargs"]
+    pbqs = ["pbq", "pbq-noout", "pbq-pg"]  # default; no output files; process groups too
+    tools = [*pbqs, "parallel", "xargs"] if b.parallel else [*pbqs, "xargs"]
     runs: dict[str, list[dict[str, Any]]] = {t: [] for t in tools}
     startup: list[float] = []
     drain_pbq(b, b.mkdir("dispatch", "warm-up"), [])  # compiles the bytecode; not counted
@@ -602,8 +605,8 @@ def sec_dispatch(b: Bench) -> list[Row]:
         order = tools[r % len(tools) :] + tools[: r % len(tools)]
         for tool in order:
             d = b.mkdir("dispatch", f"r{r}", tool)
-            if tool == "pbq-pg":  # the same, each job a process group instead of a cgroup
-                res = drain_pbq(b, d, lines, config=PROCESS_GROUPS)
+            if tool in VARIANTS:
+                res = drain_pbq(b, d, lines, config=VARIANTS[tool])
             else:
                 res = {"pbq": drain_pbq, "parallel": drain_parallel, "xargs": drain_xargs}[tool](
                     b, d, lines
@@ -651,20 +654,24 @@ def sec_dispatch(b: Bench) -> list[Row]:
                 skipped=b.parallel_why,
             )
         )
-    q = ms["pbq-pg"] / ms["xargs"]
-    rows.append(
-        Row(
-            "dispatch",
-            "  the same, each job a process group, not a cgroup",
-            f"{ms['pbq-pg']:.2f} ms/job",
-            f"{ms['xargs']:.2f} (xargs -P2 sh -c)",
-            ratio_cell(q),
-            "-",
-        )
+    variants = (
+        ("pbq-noout", "  the same, jobs' output inherited (--output-dir -)"),
+        ("pbq-pg", "  ... and each job a process group, not a cgroup"),
     )
+    for tool, what in variants:
+        rows.append(
+            Row(
+                "dispatch",
+                what,
+                f"{ms[tool]:.2f} ms/job",
+                f"{ms['xargs']:.2f} (xargs -P2 sh -c)",
+                ratio_cell(ms[tool] / ms["xargs"]),
+                "-",
+            )
+        )
     q = ms["pbq"] / ms["xargs"]
     rows.insert(
-        len(rows) - 1,
+        len(rows) - len(variants),
         Row(
             "dispatch",
             f"dispatch {n} x true, -j2: ms/job vs xargs -P2 ({containment})",
