@@ -66,6 +66,10 @@ Examples:
 @click.option("--interval", type=float, help="Seconds between ticks (default 1).")
 @click.option("--retries", type=int, help="Retry a failed job this many times.")
 @click.option("--memfree", help="Start nothing while available memory is below SIZE (e.g. 2G).")
+@click.option("--timeout", "timeout_", metavar="LIMIT",
+              help="End a job running longer: '2h', or '300%' of earlier successful runs.")
+@click.option("--max-suspend", metavar="DURATION",
+              help="End a job stopped by load this long; its line goes back ('30m').")
 @click.option("-v", "--verbose", is_flag=True, help="Also print the log on standard error.")
 @click.version_option(__version__, prog_name="pbq-single")
 @friendly("pbq-single")
@@ -81,6 +85,8 @@ def single(
     interval: float | None,
     retries: int | None,
     memfree: str | None,
+    timeout_: str | None,
+    max_suspend: str | None,
     verbose: bool,
 ) -> None:
     """Run the jobs of JOBFILE on this machine, within the load limit that HOSTFILE sets."""
@@ -94,6 +100,8 @@ def single(
         scheduler__interval=interval,
         scheduler__retries=retries,
         scheduler__memfree=memfree,
+        scheduler__timeout=timeout_,
+        scheduler__max_suspend=max_suspend,
     )
     opts = _scheduler_options(hostfile, jobfile, host_name, config_path, flags, verbose)
     from .host.ledger import Replaced

@@ -168,6 +168,16 @@ def test_a_job_past_an_absolute_timeout_is_ended_into_error(tmp_path: Path) -> N
     assert status(jf, "h1")["timed_out"] == 1
 
 
+def test_the_timeout_flag_sets_the_limit(tmp_path: Path) -> None:
+    hf = hostfile(tmp_path, ROOMY)
+    config(tmp_path, FAST_CONFIG)
+    jf = jobfile(tmp_path, ["sleep 30"])
+    p = start_scheduler(hf, jf, "--exit-when-empty", "--timeout", "1s", "--max-suspend", "1h")
+    assert wait_exit(p, 30) == 0
+    assert lines_of(hostfile_path(jf, "h1", "error")) == ["sleep 30"]
+    assert "timed out after 1.0s" in hostfile_path(jf, "h1", "log").read_text()
+
+
 def test_a_percentage_timeout_uses_earlier_successful_runs(tmp_path: Path) -> None:
     hf = hostfile(tmp_path, ROOMY)
     config(
