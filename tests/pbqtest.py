@@ -150,8 +150,16 @@ def alive(pid: int) -> bool:
 
 
 def job_pids(jf: Path, host: str) -> list[int]:
-    state = json.loads(hostfile_path(jf, host, "state").read_text())
-    return [j["pid"] for j in state["jobs"] if j.get("pid")]
+    """Pids of the host's jobs on its ledger: the snapshot and the journal after it (a pid
+    reaches the journal at once, the snapshot within half a second)."""
+    from pbq.host.jobs import JobBook
+    from pbq.host.ledger import Ledger
+    from pbq.statefiles import HostFiles
+
+    ledger = Ledger(HostFiles(jf, host), JobBook(host), lambda *a, **k: None,  # type: ignore[arg-type]
+                    False, time.monotonic)
+    ledger.load()
+    return [j.pid for j in ledger.book if j.pid]
 
 
 def wait_exit(p: subprocess.Popen, timeout: float = 30.0) -> int:
