@@ -3,6 +3,7 @@
 One pass of the loop, always in this order (supervisor's shape)::
 
     wait     until the next tick, a signal, or news from the executor (the job runner's socket)
+    fence    still the host's owner? (its epoch in the queue record; else exit, touching nothing)
     signals  act on what the handlers recorded (handlers only record)
     events   jobs that ended: outcome on the ledger (joblog, .error, journal), then acknowledged
     tick     once per interval: control file, hostfile, sensors, polled ends, heartbeat
