@@ -31,7 +31,7 @@ from ..config import Config
 from ..errors import PbqError
 from ..hostfile import Host, find_host, load_hostfile
 from ..hostlog import HostLog
-from ..jobfile import JobQueue, Txn
+from ..jobfile import JobQueue
 from ..policy import Candidate, Decision, Mode, View, choose, decide
 from ..quarantine import End, HostHealth, read_peers
 from ..safety import check_input_file
@@ -40,16 +40,11 @@ from ..sidefiles import (
     ControlInbox,
     HostStatus,
     PidRecord,
-    is_local,
-    liveness,
     read_pidfile,
-    read_status,
-    write_pidfile,
 )
 from ..statefiles import (
     HostFiles,
     line_to_text,
-    unlink_quietly,
 )
 from .edges import WorkdayEdge
 from .executor import Ended, Executor, NotStarted, Started
@@ -58,14 +53,14 @@ from .joboutput import JobOutput
 from .jobs import UNKNOWN_EXIT, Job, JobBook, JobState, Outcome
 from .ledger import Ledger, Replaced
 from .limits import TimeLimits, enforce_limits
-from .local import LocalExecutor
+from .modes import Modes
 from .notify import Notifier
 from .outcomes import Outcomes
 from .outputs import VIEW_DEBOUNCE, HostOutputs
-from .recovery import Action, Step, plan_recovery
+from .ownership import Ownership
+from .recovery import plan_recovery
 from .sensing import LoadSensing, Measurements
-
-EPOCH_CHECK_EVERY = 0.1  # seconds; a frozen scheduler resumed checks before its next pass acts
+from .startup import apply_recovery, drm_executor, local_executor
 
 
 @dataclass
@@ -149,12 +144,12 @@ class Scheduler:
         self.m = Measurements()
         self.executor: Executor | None = None
         self.host_entry: Host | None = None
-        # mode: RUN, PAUSED (`stop`), QUIT, TERM -- see _update_mode
-        self.mode = Mode.RUN
-        self.paused = False
-        self.quitting = False
-        self.term_deadline: float | None = None
-        self.killed_hard = False
+        self.modes = Modes(self.book, self.ledger, self.intake, self.health, self.log,
+                           self.cfg.scheduler.term_grace, monotonic)
+        self.owner = Ownership(self.files, self.queue, self.ledger, self.log, clock,
+                               self.cfg.jobfile.fsync)
+        self.ledger.fence = self.owner.fence
+        self.intake.fence = self.owner.fence
         self.exit_code = 0
         # timers, requests
         self.last_evict = -float("inf")
@@ -166,11 +161,6 @@ class Scheduler:
         self.control_inbox = ControlInbox(self.files.control, opts.allow_group_write)
         self.hostfile_mtime: float | None = None
         self.started_at = clock()
-        self.runner_pid: int | None = None
-        self.epoch = 0  # this scheduler's ownership of the host (a fencing token)
-        self.epoch_checked = -float("inf")
-        self.ledger.fence = self._fence
-        self.intake.fence = self._fence
         self._wake_r = self._wake_w = -1
 
     # ---------------------------------------------------------------- set-up
@@ -187,43 +177,13 @@ class Scheduler:
         h = self.host_entry
         assert h is not None
         if h.drm:
-            from .drm import DrmExecutor
-
-            log_dir = self.opts.output_dir or self.jobfile.with_name(
-                f"{self.jobfile.name}.{self.host}.drmlogs"
-            )
-            return DrmExecutor(
-                self.host,
-                h,
-                self.cfg,
-                Path.cwd(),
-                log_dir,
-                self.log,
-                self.jobfile.with_name(self.jobfile.name + ".usage"),
-                self.mono,
-            )
-        local = old is not None and is_local(old)
-        self.joboutput = JobOutput(
-            self.files,
-            self.opts.output_dir,
-            self.opts.inherit_output,
-            self.cfg.jobfile.fsync,
-            self.log,
-        )
+            return drm_executor(self.files, h, self.cfg, self.opts.output_dir, self.log, self.mono)
+        self.joboutput = JobOutput(self.files, self.opts.output_dir, self.opts.inherit_output,
+                                   self.cfg.jobfile.fsync, self.log)
         self.outcomes.receive = self.joboutput.received
-        ex = LocalExecutor(
-            self.host,
-            self.jobfile,
-            self.files.exits,
-            self.cfg.scheduler.nice,
-            self.joboutput.directory,
-            self.log,
-            self.sensors,
-            old.runner if local and old is not None else None,
-            allow_group_write=self.opts.allow_group_write,
-            containment=self.cfg.scheduler.containment,
-        )
-        ex.on_runner_started = self._runner_started
+        ex = local_executor(self.files, self.cfg, self.joboutput.directory, self.log,
+                            self.sensors, old, self.opts.allow_group_write)
+        ex.on_runner_started = self.owner.runner_started
         ex.on_stray = self.notifier.reaped
         return ex
 
@@ -236,7 +196,7 @@ class Scheduler:
                 path=str(self.jobfile),
             )
         old = read_pidfile(self.files.pid)
-        self.executor = self._make_executor(old)
+        self.executor = self.modes.executor = self._make_executor(old)
         if self.joboutput is None and self.opts.output_dir is not None:
             try:
                 self.opts.output_dir.mkdir(parents=True, exist_ok=True)
@@ -248,22 +208,19 @@ class Scheduler:
         self.ledger.load(self.opts.allow_group_write)
         probes = self.executor.probe(list(self.book))  # outside the lock: it may wait
         with self.queue.transaction() as txn:
-            self._claim_pidfile(txn)
+            self.owner.claim(txn)
             committed = txn.state.ops.get(self.host, 0)
             if self.book.counters.next_op <= committed:
                 self.book.counters.next_op = committed + 1
-            drm = self.executor.drm_name
-            self._apply_recovery(
-                plan_recovery(list(self.book), committed, probes, self.host, drm), txn
-            )
+            steps = plan_recovery(list(self.book), committed, probes, self.host,
+                                  self.executor.drm_name)
+            apply_recovery(steps, self.book, self.ledger, self.outcomes, self.executor,
+                           self.intake, self.queue, txn, self.log)
         self.ledger.save()
         if self.joboutput is not None:
             self.joboutput.open({j.seq for j in self.book})
         self.outputs.write_views(force=True)
-        if self.ledger.paused:
-            self.paused = True  # -> PAUSED: the user's stop outlives the restart
-            self._update_mode()
-            self.log("stopped by the user before this restart: starting nothing until cont")
+        self.modes.restore_pause()
         h = self.host_entry
         assert h is not None
         self.log(
@@ -272,95 +229,6 @@ class Scheduler:
             f"work hours {self.cfg.schedule.calendar.describe()}, interval {self.interval:g}s"
         )
         self.log.flush()
-
-    def _claim_pidfile(self, txn: Txn) -> None:
-        """Refuse a second scheduler for this host and jobfile; else take the host over with
-        a new epoch and write ``.pid``.
-
-        Runs under the jobfile lock so two schedulers starting at once can't both win.  The
-        epoch (Chubby's sequencer, a fencing token) is committed in the queue record: a
-        scheduler that was frozen or partitioned while this one took over finds a newer
-        epoch there, and stops before it writes anything.
-        """
-        info = read_pidfile(self.files.pid)
-        verdict = liveness(info, read_status(self.files.status), self.clock(), self.jobfile)
-        if info is not None and verdict.alive:
-            if verdict.exact:
-                how = f"stop it first (pbq control ... quit {self.host})"
-            else:
-                how = "stop it there, or wait until its heartbeat is old"
-            raise PbqError(
-                f"a scheduler for host {self.host} is already running ({verdict.reason}); {how}",
-                path=str(self.files.pid),
-            )
-        if info is not None:
-            how = "recovering" if verdict.exact else "taking over"
-            self.log(f"found stale {self.files.pid.name} ({verdict.reason}): {how}")
-        self.epoch = txn.bump_epoch(self.host)
-        self.ledger.epoch = self.epoch
-        self._write_pidfile()
-
-    def _write_pidfile(self) -> None:
-        write_pidfile(
-            self.files.pid,
-            PidRecord.current(runner=self.runner_pid, epoch=self.epoch),
-            fsync=self.cfg.jobfile.fsync,
-        )
-
-    def _fence(self, txn: Txn | None = None) -> None:
-        """Raise Replaced when the queue record names a newer owner of this host."""
-        epoch = (
-            txn.epoch_of(self.host)
-            if txn is not None
-            else self.queue.peek_state().epochs.get(self.host, 0)
-        )
-        if epoch != self.epoch:
-            raise Replaced(
-                f"host {self.host} was taken over by another scheduler (epoch {epoch}, "
-                f"this one has {self.epoch}); exiting without touching its jobs"
-            )
-
-    def _runner_started(self, pid: int) -> None:
-        self.runner_pid = pid
-        try:
-            self._write_pidfile()
-        except PbqError as err:
-            self.ledger.disk_problem(err)
-
-    def _apply_recovery(self, steps: list[Step], txn: Txn) -> None:
-        """Carry out the recovery plan (under the jobfile lock; nothing here waits)."""
-        assert self.executor is not None
-        adopted = []
-        for step in steps:
-            job, p = step.job, step.probe
-            if step.why:
-                self.log(step.why)
-            if step.action is Action.FORGET:
-                self.book.drop(job)
-            elif step.action is Action.ADOPT:
-                if job.pid is None and p.pid is not None:
-                    job.pid, job.pid_start = p.pid, p.pid_start
-                if job.cluster_id is None and p.cluster_id is not None:
-                    job.cluster_id = p.cluster_id
-                self.book.adopt(job, stopped=p.stopped)
-                adopted.append(job)
-                if job.pid is not None:
-                    self.log(
-                        f"adopted job {self.book.job_id(job)} pid {job.pid} ({job.state.value}) "
-                        "from the previous run"
-                    )
-            elif step.action is Action.FINISH:
-                assert p.exit is not None
-                self.outcomes.finish(job, p.exit, when=p.ended_at)
-            elif step.action in (Action.BACK_FRONT, Action.BACK_END):
-                front = step.action is Action.BACK_FRONT
-                if job.state in (JobState.REQUEUE_FRONT, JobState.REQUEUE_END):
-                    job.putback_op = None  # its put-back never committed: redo it now
-                else:
-                    self.book.requeue(job, front=front)
-        self.executor.adopt(adopted)
-        if self.ledger.flush(self.queue, txn):
-            self.intake.changed()
 
     # ---------------------------------------------------------------- the loop
 
@@ -396,10 +264,7 @@ class Scheduler:
 
     def pass_once(self, now: float) -> bool:
         """One pass in fixed order: fence, signals, events, tick (when due), act, files."""
-        mono = self.mono()
-        if mono - self.epoch_checked >= EPOCH_CHECK_EVERY:
-            self._fence()  # before anything is signalled, reaped or written
-            self.epoch_checked = mono
+        self.owner.fence_now(self.mono())  # before anything is signalled, reaped or written
         self._handle_signals()
         assert self.executor is not None
         self._record_ends(self.executor.events(now), now)
@@ -435,9 +300,9 @@ class Scheduler:
 
     def _wait(self) -> None:
         timeout = max(0.0, self.next_tick - self.mono())
-        if self.term_deadline is not None:
+        if self.modes.term_deadline is not None:
             # Processes of a job's session may not be our children: poll for their end.
-            timeout = min(timeout, max(0.0, self.term_deadline - self.mono()), 0.1)
+            timeout = min(timeout, max(0.0, self.modes.term_deadline - self.mono()), 0.1)
         if self.outputs.stale:
             timeout = min(timeout, VIEW_DEBOUNCE)  # the views lag the jobs by at most that
         if self.signals or (self.executor is not None and self.executor.has_news()):
@@ -471,93 +336,16 @@ class Scheduler:
                 self.log("SIGHUP: reloading the hostfile")
                 self._reload_hostfile(force=True)
 
+    @property
+    def mode(self) -> Mode:
+        return self.modes.mode
+
     def _command(self, command: str, source: str) -> None:
-        """Mode transitions requested by a signal or a control file."""
-        if command == "stop":
-            if not self.paused:
-                self.log(f"{source}: stopping all jobs; starting nothing until cont")
-            self.paused = True  # RUN/QUIT -> PAUSED: the policy stops every job
-            self._save_paused()
-        elif command == "cont":
-            if self.paused:
-                self.log(f"{source}: continuing")
-            self.paused = False  # PAUSED -> RUN (or QUIT): jobs continue under the load policy
-            self.book.release_user_stops()
-            self._save_paused()
-            if self.health.lift():
-                self.log(f"{source}: quarantine lifted; taking jobs again")
-        elif command == "quit":
-            if not self.quitting:
-                self.log(
-                    f"{source}: quitting: starting nothing new; exiting when the jobs are done"
-                )
-            self.quitting = True  # -> QUIT
-            self.intake.give_back_claimed()
-        elif command == "term":
-            if self.term_deadline is None:
-                self._terminate(source)
-        elif command == "kill":
-            self.log(f"{source}: killed (jobs keep running)")
-            self.log.flush()
-            os.kill(os.getpid(), signal.SIGKILL)
-        self._update_mode()
-
-    def _save_paused(self) -> None:
-        """A user's stop is on record at once: a restart keeps it until `cont`."""
-        if self.ledger.paused == self.paused:
-            return
-        self.ledger.paused = self.paused
-        try:
-            self.ledger.save(fsync=True)
-        except PbqError as err:
-            self.ledger.disk_problem(err)
-
-    def _update_mode(self) -> None:
-        if self.term_deadline is not None:
-            self.mode = Mode.TERM
-        elif self.paused:
-            self.mode = Mode.PAUSED
-        elif self.quitting:
-            self.mode = Mode.QUIT
-        else:
-            self.mode = Mode.RUN
-
-    def _terminate(self, source: str) -> None:
-        """TERM: SIGTERM to every job's group now, SIGKILL after the grace period (or cancel
-        in the DRM).  Before the scheduler exits their lines go back to the front of the
-        jobfile (``_shutdown``), so other hosts can take them; a crash in between leaves
-        them TERMINATING on the ledger, and the restart puts them back."""
-        assert self.executor is not None
-        grace = self.cfg.scheduler.term_grace
-        jobs = self.book.in_state(JobState.RUNNING, JobState.STOPPED, JobState.STARTING)
-        self.log(f"{source}: terminating {len(jobs)} job(s) (SIGKILL after {grace:g} s)")
-        self.term_deadline = self.mono() + grace
-        self.intake.give_back_claimed()
-        said = self.executor.terminate(jobs)
-        if said:
-            self.log(said)
-        for job in jobs:
-            self.book.terminating(job)
-        try:
-            self.ledger.save(fsync=True)
-        except PbqError as err:
-            self.ledger.disk_problem(err)
+        self.modes.command(command, source)
 
     def _done(self) -> bool:
-        assert self.executor is not None
         if self.mode is Mode.TERM:
-            assert self.term_deadline is not None
-            hard = self.mono() >= self.term_deadline and not self.killed_hard
-            finished = self.executor.term_finished(
-                self.book.in_state(JobState.TERMINATING, JobState.EVICTING), hard
-            )
-            if hard:
-                self.killed_hard = True
-                self.term_deadline = self.mono() + 5.0
-            if finished:
-                return True
-            # After SIGKILL, give up waiting for processes that won't die (D state) after 5 s.
-            return self.killed_hard and self.mono() >= self.term_deadline
+            return self.modes.term_done()
         if self.book.live() or self.book.in_state(JobState.STARTING, JobState.CLAIMED):
             return False
         if self.ledger.pending():
@@ -574,7 +362,7 @@ class Scheduler:
         if self.executor is not None:
             self.executor.settle()
             self._record_ends(self.executor.events(self.clock()), self.clock())
-            self._put_back_terminated()
+            self.modes.put_back_terminated(self.queue)
             self.executor.close()
         if self.joboutput is not None:
             self.joboutput.close()
@@ -593,31 +381,7 @@ class Scheduler:
         self.log(f"scheduler exits ({state}): {c.done} done, {c.failed} failed")
         self.log.flush()
         self.outputs.write_status(self.status(self.clock(), state=state))
-        info = read_pidfile(self.files.pid)
-        if info is not None and info.pid == os.getpid():
-            unlink_quietly(self.files.pid)
-
-    def _put_back_terminated(self) -> None:
-        """`term`'s jobs go back to the front of the jobfile at once, and ``.running`` /
-        ``.stopped`` are left empty (so PBQ's ``cat *.running *.stopped >> JOBFILE`` idiom
-        cannot run them twice)."""
-        jobs = self.book.in_state(JobState.TERMINATING, JobState.TERMINATED)
-        if not jobs:
-            return
-        for job in jobs:
-            still = (
-                job.state is JobState.TERMINATING
-                and self.executor is not None
-                and not self.executor.term_finished([job], hard=False)
-            )
-            note = " (still running after SIGKILL: POSSIBLE DUPLICATE)" if still else ""
-            self.log(
-                f"term: putting {self.book.job_id(job)} back at the front of the jobfile{note}: "
-                f"{line_to_text(job.line)}"
-            )
-            self.book.requeue(job, front=True)
-        if self.ledger.flush(self.queue):
-            self.intake.changed()
+        self.owner.release()
 
     # ---------------------------------------------------------------- ends
 
@@ -988,7 +752,7 @@ class Scheduler:
         drm = None if self.executor is None else self.executor.drm_name
         return HostStatus.of_this_process(
             host=self.host,
-            runner_pid=self.runner_pid,
+            runner_pid=self.owner.runner_pid,
             jobfile=str(self.jobfile),
             state=state or self.mode.value,
             time=now,
@@ -1006,8 +770,8 @@ class Scheduler:
             failed=c.failed,
             timed_out=c.timed_out,
             suspend_ended=c.suspend_ended,
-            quitting=self.quitting,
-            epoch=self.epoch,
+            quitting=self.modes.quitting,
+            epoch=self.owner.epoch,
             mem_available=m.mem_available,
             control_ack=self.control_ack,
             error=self.ledger.disk_error,
