@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import select
 import signal
 import time
 from collections.abc import Callable
@@ -29,7 +28,7 @@ from pathlib import Path
 from .. import __version__
 from ..config import Config
 from ..errors import PbqError
-from ..hostfile import Host, find_host, load_hostfile
+from ..hostfile import Host
 from ..hostlog import HostLog
 from ..jobfile import JobQueue
 from ..policy import Candidate, Decision, Mode, View, choose, decide
@@ -47,10 +46,12 @@ from ..statefiles import (
     line_to_text,
 )
 from .edges import WorkdayEdge
-from .executor import Ended, Executor, NotStarted, Started
+from .executor import Ended, Executor
+from .hostentry import HostEntry
 from .intake import Intake
 from .joboutput import JobOutput
 from .jobs import UNKNOWN_EXIT, Job, JobBook, JobState, Outcome
+from .launch import launch
 from .ledger import Ledger, Replaced
 from .limits import TimeLimits, enforce_limits
 from .modes import Modes
@@ -61,6 +62,7 @@ from .ownership import Ownership
 from .recovery import plan_recovery
 from .sensing import LoadSensing, Measurements
 from .startup import apply_recovery, drm_executor, local_executor
+from .wakeup import Wakeup
 
 
 @dataclass
@@ -143,7 +145,7 @@ class Scheduler:
         self.over_since: float | None = None  # monotonic time the load went over the limit
         self.m = Measurements()
         self.executor: Executor | None = None
-        self.host_entry: Host | None = None
+        self.hostentry = HostEntry(opts.hostfile, opts.host, opts.allow_group_write, self.log)
         self.modes = Modes(self.book, self.ledger, self.intake, self.health, self.log,
                            self.cfg.scheduler.term_grace, monotonic)
         self.owner = Ownership(self.files, self.queue, self.ledger, self.log, clock,
@@ -156,22 +158,16 @@ class Scheduler:
         self.next_tick = 0.0
         self.next_load_log = 0.0
         self.next_history = 0.0
-        self.signals: list[int] = []
+        self.wakeup = Wakeup()
         self.control_ack: str | None = None
         self.control_inbox = ControlInbox(self.files.control, opts.allow_group_write)
-        self.hostfile_mtime: float | None = None
         self.started_at = clock()
-        self._wake_r = self._wake_w = -1
 
     # ---------------------------------------------------------------- set-up
 
-    def load_host(self) -> None:
-        """(Re)read the hostfile; the host's entry gives max, wday and interactive."""
-        check_input_file(self.opts.hostfile, "hostfile", self.opts.allow_group_write)
-        hosts = load_hostfile(self.opts.hostfile)
-        self.host_entry = find_host(hosts, self.host, str(self.opts.hostfile))
-        with contextlib.suppress(OSError):
-            self.hostfile_mtime = os.stat(self.opts.hostfile).st_mtime
+    @property
+    def host_entry(self) -> Host | None:
+        return self.hostentry.entry
 
     def _make_executor(self, old: PidRecord | None) -> Executor:
         h = self.host_entry
@@ -188,7 +184,7 @@ class Scheduler:
         return ex
 
     def startup(self) -> None:
-        self.load_host()
+        self.hostentry.load()
         check_input_file(self.jobfile, "jobfile", self.opts.allow_group_write)
         if not self.jobfile.exists():
             raise PbqError(
@@ -233,7 +229,7 @@ class Scheduler:
     # ---------------------------------------------------------------- the loop
 
     def run(self) -> int:
-        self._install_signals()
+        self.wakeup.install()
         try:
             self.startup()
             assert self.executor is not None
@@ -276,53 +272,19 @@ class Scheduler:
         self.log.flush()
         return self._done()
 
-    def _install_signals(self) -> None:
-        r, w = os.pipe()
-        os.set_blocking(r, False)
-        os.set_blocking(w, False)
-        self._wake_r, self._wake_w = r, w
-        signal.set_wakeup_fd(w, warn_on_full_buffer=False)
-        for sig in (
-            signal.SIGUSR1,
-            signal.SIGUSR2,
-            signal.SIGCONT,
-            signal.SIGTERM,
-            signal.SIGINT,
-            signal.SIGHUP,
-        ):
-            signal.signal(sig, self._record_signal)
-        # SIGCHLD needs a handler (not SIG_DFL) so that it reaches the wakeup fd: the runner's
-        # death, and the end of a job a dead runner left to us, wake the loop.
-        signal.signal(signal.SIGCHLD, lambda s, f: None)
-
-    def _record_signal(self, signum: int, _frame: object) -> None:
-        self.signals.append(signum)  # handlers only record; the loop acts
-
     def _wait(self) -> None:
-        timeout = max(0.0, self.next_tick - self.mono())
+        timeout = self.next_tick - self.mono()
         if self.modes.term_deadline is not None:
             # Processes of a job's session may not be our children: poll for their end.
-            timeout = min(timeout, max(0.0, self.modes.term_deadline - self.mono()), 0.1)
+            timeout = min(timeout, self.modes.term_deadline - self.mono(), 0.1)
         if self.outputs.stale:
             timeout = min(timeout, VIEW_DEBOUNCE)  # the views lag the jobs by at most that
-        if self.signals or (self.executor is not None and self.executor.has_news()):
+        if self.executor is not None and self.executor.has_news():
             timeout = 0.0
-        fds = [self._wake_r]
-        runner = self.executor.fileno() if self.executor is not None else None
-        if runner is not None:
-            fds.append(runner)
-        try:
-            ready, _, _ = select.select(fds, [], [], timeout)
-        except InterruptedError:
-            ready = []
-        if self._wake_r in ready:
-            with contextlib.suppress(BlockingIOError, InterruptedError):
-                while os.read(self._wake_r, 4096):
-                    pass
+        self.wakeup.wait(timeout, self.executor.fileno() if self.executor is not None else None)
 
     def _handle_signals(self) -> None:
-        while self.signals:
-            sig = self.signals.pop(0)
+        for sig in self.wakeup.take():
             name = signal.Signals(sig).name
             if sig == signal.SIGUSR1:
                 self._command("stop", name)
@@ -334,7 +296,7 @@ class Scheduler:
                 self._command("term", name)
             elif sig == signal.SIGHUP:
                 self.log("SIGHUP: reloading the hostfile")
-                self._reload_hostfile(force=True)
+                self.hostentry.reload(force=True)
 
     @property
     def mode(self) -> Mode:
@@ -418,7 +380,7 @@ class Scheduler:
         mono = self.mono()
         self.next_tick = mono + self.interval
         self._check_control_file()
-        self._reload_hostfile()
+        self.hostentry.reload()
         if self.health.until is not None and not self.health.quarantined(now):
             self.health.until = None
             self.log(
@@ -492,30 +454,6 @@ class Scheduler:
         if cmd == "kill":
             self.outputs.write_status(self.status(self.clock()))
         self._command(cmd, f"control request from {req.get('by', '?')}")
-
-    def _reload_hostfile(self, force: bool = False) -> None:
-        try:
-            mtime = os.stat(self.opts.hostfile).st_mtime
-        except OSError:
-            return
-        if not force and mtime == self.hostfile_mtime:
-            return
-        old = self.host_entry
-        try:
-            self.load_host()
-        except PbqError as err:
-            self.hostfile_mtime = mtime
-            self.log(f"hostfile changed but is not usable, keeping the old settings: {err}")
-            return
-        h = self.host_entry
-        if old is not None and h is not None and bool(old.drm) != bool(h.drm):
-            self.host_entry = old  # a running scheduler does not change executors
-            self.log("hostfile changed this host's drm= field: restart the scheduler for that")
-            return
-        if old != h and h is not None:
-            self.log(
-                f"hostfile reloaded: max {h.max:g} wday {h.wday:g} interactive {h.interactive}"
-            )
 
     # ---------------------------------------------------------------- act
 
@@ -607,7 +545,6 @@ class Scheduler:
 
     def _start(self, n: int, now: float) -> None:
         """Start ``n`` jobs: those taken ahead first, then fresh ones from the jobfile."""
-        # Kept whole: pick, journal "starting", start, journal "started" -- the write-ahead order.
         assert self.executor is not None and self.host_entry is not None
         claimed = self.book.in_state(JobState.CLAIMED)
         until = self.edge.until_work(self.host_entry, self.m.work_time, now)
@@ -628,52 +565,15 @@ class Scheduler:
         if not batch:
             return
         self.drain_notified = False  # the next drain is news again
-        for job in batch:
-            self.book.starting(job)  # CLAIMED -> STARTING: from now on it may have run
-        try:
-            self.ledger.journal({"starting": [j.seq for j in batch]})
-        except PbqError as err:
-            for job in batch:
-                self.book.unstart(job)
-            self.ledger.disk_problem(err)
+        done = launch(batch, now, self.executor, self._env_for, self.book, self.ledger,
+                      self.outcomes, self.log)
+        if done is None:
             return
-        started, submitted = [], []
-        ids: list[tuple[int, int, float]] = []
-        failed = False
-        for r in self.executor.start(batch, self._env_for, now):
-            job = r.job
-            jid = self.book.job_id(job)
-            if isinstance(r, Started):
-                when = r.when or now
-                self.book.started(
-                    job, when, r.pid, r.pid_start, r.cluster_id
-                )  # STARTING -> RUNNING
-                if r.pid is not None:
-                    started.append([job.seq, r.pid, r.pid_start, when])
-                    ids.append((job.seq, job.number, when))
-                    self.log(f"started {jid} pid {r.pid}: {line_to_text(job.line)}")
-                else:
-                    submitted.append([job.seq, r.cluster_id, when])
-                    self.log(f"submitted {jid} {r.note}: {line_to_text(job.line)}")
-                continue
-            failed = True
-            if isinstance(r, NotStarted) and r.outcome is not None:
-                job.started = now
-                self.log(f"could not start {jid}: {r.message}")
-                self.outcomes.finish(job, r.outcome, when=now)
-                self._health_end(End(now, r.outcome.ok, 0.0), now)
-            else:
-                # Out of processes/memory, or a DRM that did not take it: the job goes back.
-                self.log(f"{r.message}: putting {jid} back")
-                self.book.requeue(job, front=True)
-        if ids and self.joboutput is not None:
-            self.joboutput.started(ids)
-        if started or submitted:
-            try:
-                self.ledger.journal({"started": started, "submitted": submitted})
-            except PbqError as err:
-                self.ledger.disk_problem(err)
-        if failed and self.ledger.flush(self.queue):
+        for ok in done.refused:
+            self._health_end(End(now, ok, 0.0), now)
+        if done.ids and self.joboutput is not None:
+            self.joboutput.started(done.ids)
+        if done.put_back and self.ledger.flush(self.queue):
             self.intake.changed()
 
     def _pick_before_work(self, n: int, now: float, until: float, claimed: list[Job]) -> list[Job]:
@@ -746,44 +646,10 @@ class Scheduler:
         }
 
     def status(self, now: float, state: str | None = None) -> HostStatus:
-        stopped = self.book.in_state(JobState.STOPPED)
-        c, m = self.book.counters, self.m
-        running = self.book.running_count()
-        drm = None if self.executor is None else self.executor.drm_name
-        return HostStatus.of_this_process(
-            host=self.host,
-            runner_pid=self.owner.runner_pid,
-            jobfile=str(self.jobfile),
-            state=state or self.mode.value,
-            time=now,
-            interval=self.interval,
-            load=round(m.foreign + running, 3),
-            foreign=round(m.foreign, 3),
-            limit=m.limit,
-            work_time=m.work_time,
-            active_users=m.active_users,
-            running=running,
-            stopped=len(stopped),
-            stopped_by_user=sum(1 for j in stopped if j.stopped_by == "user"),
-            claimed=len(self.book.in_state(JobState.CLAIMED)),
-            done=c.done,
-            failed=c.failed,
-            timed_out=c.timed_out,
-            suspend_ended=c.suspend_ended,
-            quitting=self.modes.quitting,
-            epoch=self.owner.epoch,
-            mem_available=m.mem_available,
-            control_ack=self.control_ack,
-            error=self.ledger.disk_error,
-            started=self.started_at,
-            drm=drm,
-            local_users=m.local_users,
-            remote_users=m.remote_users,
-            sources=m.sources,
-            last_success=self.health.last_success,
-            last_failure=self.health.last_failure,
-            quick_failures=self.health.quick_failures,
-            quarantined=self.health.quarantined(now),
-            quarantined_until=self.health.until,
-            quarantines=self.health.quarantines,
+        return self.outputs.heartbeat(
+            now, state or self.mode.value, self.m, self.health,
+            runner_pid=self.owner.runner_pid, epoch=self.owner.epoch,
+            quitting=self.modes.quitting, control_ack=self.control_ack,
+            error=self.ledger.disk_error, started=self.started_at, interval=self.interval,
+            drm=None if self.executor is None else self.executor.drm_name,
         )

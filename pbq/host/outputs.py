@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
+from typing import Any
 
 from ..config import Config
 from ..errors import PbqError
+from ..quarantine import HostHealth
 from ..sidefiles import HostStatus, write_status
 from ..statefiles import HostFiles, append_bytes, atomic_write
 from .jobs import JobBook, JobState
@@ -72,6 +74,44 @@ class HostOutputs:
                     self.written[ext] = data
                 except PbqError as err:
                     self.on_error(err)
+
+    def heartbeat(self, now: float, state: str, m: Measurements, health: HostHealth,
+                  **loop: Any) -> HostStatus:
+        """The ``.status`` record: the book's counts, the measurements, the host's health,
+        and what only the loop knows (``loop``: runner_pid, epoch, quitting, ...)."""
+        stopped = self.book.in_state(JobState.STOPPED)
+        c = self.book.counters
+        running = self.book.running_count()
+        return HostStatus.of_this_process(
+            host=self.files.host,
+            jobfile=str(self.files.jobfile),
+            state=state,
+            time=now,
+            load=round(m.foreign + running, 3),
+            foreign=round(m.foreign, 3),
+            limit=m.limit,
+            work_time=m.work_time,
+            active_users=m.active_users,
+            local_users=m.local_users,
+            remote_users=m.remote_users,
+            sources=m.sources,
+            mem_available=m.mem_available,
+            running=running,
+            stopped=len(stopped),
+            stopped_by_user=sum(1 for j in stopped if j.stopped_by == "user"),
+            claimed=len(self.book.in_state(JobState.CLAIMED)),
+            done=c.done,
+            failed=c.failed,
+            timed_out=c.timed_out,
+            suspend_ended=c.suspend_ended,
+            last_success=health.last_success,
+            last_failure=health.last_failure,
+            quick_failures=health.quick_failures,
+            quarantined=health.quarantined(now),
+            quarantined_until=health.until,
+            quarantines=health.quarantines,
+            **loop,
+        )
 
     def write_status(self, status: HostStatus) -> None:
         try:

@@ -1,0 +1,68 @@
+"""Starting a batch of claimed jobs, in the write-ahead order: ``starting`` on the journal
+before the executor may have run them, ``started`` (pids or cluster ids) after it did;
+a job that cannot start is a failed job (127/126), or goes back (out of processes, a DRM
+that did not take it)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..errors import PbqError
+from ..statefiles import line_to_text
+from .executor import EnvFor, Executor, NotStarted, Started
+from .jobs import Job, JobBook
+from .ledger import Ledger, Log
+from .outcomes import Outcomes
+
+
+@dataclass
+class Launched:
+    ids: list[tuple[int, int, float]] = field(default_factory=list)  # (seq, Seq, start) local
+    refused: list[bool] = field(default_factory=list)  # ok flags of jobs that could not start
+    put_back: bool = False  # some line goes back to the jobfile, or an outcome waits
+
+
+def launch(batch: list[Job], now: float, executor: Executor, env_for: EnvFor, book: JobBook,
+           ledger: Ledger, outcomes: Outcomes, log: Log) -> Launched | None:
+    """None when not even the ``starting`` record could be written (nothing started)."""
+    for job in batch:
+        book.starting(job)  # CLAIMED -> STARTING: from now on it may have run
+    try:
+        ledger.journal({"starting": [j.seq for j in batch]})
+    except PbqError as err:
+        for job in batch:
+            book.unstart(job)
+        ledger.disk_problem(err)
+        return None
+    done = Launched()
+    started, submitted = [], []
+    for r in executor.start(batch, env_for, now):
+        job = r.job
+        jid = book.job_id(job)
+        if isinstance(r, Started):
+            when = r.when or now
+            book.started(job, when, r.pid, r.pid_start, r.cluster_id)  # STARTING -> RUNNING
+            if r.pid is not None:
+                started.append([job.seq, r.pid, r.pid_start, when])
+                done.ids.append((job.seq, job.number, when))
+                log(f"started {jid} pid {r.pid}: {line_to_text(job.line)}")
+            else:
+                submitted.append([job.seq, r.cluster_id, when])
+                log(f"submitted {jid} {r.note}: {line_to_text(job.line)}")
+            continue
+        done.put_back = True
+        if isinstance(r, NotStarted) and r.outcome is not None:
+            job.started = now
+            log(f"could not start {jid}: {r.message}")
+            outcomes.finish(job, r.outcome, when=now)
+            done.refused.append(r.outcome.ok)
+        else:
+            # Out of processes/memory, or a DRM that did not take it: the job goes back.
+            log(f"{r.message}: putting {jid} back")
+            book.requeue(job, front=True)
+    if started or submitted:
+        try:
+            ledger.journal({"started": started, "submitted": submitted})
+        except PbqError as err:
+            ledger.disk_problem(err)
+    return done
