@@ -20,7 +20,7 @@ hosts' heartbeats and the clock; :class:`HostHealth` keeps the ends and the back
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,6 +101,14 @@ class HostHealth:
 
     def quarantined(self, now: float) -> bool:
         return self.until is not None and now < self.until
+
+    def record_end(self, e: End, now: float, peers: Callable[[], Sequence[Peer]]) -> str | None:
+        """Record an end; why the host is quarantined now, if it is (``peers`` is read only
+        when this host looks suspect)."""
+        self.ended(e)
+        if not self.suspect() or self.quarantined(now):
+            return None
+        return self.check(now, peers())
 
     def suspect(self) -> bool:
         """Worth asking the other hosts: the last ``after`` ends were quick failures."""

@@ -16,11 +16,14 @@ from datetime import datetime
 from pathlib import Path
 
 from ..config import Config
+from ..errors import PbqError
 from ..hostfile import Host
 from ..policy import may_start_before_work
 from ..predict import command_key
 from ..statefiles import line_to_text
-from .jobs import Job
+from .intake import Intake
+from .jobs import Job, JobBook
+from .ledger import Ledger, Log
 from .medians import MedianRuntimes
 
 RETRY_AFTER = 30.0  # seconds after a give-back before held-back slots take lines again
@@ -99,6 +102,29 @@ class WorkdayEdge:
         if held and not batch:
             self.gave_back_at = now
         return batch, held
+
+    def start_before_work(self, claimed: list[Job], n: int, now: float, until: float,
+                          host: Host | None, book: JobBook, ledger: Ledger, intake: Intake,
+                          log: Log) -> list[Job]:
+        """Before work hours: the lines that may start now; held-back lines go back to the
+        front of the jobfile, for other hosts or for later."""
+        assert host is not None
+
+        def take(k: int) -> list[Job]:
+            try:
+                return intake.take(k)
+            except PbqError as err:
+                ledger.disk_problem(err)
+                return []
+
+        batch, held = self.choose_batch(claimed, n, book.running_count(), host, until, now, take)
+        if held:
+            log(self.held_message(held, until, host))
+            for job in held:
+                book.requeue(job, front=True)  # CLAIMED -> REQUEUE_FRONT
+            if ledger.flush(intake.queue):
+                intake.changed()
+        return batch
 
     def held_message(self, held: list[Job], until: float, host: Host) -> str:
         first = held[0]

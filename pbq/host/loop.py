@@ -43,14 +43,13 @@ from ..sidefiles import (
 )
 from ..statefiles import (
     HostFiles,
-    line_to_text,
 )
 from .edges import WorkdayEdge
 from .executor import Ended, Executor
 from .hostentry import HostEntry
 from .intake import Intake
 from .joboutput import JobOutput
-from .jobs import UNKNOWN_EXIT, Job, JobBook, JobState, Outcome
+from .jobs import UNKNOWN_EXIT, Job, JobBook, JobState
 from .launch import launch
 from .ledger import Ledger, Replaced
 from .limits import TimeLimits, enforce_limits
@@ -60,7 +59,7 @@ from .outcomes import Outcomes
 from .outputs import VIEW_DEBOUNCE, HostOutputs
 from .ownership import Ownership
 from .recovery import plan_recovery
-from .sensing import LoadSensing, Measurements
+from .sensing import LoadSensing, Measurements, why_zero
 from .startup import apply_recovery, drm_executor, local_executor
 from .wakeup import Wakeup
 
@@ -87,7 +86,6 @@ class Scheduler:
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
-        # Long but flat: every part and every attribute of the loop is made here, in one place.
         self.opts = opts
         self.cfg = opts.config
         self.jobfile = opts.jobfile
@@ -96,72 +94,46 @@ class Scheduler:
         self.sensors = sensors or Sensors()
         self.clock = clock
         self.mono = monotonic
-        self.log = HostLog(
-            self.files.log, self.cfg.log.max_bytes, self.cfg.log.backups, echo=opts.echo_log
-        )
-        self.queue = JobQueue(
-            opts.jobfile,
-            lock=opts.lock,
-            fsync=self.cfg.jobfile.fsync,
-            compact_after=self.cfg.jobfile.compact_after,
-            stale_lock_after=self.cfg.jobfile.stale_lock_after,
-            log=self.log,
-            clock=clock,
-            allow_group_write=opts.allow_group_write,
-        )
         self.interval = self.cfg.scheduler.interval
-        # The parts, each with one reason to change; the loop only wires them together.
-        self.book = JobBook(opts.host)
-        self.ledger = Ledger(self.files, self.book, self.log, self.cfg.jobfile.fsync, monotonic)
-        self.intake = Intake(
-            self.queue,
-            self.book,
-            self.ledger,
-            self.log,
-            opts.allow_group_write,
-            self.cfg.scheduler.retries,
-        )
-        self.outcomes = Outcomes(
-            self.book,
-            self.ledger,
-            self.log,
-            self.cfg,
-            opts.jobfile.with_name(opts.jobfile.name + ".usage"),
-            clock,
-        )
-        self.outputs = HostOutputs(
-            self.files, self.book, self.cfg, monotonic, self.ledger.disk_problem
-        )
-        self.sensing = LoadSensing(self.cfg, self.sensors)
-        self.joboutput: JobOutput | None = None  # local jobs only
-        self.notifier = Notifier(
-            self.cfg.notify.command, self.cfg.notify.timeout, opts.host, str(opts.jobfile), self.log
-        )
-        self.outcomes.on_failed = self._notify_failed
-        self.drain_notified = True  # "drained" once per drain: after jobs were held again
-        self.limits = TimeLimits(self.cfg, opts.jobfile.with_name(opts.jobfile.name + ".usage"))
-        self.health = HostHealth(self.cfg.scheduler.quarantine_after, self.cfg.scheduler.quick_fail)
-        self.edge = WorkdayEdge(self.cfg, opts.jobfile.with_name(opts.jobfile.name + ".usage"))
+        self._make_parts()
         self.over_since: float | None = None  # monotonic time the load went over the limit
         self.m = Measurements()
         self.executor: Executor | None = None
-        self.hostentry = HostEntry(opts.hostfile, opts.host, opts.allow_group_write, self.log)
-        self.modes = Modes(self.book, self.ledger, self.intake, self.health, self.log,
-                           self.cfg.scheduler.term_grace, monotonic)
-        self.owner = Ownership(self.files, self.queue, self.ledger, self.log, clock,
-                               self.cfg.jobfile.fsync)
-        self.ledger.fence = self.owner.fence
-        self.intake.fence = self.owner.fence
+        self.joboutput: JobOutput | None = None  # local jobs only
         self.exit_code = 0
-        # timers, requests
         self.last_evict = -float("inf")
-        self.next_tick = 0.0
-        self.next_load_log = 0.0
-        self.next_history = 0.0
-        self.wakeup = Wakeup()
+        self.next_tick = self.next_load_log = self.next_history = 0.0
         self.control_ack: str | None = None
-        self.control_inbox = ControlInbox(self.files.control, opts.allow_group_write)
         self.started_at = clock()
+
+    def _make_parts(self) -> None:
+        """The parts, each with one reason to change; the loop only wires them together."""
+        cfg, opts, sc, files = self.cfg, self.opts, self.cfg.scheduler, self.files
+        usage = opts.jobfile.with_name(opts.jobfile.name + ".usage")
+        trust = opts.allow_group_write
+        self.log = log = HostLog(files.log, cfg.log.max_bytes, cfg.log.backups, echo=opts.echo_log)
+        self.queue = JobQueue(opts.jobfile, lock=opts.lock, fsync=cfg.jobfile.fsync,
+                              compact_after=cfg.jobfile.compact_after,
+                              stale_lock_after=cfg.jobfile.stale_lock_after, log=log,
+                              clock=self.clock, allow_group_write=trust)
+        self.book = book = JobBook(opts.host)
+        self.ledger = ledger = Ledger(files, book, log, cfg.jobfile.fsync, self.mono)
+        self.intake = Intake(self.queue, book, ledger, log, trust, sc.retries)
+        self.outcomes = Outcomes(book, ledger, log, cfg, usage, self.clock)
+        self.outputs = HostOutputs(files, book, cfg, self.mono, ledger.disk_problem)
+        self.sensing = LoadSensing(cfg, self.sensors)
+        self.notifier = Notifier(cfg.notify.command, cfg.notify.timeout, opts.host,
+                                 str(opts.jobfile), log)
+        self.outcomes.on_failed = self.notifier.job_failed
+        self.limits = TimeLimits(cfg, usage)
+        self.health = HostHealth(sc.quarantine_after, sc.quick_fail)
+        self.edge = WorkdayEdge(cfg, usage)
+        self.hostentry = HostEntry(opts.hostfile, opts.host, trust, log)
+        self.modes = Modes(book, ledger, self.intake, self.health, log, sc.term_grace, self.mono)
+        self.owner = Ownership(files, self.queue, ledger, log, self.clock, cfg.jobfile.fsync)
+        self.ledger.fence = self.intake.fence = self.owner.fence
+        self.wakeup = Wakeup()
+        self.control_inbox = ControlInbox(files.control, trust)
 
     # ---------------------------------------------------------------- set-up
 
@@ -320,7 +292,8 @@ class Scheduler:
 
     def _shutdown(self) -> None:
         if self.mode is not Mode.TERM:
-            self._notify_drained()  # before the exit's compaction changes the jobfile
+            # before the exit's compaction changes the jobfile:
+            self.notifier.drained_if(self._drained_now)
         if self.executor is not None:
             self.executor.settle()
             self._record_ends(self.executor.events(self.clock()), self.clock())
@@ -394,7 +367,8 @@ class Scheduler:
         )
         before, self.m = self.m, self.sensing.sense(now, mono, self.host_entry, own)
         if self.m.limit == 0 and (before.limit != 0 or self.next_load_log == 0.0):
-            self.log(f"the load limit is 0 now ({self._why_zero()}): starting nothing")
+            why = why_zero(self.host_entry, self.m)
+            self.log(f"the load limit is 0 now ({why}): starting nothing")
         for job in self.executor.stopped_by_others(self.book.in_state(JobState.RUNNING)):
             # PBQ's rule: only pbq stops a job for long; a job stopped by anyone else (or by
             # itself, `kill -STOP $$`) would hold its slot, and --exit-when-empty, for ever.
@@ -407,7 +381,7 @@ class Scheduler:
         self.outcomes.flush_usage()
         if self.joboutput is not None:
             self.joboutput.pack()
-        self._notify_drained()
+        self.notifier.drained_if(self._drained_now)
         if self.notifier.pids:
             self.notifier.poll()
         if self.ledger.disk_error is not None:
@@ -435,15 +409,6 @@ class Scheduler:
             self.cfg.scheduler.term_grace,
             decide=self.mode is not Mode.TERM,
         )
-
-    def _why_zero(self) -> str:
-        h, m = self.host_entry, self.m
-        assert h is not None
-        if m.work_time and h.wday == 0:
-            return "wday is 0 and it is work time"
-        if not m.work_time and h.max == 0:
-            return "max is 0 outside work hours"
-        return f"{m.active_users} user(s) active, interactive {h.interactive}"
 
     def _check_control_file(self) -> None:
         req = self.control_inbox.take(self.log)
@@ -549,7 +514,9 @@ class Scheduler:
         claimed = self.book.in_state(JobState.CLAIMED)
         until = self.edge.until_work(self.host_entry, self.m.work_time, now)
         if until is not None:
-            batch = self._pick_before_work(n, now, until, claimed)
+            batch = self.edge.start_before_work(
+                claimed, n, now, until, self.host_entry, self.book, self.ledger, self.intake,
+                self.log)
         else:
             if len(claimed) < n:
                 ahead = (
@@ -564,7 +531,7 @@ class Scheduler:
             batch = claimed[:n]
         if not batch:
             return
-        self.drain_notified = False  # the next drain is news again
+        self.notifier.rearm()  # the next drain is news again
         done = launch(batch, now, self.executor, self._env_for, self.book, self.ledger,
                       self.outcomes, self.log)
         if done is None:
@@ -576,63 +543,19 @@ class Scheduler:
         if done.put_back and self.ledger.flush(self.queue):
             self.intake.changed()
 
-    def _pick_before_work(self, n: int, now: float, until: float, claimed: list[Job]) -> list[Job]:
-        """Before work hours: the lines that may start (``WorkdayEdge`` chooses); held-back
-        lines go back to the front of the jobfile, for other hosts or for later."""
-        h = self.host_entry
-        assert h is not None
-        batch, held = self.edge.choose_batch(
-            claimed, n, self.book.running_count(), h, until, now, self._take_quietly
-        )
-        if held:
-            self.log(self.edge.held_message(held, until, h))
-            for job in held:
-                self.book.requeue(job, front=True)  # CLAIMED -> REQUEUE_FRONT
-            if self.ledger.flush(self.queue):
-                self.intake.changed()
-        return batch
-
-    def _take_quietly(self, n: int) -> list[Job]:
-        try:
-            return self.intake.take(n)
-        except PbqError as err:
-            self.ledger.disk_problem(err)
-            return []
-
     def _health_end(self, end: End, now: float) -> None:
         """A job of this host ended: quarantine the host if only its jobs fail."""
-        self.health.ended(end)
-        if not self.health.suspect() or self.health.quarantined(now):
-            return
-        why = self.health.check(now, read_peers(self.jobfile, self.host, now))
-        if why is None:
-            return
-        until = (self.health.until or now) - now
-        self.log(
-            f"quarantined for {until:.0f}s: {why}; taking no new jobs "
-            f"(pbq control ... cont {self.host} lifts it)"
-        )
-        self.intake.give_back_claimed()
+        why = self.health.record_end(end, now, lambda: read_peers(self.jobfile, self.host, now))
+        if why is not None:
+            until = (self.health.until or now) - now
+            self.log(f"quarantined for {until:.0f}s: {why}; taking no new jobs "
+                     f"(pbq control ... cont {self.host} lifts it)")
+            self.intake.give_back_claimed()
 
-    # ---------------------------------------------------------------- notifications
-
-    def _notify_failed(self, job: Job, out: Outcome) -> None:
-        code = out.exit_code if not out.signal else 128 + out.signal
-        self.notifier.notify("failed", str(job.number), str(code), line_to_text(job.line))
-
-    def _notify_drained(self) -> None:
-        """Once per drain: no job held, nothing pending (``[notify] command``)."""
-        if not self.notifier.on:
-            return
-        if (
-            self.drain_notified
-            or self.book.live()
-            or self.book.in_state(JobState.STARTING, JobState.CLAIMED)
-        ):
-            return
-        if self.intake.drained() and not self.ledger.pending():
-            self.drain_notified = True
-            self.notifier.notify("drained")
+    def _drained_now(self) -> bool:
+        """No job held, nothing pending (for the ``drained`` notification)."""
+        held = self.book.live() or self.book.in_state(JobState.STARTING, JobState.CLAIMED)
+        return not held and self.intake.drained() and not self.ledger.pending()
 
     def _env_for(self, job: Job) -> dict[str, str]:
         """What a job finds in its environment besides the scheduler's."""

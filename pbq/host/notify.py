@@ -19,7 +19,10 @@ import os
 import shlex
 import shutil
 import sys
+from collections.abc import Callable
 
+from ..statefiles import line_to_text
+from .jobs import Job, Outcome
 from .ledger import Log
 
 KILL_AFTER = 5  # seconds between the timeout's SIGTERM and its SIGKILL
@@ -49,6 +52,21 @@ class Notifier:
         self.pids: set[int] = set()
         self.complained = False
         self.timeout_bin = shutil.which("timeout")
+        self.drain_told = True  # "drained" once per drain: after jobs were held again
+
+    def rearm(self) -> None:
+        """A job started: the next drain is news again."""
+        self.drain_told = False
+
+    def drained_if(self, drained: Callable[[], bool]) -> None:
+        """Tell of a drain once (``drained`` is asked only when there is someone to tell)."""
+        if self.argv and not self.drain_told and drained():
+            self.drain_told = True
+            self.notify("drained")
+
+    def job_failed(self, job: Job, out: Outcome) -> None:
+        code = out.exit_code if not out.signal else 128 + out.signal
+        self.notify("failed", str(job.number), str(code), line_to_text(job.line))
 
     @property
     def on(self) -> bool:

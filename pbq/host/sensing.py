@@ -72,3 +72,13 @@ class LoadSensing:
             return found
         n = self.sensors.active_users(idle, now)
         return Activity(tuple(Seen(f"user{i}", True, "fake") for i in range(n)), ("fake",))
+
+
+def why_zero(h: Host | None, m: Measurements) -> str:
+    """Why the load limit is 0 now (for the log)."""
+    assert h is not None
+    if m.work_time and h.wday == 0:
+        return "wday is 0 and it is work time"
+    if not m.work_time and h.max == 0:
+        return "max is 0 outside work hours"
+    return f"{m.active_users} user(s) active, interactive {h.interactive}"
