@@ -56,16 +56,17 @@ from typing import Any
 
 from .errors import PbqError
 from .locking import QueueLock, local_writers, make_lock
+from .rewrite import CHUNK as CHUNK
+from .rewrite import OldFile, Rewrite, tail_len, write_all
+from .rewrite import is_job_line as is_job_line
 from .safety import read_trusted_json
 from .statefiles import (
     _describe_os_error,
     atomic_write_json,
-    fsync_dir,
     line_to_text,
     unlink_quietly,
 )
 
-CHUNK = 1 << 16
 MARK_BYTES = 32
 # Format of JOBFILE.queue.  1 = pbq 0.1.0 ("version": 1, no "format" field); 2 adds the
 # "format" field and nothing else, so a queue can be upgraded mid-run and format-1 readers
@@ -76,19 +77,11 @@ MARK_BYTES = 32
 # format is refused: its fields may mean what this pbq can't know.
 FORMAT = 3
 COMPACT_MIN = 1 << 20  # bytes consumed before a partly consumed jobfile is compacted
-# Seconds a drained replaced file is kept after its last growth when a lease can't tell
-# whether anyone on this machine still writes to it (NFS, files of another user).
-OLD_KEEP_BLIND = 600.0
 TAIL_SHOWN = 200  # characters of an unterminated last line quoted in the log
 
 
 SEQ_MARK = b"#pbq-seq "  # "#pbq-seq N" right before a line put back: the line keeps Seq N
 CANCEL_MARK = b"#pbq-cancelled "  # a pending line cancelled in place: it keeps its number
-
-
-def is_job_line(line: bytes) -> bool:
-    s = line.strip()
-    return bool(s) and not s.startswith(b"#")
 
 
 def seq_mark(line: bytes) -> int | None:
@@ -139,27 +132,6 @@ class PendingLine:
     line: bytes  # without the newline (and without a trailing CR)
     end: int  # offset in JOBFILE just after the line
     seq: int = 0  # its number in the jobfile's history (Seq): see Txn.take
-
-
-@dataclass
-class OldFile:
-    """A replaced JOBFILE kept under a hidden name: writers that opened JOBFILE before the
-    rename append to it.  Its lines after ``done`` are pending like JOBFILE's own."""
-
-    name: str  # beside the jobfile
-    done: int  # bytes consumed, or copied into the JOBFILE that replaced it
-    size: int  # its size when a lock holder last looked
-    seen: float  # wall time it last grew (or was made)
-
-    def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "done": self.done, "size": self.size, "seen": self.seen}
-
-    @classmethod
-    def from_json(cls, obj: Any) -> OldFile:
-        name = str(obj["name"])
-        if "/" in name:
-            raise ValueError(name)  # only ever a name beside the jobfile
-        return cls(name, int(obj["done"]), int(obj.get("size", 0)), float(obj.get("seen", 0)))
 
 
 @dataclass
@@ -335,8 +307,19 @@ class Txn:
         # that commit_take(end) consumes exactly those lines.
         self._plan: tuple[int, dict[str, int], int] | None = None
         self.partial_tail: bytes | None = None  # an unterminated last line the take saw
+        self.rewrite = Rewrite(self)  # renames of a new JOBFILE over the old, and the old
 
     # -- reading -------------------------------------------------------------------
+
+    def source(self) -> io.BufferedReader | None:
+        """JOBFILE opened for reading (None when it does not exist)."""
+        return self._open()
+
+    def save(self) -> None:
+        self._save()
+
+    def forget_size(self) -> None:
+        self._size = None
 
     def _open(self, path: Path | None = None) -> io.BufferedReader | None:
         path = path or self.q.jobfile
@@ -524,7 +507,7 @@ class Txn:
             out += str(seq).encode() + b": " + text + b"\n"
             pos = end
         out += rest[pos - self.state.offset :]
-        self._replace(b"", None, None, body=(bytes(out), self.state.offset + len(rest)))
+        self.rewrite.replace(b"", None, None, body=(bytes(out), self.state.offset + len(rest)))
         return {seq: v[2] for seq, v in found.items()}
 
     def has_pending(self) -> bool:
@@ -630,7 +613,7 @@ class Txn:
         unterminated = data and size > self.state.offset and self._byte_at(size - 1) != b"\n"
         # (the lease is asked before opening: our own descriptor would count as a writer)
         if unterminated and (not end_last_line or local_writers(self.q.jobfile)):
-            self._replace(b"", host, op, suffix=data)
+            self.rewrite.replace(b"", host, op, suffix=data)
             return
         flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
         try:
@@ -668,7 +651,7 @@ class Txn:
         """Write an append; if that fails (disk full), cut the file back to ``size0`` and
         forget the pending append before reporting: all or nothing."""
         try:
-            _write_all(fd, data)
+            write_all(fd, data)
             if self.q.fsync:
                 os.fsync(fd)
         except OSError as err:
@@ -681,7 +664,7 @@ class Txn:
 
     def prepend(self, lines: list[bytes], host: str, op: int) -> None:
         """Put lines back at the front of the pending part (rewrites the rest)."""
-        self._replace(b"".join(line + b"\n" for line in lines), host, op)
+        self.rewrite.replace(b"".join(line + b"\n" for line in lines), host, op)
 
     def maybe_compact(self, force: bool = False) -> bool:
         """Cut off the consumed prefix when that is due (see the module's doc); ``force``
@@ -705,170 +688,8 @@ class Txn:
             return False  # a writer may be in the middle of the last line
         if local_writers(self.q.jobfile):
             return False  # someone here holds it open for writing: it will grow
-        self._replace(b"", None, None)
+        self.rewrite.replace(b"", None, None)
         return True
-
-    def _replace(
-        self, prefix: bytes, host: str | None, op: int | None, suffix: bytes = b"",
-        body: tuple[bytes, int] | None = None,
-    ) -> None:
-        """Rename ``prefix`` + the pending lines + ``suffix`` over JOBFILE.  The old file is
-        linked to a hidden name first and recorded with how far it was copied, so what a
-        writer still appends to it (or the rest of an unterminated last line) is taken
-        from there."""
-        # Kept whole: copy, unterminated last line, then the record that decides the change.
-        tmp = self.q.compact_tmp
-        old = self._link_old()
-        src = self._open()
-        copied = self.state.offset
-        try:
-            mode = os.stat(self.q.jobfile).st_mode & 0o7777 if src is not None else 0o666
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-            try:
-                _write_all(fd, prefix)  # write(2) may write less than asked
-                tail = b""
-                if src is not None and body is not None:
-                    _write_all(fd, body[0])  # the pending part, edited (cancel_pending)
-                    src.seek(body[1])
-                    copied = body[1]
-                    while chunk := src.read(CHUNK * 16):  # what was written since
-                        _write_all(fd, chunk)
-                        copied += len(chunk)
-                elif src is not None:
-                    src.seek(copied)
-                    while chunk := src.read(CHUNK * 16):
-                        _write_all(fd, chunk)
-                        copied += len(chunk)
-                    cut = _tail_len(src, self.state.offset, copied)
-                    if cut:
-                        # An unterminated last line stays last, and its writer (if any)
-                        # finishes it in the old file: it is taken from there.  When nobody
-                        # here writes to JOBFILE it is a hand-written line: kept in view.
-                        if old is None or local_writers(self.q.jobfile) is False:
-                            src.seek(copied - cut)
-                            tail = src.read(cut)
-                        else:
-                            copied -= cut
-                        os.ftruncate(fd, os.fstat(fd).st_size - cut)
-                        os.lseek(fd, 0, os.SEEK_END)
-                _write_all(fd, suffix)  # before an unterminated last line, never glued to it
-                _write_all(fd, tail)
-                os.fchmod(fd, mode)
-                if self.q.fsync:
-                    os.fsync(fd)
-                new_size = os.fstat(fd).st_size
-            finally:
-                os.close(fd)
-        except OSError as err:
-            unlink_quietly(tmp)
-            raise _describe_os_error(self.q.jobfile, err, "rewrite") from None
-        finally:
-            if src is not None:
-                src.close()
-        # From here on the change is decided: the next lock holder redoes the rename.
-        self.state.pending = {"kind": "replace", "size": new_size, "host": host, "op": op}
-        if old is not None:
-            self.state.pending.update(old=old, done=copied)
-        self._save()
-        self._finish_replace()
-
-    def _link_old(self) -> str | None:
-        """Link JOBFILE to a new hidden name ``.JOBFILE.old-<n>`` (None: no JOBFILE, or
-        hard links unsupported).  A link a crash left unrecorded is removed first."""
-        if not self.q.jobfile.exists():
-            return None
-        known = {o.name for o in self.state.olds}
-        prefix = self.q.old_prefix
-        top = 0
-        try:
-            names = [n for n in os.listdir(self.q.jobfile.parent) if n.startswith(prefix)]
-            here = os.stat(self.q.jobfile)
-        except OSError:
-            return None
-        for name in names:
-            num = name[len(prefix) :]
-            if not num.isdigit():
-                continue
-            path = self.q.jobfile.with_name(name)
-            with contextlib.suppress(OSError):
-                st = os.stat(path)
-                if name not in known and (st.st_ino, st.st_dev) == (here.st_ino, here.st_dev):
-                    os.unlink(path)  # linked, then the holder died before deciding
-                    continue
-            top = max(top, int(num))
-        name = f"{prefix}{top + 1}"
-        try:
-            os.link(self.q.jobfile, self.q.jobfile.with_name(name))
-        except OSError as err:
-            self.q.log(
-                f"cannot keep the replaced jobfile ({err.strerror}): a process still "
-                f"appending to it without the lock loses those lines"
-            )
-            return None
-        return name
-
-    def _finish_replace(self) -> None:
-        p = self.state.pending or {}
-        if self.q.compact_tmp.exists():
-            try:
-                os.replace(self.q.compact_tmp, self.q.jobfile)
-            except OSError as err:
-                raise _describe_os_error(self.q.jobfile, err, "rewrite") from None
-            if self.q.fsync:
-                fsync_dir(self.q.jobfile.parent)
-        old = p.get("old")
-        if isinstance(old, str) and not any(o.name == old for o in self.state.olds):
-            with contextlib.suppress(OSError, ValueError):
-                size = os.stat(self.q.jobfile.with_name(old)).st_size
-                self.state.olds.append(
-                    OldFile.from_json({"name": old, "done": int(p.get("done", size)),
-                                       "size": size, "seen": self.q.clock()})
-                )
-        self.state.offset = 0
-        self.state.mark = ""
-        self.state.taken_since = None
-        self.state.pending = None
-        self._size = None
-        self.state.size = self.size()
-        if p.get("host") is not None and p.get("op") is not None:
-            self.state.ops[str(p["host"])] = int(p["op"])
-        self._save()
-
-    # -- replaced files ----------------------------------------------------------------
-
-    def _tend_olds(self) -> None:
-        """Note the growth of replaced files; remove those consumed and quiet: nobody on
-        this machine has them open for writing and they have not grown for
-        ``compact_after`` seconds (``OLD_KEEP_BLIND`` when a lease can't tell)."""
-        if not self.state.olds:
-            return
-        now = self.q.clock()
-        keep: list[OldFile] = []
-        changed = False
-        for old in self.state.olds:
-            path = self.q.old_path(old)
-            try:
-                size = os.stat(path).st_size
-            except FileNotFoundError:
-                changed = True  # removed by a holder that died before recording it
-                continue
-            except OSError:
-                keep.append(old)
-                continue
-            if size != old.size:
-                old.size, old.seen = size, now
-                changed = True
-            elif _nothing_left(path, old.done):
-                writers = local_writers(path)
-                wait = self.q.compact_after if writers is False else OLD_KEEP_BLIND
-                if not writers and now - old.seen >= wait:
-                    unlink_quietly(path)
-                    changed = True
-                    continue
-            keep.append(old)
-        if changed:
-            self.state.olds = keep
-            self._save()
 
     # -- recovery ----------------------------------------------------------------------
 
@@ -880,13 +701,13 @@ class Txn:
                 unlink_quietly(self.q.compact_tmp)  # written, never decided on: ignore
         elif p.get("kind") == "replace":
             self.q.log("finishing a jobfile rewrite interrupted by a crash")
-            self._finish_replace()
+            self.rewrite.finish()
         elif p.get("kind") == "append":
             self._recover_append(p)
         else:
             self.state.pending = None
         self._notice_rewrite()
-        self._tend_olds()
+        self.rewrite.tend_olds()
 
     def _recover_append(self, pending: dict[str, Any]) -> None:
         """Keep an append that reached the disk whole; cut off one that did not."""
@@ -942,50 +763,18 @@ class Txn:
         atomic_write_json(self.q.retries_path, data, fsync=self.q.fsync)
 
 
-def _tail_len(f: io.BufferedReader, start: int, end: int) -> int:
-    """How many bytes of ``f`` before ``end`` (and after ``start``) follow its last newline."""
-    pos = end
-    while pos > start:
-        step = min(CHUNK, pos - start)
-        f.seek(pos - step)
-        j = f.read(step).rfind(b"\n")
-        if j >= 0:
-            return end - (pos - step + j + 1)
-        pos -= step
-    return end - start
-
-
 def _tail_of(path: Path, start: int) -> bytes | None:
     """The bytes after the last newline of ``path`` (from ``start`` on), or None."""
     try:
         with open(path, "rb") as f:
             end = os.fstat(f.fileno()).st_size
-            n = _tail_len(f, start, end) if end > start else 0
+            n = tail_len(f, start, end) if end > start else 0
             if n <= 0:
                 return None
             f.seek(end - n)
             return f.read(n)
     except OSError:
         return None
-
-
-def _nothing_left(path: Path, done: int) -> bool:
-    """Whether ``path`` holds nothing after ``done`` but complete blank and comment lines."""
-    try:
-        with open(path, "rb") as f:
-            f.seek(done)
-            rest = f.read(CHUNK + 1)
-    except OSError:
-        return False
-    if len(rest) > CHUNK or (rest and not rest.endswith(b"\n")):
-        return False
-    return not any(is_job_line(line) for line in rest.split(b"\n"))
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
 
 
 def line_key(line: bytes) -> str:

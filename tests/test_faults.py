@@ -555,8 +555,8 @@ KILL_POINTS = [
     ("take-committed", "pbq.jobfile:Txn.commit_take", "after", 2, ""),
     ("before-spawn", "pbq.host.local:LocalExecutor.start", "before", 3, ""),
     ("after-spawn", "pbq.host.local:LocalExecutor.start", "after", 3, ""),
-    ("compaction-decided", "pbq.jobfile:Txn._finish_replace", "before", 1, ""),
-    ("compaction-renamed", "pbq.jobfile:fsync_dir", "before", 1, ""),
+    ("compaction-decided", "pbq.rewrite:Rewrite.finish", "before", 1, ""),
+    ("compaction-renamed", "pbq.rewrite:fsync_dir", "before", 1, ""),
     ("joblog-written", "pbq.host.ledger:append_joblog_rows", "after", 2, ""),
     ("error-written", "pbq.host.ledger:append_bytes", "after", 1, "str(a[0]).endswith('.error')"),
 ]
