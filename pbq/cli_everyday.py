@@ -110,10 +110,11 @@ Examples:
   pbq cancel hostfile jobfile 17 18
 \b
 A pending line is removed from the jobfile (under the lock; it becomes a
-'#pbq-cancelled SEQ: ...' comment, so the lines after it keep their numbers).  A running or
-stopped job gets SIGTERM on its whole process group, SIGKILL after term_grace; its end is
-recorded as cancelled in .log and the joblog, never in .error.  One line of answer per SEQ;
-exit status 1 if a SEQ is unknown or could not be cancelled.
+'#pbq-cancelled SEQ: ...' comment, so the lines after it keep their numbers).  A job a host
+holds is cancelled by that host's scheduler, on any machine (JOBFILE.HOST.cancel): SIGTERM
+to the whole job, SIGKILL after term_grace, or the DRM's cancel on a cluster host; its end
+is recorded as cancelled in .log and the joblog, never in .error.  One line of answer per
+SEQ; exit status 1 if a SEQ is unknown or could not be cancelled (yet).
 """,
 )
 @click.argument("hostfile", type=FILE_ARG)

@@ -176,60 +176,29 @@ def holder_of(jobfile: Path, hostfile: Path | None, cfg: Config, seq: int) -> st
 
 
 def cancel_running(jobfile: Path, cfg: Config, host: str, seq: int) -> str:
-    """End a running or stopped job of a scheduler on this machine: its Seq goes into
-    ``JOBFILE.HOST.cancel`` first (so that its end is recorded as cancelled: no retry, not
-    in ``.error``), then its whole process group gets SIGTERM (and SIGCONT, should it be
-    stopped), and SIGKILL after ``grace`` seconds."""
-    import os
-    import signal
-
-    from .procinfo import same_process
-    from .sidefiles import host_liveness
-    from .statefiles import append_bytes
+    """Cancel a job a scheduler holds, on this machine or any other: its number goes into
+    ``JOBFILE.HOST.cancel``, which the scheduler reads at every tick; it ends the job whole
+    (SIGTERM, SIGKILL after ``term_grace``; on a cluster host the DRM's cancel) and records
+    it as cancelled (no retry, not in ``.error``).  Waits until the job has left the host's
+    book; PbqError when the scheduler is down or has not ended it in time."""
+    from .sidefiles import host_liveness, request_cancel
 
     files = HostFiles(jobfile, host)
+    request_cancel(files.path("cancel"), seq, cfg.scheduler.allow_group_write)
     _info, _status, verdict = host_liveness(files, time.time())
-    if not verdict.exact:
-        raise PbqError(f"job {seq} runs on host {host}, whose scheduler is not on this "
-                       "machine: run pbq cancel there")
-    held = [j for j in held_jobs(jobfile, host, cfg) if j.number == seq]
-    job = held[0] if held else None
-    if job is None or job.pid is None or not same_process(job.pid, job.pid_start):
-        raise PbqError(f"job {seq} on host {host} has no process (yet) to end")
-    append_bytes(files.path("cancel"), f"{seq}\n".encode(), fsync=True)
-    pgid = job.pid
-    for sig in (signal.SIGTERM, signal.SIGCONT):
-        try:
-            os.killpg(pgid, sig)
-        except ProcessLookupError:
-            break
-    deadline = time.monotonic() + cfg.scheduler.term_grace
-    while time.monotonic() < deadline and _group_alive(pgid):
-        time.sleep(0.05)
-    if _group_alive(pgid):
-        try:
-            os.killpg(pgid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    return f"{seq}: cancelled on {host} (pid {pgid})"
-
-
-def _group_alive(pgid: int) -> bool:
-    """Whether a process of the group is left that is not a zombie (the job runner reaps
-    an ended job only once its scheduler has recorded the end)."""
-    import os
-
-    from .procinfo import _stat_fields
-
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                fields = _stat_fields(int(name))
-            except OSError:
-                continue
-            if len(fields) > 2 and fields[2] == str(pgid).encode() and fields[0] != b"Z":
-                return True
-    return False
+    if not verdict.alive:
+        raise PbqError(f"job {seq} is held by host {host}, whose scheduler is not running "
+                       f"({verdict.reason}): it is cancelled when that scheduler starts again, "
+                       "or put back by pbq control ... recover")
+    # A tick to read the request, term_grace for the job to end, a tick to record it.
+    wait = cfg.scheduler.term_grace + 2 * cfg.scheduler.interval + 5.0
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        if not any(j.number == seq and j.state in HOLDING for j in held_jobs(jobfile, host, cfg)):
+            return f"{seq}: cancelled on {host}"
+        time.sleep(0.1)
+    raise PbqError(f"job {seq} on host {host}: cancel requested, but it has not ended after "
+                   f"{wait:g} s (see JOBFILE.{host}.log)")
 
 
 # ------------------------------------------------------------------ pbq log

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .config import Config
 from .errors import PbqError
-from .host.jobs import Job, JobBook, JobState
+from .host.jobs import UNKNOWN_EXIT, Job, JobBook, JobState, Outcome
 from .host.ledger import Ledger
 from .host.local import outcome_of
 from .host.outcomes import Outcomes
@@ -111,6 +111,13 @@ def _settle_or_requeue(job: Job, records: dict[tuple[int, float | None], ExitRec
         if job.pid is not None else None
     jid = outcomes.book.job_id(job)
     line = job.line.decode(errors="replace")
+    if job.state is JobState.CANCELLING:  # cancelled: never runs again, whatever its end
+        log(f"recover: job {jid} was being cancelled when its host went down: {line}")
+        exit_of = (outcome_of(rec.status, rec.cpu, rec.maxrss, "exit status recorded by the job "
+                              "runner") if rec is not None
+                   else Outcome(UNKNOWN_EXIT, note="its end was not recorded"))
+        outcomes.finish(job, exit_of, when=rec.time if rec is not None else None)
+        return
     if rec is not None and job.state in (JobState.RUNNING, JobState.STOPPED, JobState.TIMING_OUT):
         log(f"recover: job {jid} ended while its host was down; recording its end: {line}")
         outcomes.finish(job, outcome_of(rec.status, rec.cpu, rec.maxrss, "exit status recorded by "

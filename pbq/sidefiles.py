@@ -20,6 +20,10 @@ Formats (``FORMAT_VERSION`` is the newest this pbq writes and reads):
     Which job id each attempt of a line had, and where its output went: lines
     ``N SEQ START`` (job id ``HOST.N``, the line's Seq, start time), after a line
     ``#output DIR`` written at each scheduler start (``-``: output inherited, not kept).
+``.cancel``
+    ``pbq cancel``'s requests: one job number (the joblog's Seq) a line, appended.  The
+    scheduler applies each to the job of that number whenever it holds one; numbers are
+    never reused, so a request never needs to be taken back.
 ``.output/packed.K``
     Output of ended jobs, packed: frames ``#pbq-output 1 {"seq", "job", "stream",
     "bytes"}\n`` + the bytes + ``\n``; a torn last frame (a crash while appending) is cut
@@ -634,6 +638,48 @@ class ControlInbox:
         # In a sticky directory another user's file cannot be removed; it is ignored.
         with contextlib.suppress(OSError):
             os.unlink(self.path)
+
+
+# ------------------------------------------------------------------ .cancel
+
+
+def request_cancel(path: Path, seq: int, allow_group_write: bool) -> None:
+    """Ask the host's scheduler to cancel job number ``seq`` (one write: appends from
+    several ``pbq cancel`` at once do not interleave)."""
+    mode = 0o660 if allow_group_write else 0o600
+    append_bytes(path, f"{seq}\n".encode(), fsync=True, mode=mode)
+
+
+class CancelInbox:
+    """A host's ``.cancel`` requests as its scheduler reads them: every number once, the
+    first time from the start of the file (a request made while no scheduler ran counts)."""
+
+    def __init__(self, path: Path, allow_group_write: bool) -> None:
+        self.path = path
+        self.allow_group_write = allow_group_write
+        self._seen: tuple[int, int, int] | None = None  # (ino, size, mtime) last read
+        self._refused: tuple[int, int, int] | None = None
+
+    def take(self, log: Callable[[str], None]) -> set[int]:
+        """Every number asked for; empty when the file has not changed since the last call."""
+        try:
+            st = os.lstat(self.path)
+        except OSError:
+            return set()
+        seen = (st.st_ino, st.st_size, st.st_mtime_ns)
+        if seen == self._seen:
+            return set()
+        try:
+            data = read_trusted(self.path, "cancel requests", self.allow_group_write) or b""
+        except PbqError as err:
+            if seen != self._refused:  # someone else's file: said once, never obeyed
+                why = err.reason if isinstance(err, UntrustedFile) else err.message
+                log(f"ignoring cancel requests {self.path.name}: {why}")
+                self._refused = seen
+            return set()
+        self._seen = seen
+        # A torn last line (no newline yet) is read again next time.
+        return {int(w) for w in data.split(b"\n")[:-1] if w.strip().isdigit()}
 
 
 # ------------------------------------------------------------------ liveness

@@ -191,3 +191,49 @@ def test_pbq_cancel_removes_a_pending_line_and_ends_a_running_job(tmp_path: Path
     assert "cancelled" in (tmp_path / "jobfile.h1.log").read_text()
     r = run_cmd("pbq", "control", hf, jf, "requeue-errors")
     assert pending_lines(jf) == []
+
+
+def test_pbq_cancel_while_the_scheduler_is_down_is_applied_by_the_next_one(
+    tmp_path: Path,
+) -> None:
+    """The request is a file: it waits for a scheduler, as it would for one on another
+    machine; a restarted scheduler adopts the job, then cancels it (children too)."""
+    config(tmp_path, FAST_CONFIG)
+    flag = tmp_path / "started"
+    jf = jobfile(tmp_path, [f"sh -c 'sleep 61 & touch {flag}; wait'", "true"])
+    hf = hostfile(tmp_path, "* linux 1 1 0\n")
+    p = start_scheduler(hf, jf)
+    try:
+        wait_for(flag.exists, 30, "the first job")
+        children = [pr for pr in processes_mentioning("sleep 61") if pr.name() == "sleep"]
+        assert children
+        p.kill()
+        wait_exit(p, 30)
+        r = run_cmd("pbq", "cancel", hf, jf, "1")
+        assert r.returncode == 1
+        assert "whose scheduler is not running" in r.stdout.decode()
+        assert lines_of(hostfile_path(jf, "h1", "cancel")) == ["1"]
+        assert all(c.is_running() for c in children), "nothing ends before a scheduler says so"
+        p = start_scheduler(hf, jf, "--exit-when-empty")
+        assert wait_exit(p, 60) == 0
+        wait_for(lambda: not any(c.is_running() and c.status() != "zombie" for c in children),
+                 30, "the job's children ended")
+    finally:
+        kill_all(processes_mentioning(str(jf)))
+        kill_all(processes_mentioning("sleep 61"))
+    rows = sorted((int(r[0]), r[6], r[7]) for r in joblog_rows(jf, "h1"))
+    assert rows == [(1, "0", "15"), (2, "0", "0")]
+    assert lines_of(hostfile_path(jf, "h1", "error")) == []
+    log = (tmp_path / "jobfile.h1.log").read_text()
+    assert "job h1.1 cancelled" in log and "(cancelled" in log
+
+
+def test_pbq_cancel_answers_for_each_number_and_a_finished_job(tmp_path: Path) -> None:
+    config(tmp_path, FAST_CONFIG)
+    jf = jobfile(tmp_path, ["true"])
+    hf = hostfile(tmp_path, "* linux 1 1 0\n")
+    p = start_scheduler(hf, jf, "--exit-when-empty")
+    assert wait_exit(p, 60) == 0
+    r = run_cmd("pbq", "cancel", hf, jf, "1")
+    assert r.returncode == 0
+    assert r.stdout.decode().startswith("1: already finished on h1 (exit 0")

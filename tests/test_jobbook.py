@@ -33,6 +33,7 @@ METHODS: dict[str, Transition] = {
     "cont": lambda b, j: b.cont(j),
     "evicting": lambda b, j: b.evicting(j),
     "timing-out": lambda b, j: b.timing_out(j, kill_at=0.0),
+    "cancelling": lambda b, j: b.cancelling(j, kill_at=0.0),
     "terminating": lambda b, j: b.terminating(j),
     "terminated": lambda b, j: b.terminated(j),
     "requeue-front": lambda b, j: b.requeue(j, front=True),
@@ -63,6 +64,14 @@ ALLOWED: list[tuple[JobState, str, JobState | None]] = [
     (S.STOPPED, "timing-out", S.TIMING_OUT),
     (S.TIMING_OUT, "requeue-front", S.REQUEUE_FRONT),
     (S.TIMING_OUT, "settling", S.SETTLING),
+    (S.RUNNING, "cancelling", S.CANCELLING),
+    (S.STOPPED, "cancelling", S.CANCELLING),
+    (S.EVICTING, "cancelling", S.CANCELLING),
+    (S.TIMING_OUT, "cancelling", S.CANCELLING),
+    (S.TERMINATING, "cancelling", S.CANCELLING),
+    (S.CANCELLING, "settling", S.SETTLING),
+    (S.CANCELLING, "requeue-front", S.REQUEUE_FRONT),
+    (S.CLAIMED, "settling", S.SETTLING),
     (S.RUNNING, "terminating", S.TERMINATING),
     (S.STOPPED, "terminating", S.TERMINATING),
     (S.STARTING, "terminating", S.TERMINATING),
@@ -84,7 +93,7 @@ ALLOWED: list[tuple[JobState, str, JobState | None]] = [
 ]
 
 # Adopting a job that is being evicted or terminated leaves it alone (its end decides).
-ADOPT_NO_OP = (S.EVICTING, S.TIMING_OUT, S.TERMINATING)
+ADOPT_NO_OP = (S.EVICTING, S.TIMING_OUT, S.TERMINATING, S.CANCELLING)
 
 ILLEGAL: list[tuple[str, JobState]] = [
     (method, state)
@@ -103,6 +112,7 @@ PATHS: dict[JobState, list[str]] = {
     S.EVICTING: ["starting", "started", "evicting"],
     S.TIMING_OUT: ["starting", "started", "timing-out"],
     S.TERMINATING: ["starting", "started", "terminating"],
+    S.CANCELLING: ["starting", "started", "cancelling"],
     S.TERMINATED: ["starting", "started", "terminating", "terminated"],
     S.SETTLING: ["starting", "started", "settling"],
     S.REQUEUE_FRONT: ["requeue-front"],
@@ -268,6 +278,7 @@ def test_running_count_counts_running_and_starting() -> None:
         walk(book, book.claim(state.value.encode(), op=1), state)
     assert book.running_count() == 2
     assert {j.state for j in book.live()} == {S.RUNNING, S.STOPPED, S.EVICTING, S.TIMING_OUT,
+                                              S.CANCELLING,
                                              S.TERMINATING}
     assert [j.state for j in book.in_state(S.CLAIMED, S.SETTLING)] == [S.CLAIMED, S.SETTLING]
 

@@ -677,3 +677,38 @@ def test_liveness_of_a_real_process_killed_with_sigkill(tmp_path: Path) -> None:
         fake.wait()
     verdict = liveness(rec, fresh, time.time(), jf)
     assert (verdict.state, verdict.exact) == (Liveness.DEAD, True)
+
+
+# ------------------------------------------------------------------ .cancel
+
+
+def test_cancel_requests_are_read_whole_then_only_when_changed(tmp_path: Path) -> None:
+    path = tmp_path / "jobfile.h1.cancel"
+    said: list[str] = []
+    inbox = sidefiles.CancelInbox(path, allow_group_write=False)
+    assert inbox.take(said.append) == set()
+    sidefiles.request_cancel(path, 7, allow_group_write=False)
+    sidefiles.request_cancel(path, 9, allow_group_write=False)
+    assert os.stat(path).st_mode & 0o777 == 0o600
+    assert inbox.take(said.append) == {7, 9}
+    assert inbox.take(said.append) == set(), "unchanged: not read again"
+    with open(path, "ab") as f:
+        f.write(b"11")  # a request being written: its line is not whole yet
+    assert inbox.take(said.append) == {7, 9}
+    with open(path, "ab") as f:
+        f.write(b"\nnot-a-number\n")
+    assert inbox.take(said.append) == {7, 9, 11}
+    assert said == []
+
+
+def test_cancel_requests_in_a_file_others_may_write_are_ignored_and_said_once(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "jobfile.h1.cancel"
+    path.write_text("3\n")
+    os.chmod(path, 0o666)
+    said: list[str] = []
+    inbox = sidefiles.CancelInbox(path, allow_group_write=False)
+    assert inbox.take(said.append) == set()
+    assert inbox.take(said.append) == set()
+    assert len(said) == 1 and "ignoring cancel requests" in said[0]

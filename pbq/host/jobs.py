@@ -19,6 +19,10 @@ refuses any other)::
                                     \\-> SETTLING -> (gone)
                                         (its retry count is cleared under the next lock)
 
+    RUNNING/STOPPED/EVICTING/TIMING_OUT/TERMINATING -cancel-> CANCELLING -ended-> (gone, or
+    SETTLING: joblog row and .log say "cancelled"; never retried, never in .error)
+    CLAIMED -cancel-> (gone, the same record: it never started)
+
 A put-back carries the operation number under which it is written ahead (``putback_op``);
 until then it is ``None`` and a restart puts the line back itself.
 """
@@ -44,6 +48,7 @@ class JobState(StrEnum):
     TIMING_OUT = "timing_out"  # past its time limit, being ended: its line goes to .error
     TERMINATING = "terminating"  # `term` signalled it: its line goes back when the host restarts
     TERMINATED = "terminated"  # ... and its processes are gone
+    CANCELLING = "cancelling"  # `pbq cancel` signalled it: recorded as cancelled when it ends
     SETTLING = "settling"  # outcome on record; its retry count is cleared under the next lock
     REQUEUE_FRONT = "requeue_front"  # its line is being put back at the front
     REQUEUE_END = "requeue_end"  # its line is being put back at the end (a retry)
@@ -55,6 +60,7 @@ LIVE = (
     JobState.EVICTING,
     JobState.TIMING_OUT,
     JobState.TERMINATING,
+    JobState.CANCELLING,
 )
 REQUEUE = (JobState.REQUEUE_FRONT, JobState.REQUEUE_END)
 # States whose process may still run (it must be watched, signalled on term, adopted).
@@ -93,7 +99,7 @@ class Job:
     putback_op: int | None = None  # REQUEUE_*: the operation that puts the line back
     stopped_at: float | None = None  # STOPPED: since when (wall clock)
     stopped_secs: float = 0.0  # time spent stopped before (a time limit excludes it)
-    kill_at: float | None = None  # EVICTING/TIMING_OUT: SIGKILL what is left at this time
+    kill_at: float | None = None  # EVICTING/TIMING_OUT/CANCELLING: SIGKILL what is left then
     cpu_seconds: float = 0.0  # last CPU sample (not saved)
     held: bool = False  # on a DRM host: pbq itself held or suspended it (released by cont)
     line_seq: int | None = None  # the line's number in the jobfile's history (joblog Seq)
@@ -198,6 +204,7 @@ class Counters:
     failed: int = 0
     timed_out: int = 0  # ended by [scheduler] timeout
     suspend_ended: int = 0  # ended by [scheduler] max_suspend (their lines went back)
+    cancelled: int = 0  # ended (or dropped before starting) by `pbq cancel`
 
 
 @dataclass
@@ -284,7 +291,8 @@ class JobBook:
     def adopt(self, job: Job, stopped: bool) -> None:
         """A job of an earlier run whose process (or cluster job) still exists."""
         to = JobState.STOPPED if stopped else JobState.RUNNING
-        if job.state in (JobState.EVICTING, JobState.TIMING_OUT, JobState.TERMINATING):
+        if job.state in (JobState.EVICTING, JobState.TIMING_OUT, JobState.TERMINATING,
+                         JobState.CANCELLING):
             return  # these stay: their end decides where the line goes
         self._move(job, to, (JobState.STARTING, JobState.RUNNING, JobState.STOPPED))
         if stopped and not job.stopped_by:
@@ -319,6 +327,13 @@ class JobBook:
         self._move(job, JobState.TIMING_OUT, (JobState.RUNNING, JobState.STOPPED))  # -> TIMING_OUT
         job.kill_at = kill_at
 
+    def cancelling(self, job: Job, kill_at: float) -> None:
+        # RUNNING/STOPPED/EVICTING/TIMING_OUT/TERMINATING -> CANCELLING
+        self._move(job, JobState.CANCELLING, (JobState.RUNNING, JobState.STOPPED,
+                                              JobState.EVICTING, JobState.TIMING_OUT,
+                                              JobState.TERMINATING))
+        job.kill_at = kill_at
+
     def terminating(self, job: Job) -> None:
         # RUNNING/STOPPED/STARTING -> TERMINATING
         self._move(
@@ -346,11 +361,13 @@ class JobBook:
         job.putback_op = None
 
     def settling(self, job: Job) -> None:
-        # ended with a retry count to clear: STARTING/RUNNING/STOPPED/TIMING_OUT -> SETTLING
+        # ended with a retry count to clear:
+        # CLAIMED/STARTING/RUNNING/STOPPED/TIMING_OUT/CANCELLING -> SETTLING
         self._move(
             job,
             JobState.SETTLING,
-            (JobState.STARTING, JobState.RUNNING, JobState.STOPPED, JobState.TIMING_OUT),
+            (JobState.CLAIMED, JobState.STARTING, JobState.RUNNING, JobState.STOPPED,
+             JobState.TIMING_OUT, JobState.CANCELLING),
         )
 
     def drop(self, job: Job) -> None:
@@ -371,6 +388,7 @@ class JobBook:
             "failed": c.failed,
             "timed_out": c.timed_out,
             "suspend_ended": c.suspend_ended,
+            "cancelled": c.cancelled,
             "jobs": [j.to_json() for j in self._jobs.values()],
         }
 
@@ -393,6 +411,7 @@ class JobBook:
             int(d.get("failed", 0)),
             int(d.get("timed_out", 0)),
             int(d.get("suspend_ended", 0)),
+            int(d.get("cancelled", 0)),
         )
         for raw in d.get("jobs", []):
             job = Job.from_json(raw)

@@ -115,7 +115,7 @@ def enforce_limits(
                 f"{limits.max_suspend:g}s): ending it; its line goes back to the front"
             )
             ending = True
-    for job in book.in_state(JobState.EVICTING, JobState.TIMING_OUT):
+    for job in book.in_state(JobState.EVICTING, JobState.TIMING_OUT, JobState.CANCELLING):
         if job.kill_at is not None and now >= job.kill_at:
             executor.kill(job)  # what SIGTERM did not end (repeated each tick until gone)
     if ending:

@@ -36,6 +36,7 @@ from ..quarantine import End, HostHealth, read_peers
 from ..safety import check_input_file
 from ..sensors import Sensors
 from ..sidefiles import (
+    CancelInbox,
     ControlInbox,
     HostStatus,
     PidRecord,
@@ -44,6 +45,7 @@ from ..sidefiles import (
 from ..statefiles import (
     HostFiles,
 )
+from .cancels import Cancels
 from .edges import WorkdayEdge
 from .executor import Ended, Executor
 from .hostentry import HostEntry
@@ -134,6 +136,8 @@ class Scheduler:
         self.ledger.fence = self.intake.fence = self.owner.fence
         self.wakeup = Wakeup()
         self.control_inbox = ControlInbox(files.control, trust)
+        self.cancels = Cancels(CancelInbox(files.path("cancel"), trust), book, ledger,
+                               self.outcomes, log)
 
     # ---------------------------------------------------------------- set-up
 
@@ -353,6 +357,7 @@ class Scheduler:
         mono = self.mono()
         self.next_tick = mono + self.interval
         self._check_control_file()
+        self.cancels.apply(self.executor, now, self.cfg.scheduler.term_grace)
         self.hostentry.reload()
         if self.health.until is not None and not self.health.quarantined(now):
             self.health.until = None

@@ -118,7 +118,7 @@ class Modes:
         assert self.executor is not None and self.term_deadline is not None
         hard = self.mono() >= self.term_deadline and not self.killed_hard
         finished = self.executor.term_finished(
-            self.book.in_state(JobState.TERMINATING, JobState.EVICTING), hard
+            self.book.in_state(JobState.TERMINATING, JobState.EVICTING, JobState.CANCELLING), hard
         )
         if hard:
             self.killed_hard = True

@@ -8,7 +8,6 @@ from pathlib import Path
 
 from ..config import Config
 from ..errors import PbqError
-from ..safety import read_trusted
 from ..sidefiles import joblog_row
 from ..statefiles import line_to_text
 from .executor import Ended
@@ -55,6 +54,9 @@ class Outcomes:
                 "long): back at the front of the jobfile"
             )
             return
+        if job.state is JobState.CANCELLING:
+            self.finish(job, e.outcome, when=e.when)  # CANCELLING -> (gone): "cancelled"
+            return
         if job.state is JobState.TIMING_OUT:
             out = e.outcome
             out.note = "timed out" + (f"; {out.note}" if out.note else "")
@@ -79,7 +81,7 @@ class Outcomes:
             )
         elif job.pid is not None:
             self.ok_by_seq[job.seq] = out.ok  # for the usage the job runner reports next
-        cancelled = not out.ok and self._cancelled(job.number)
+        cancelled = job.state in (JobState.CANCELLING, JobState.CLAIMED)
         if cancelled:
             out.note = "cancelled" + (f"; {out.note}" if out.note else "")
         host = self.book.host
@@ -113,7 +115,7 @@ class Outcomes:
         self.log(f"finished {jid} {who} {how} after {runtime:.1f}s{note}: {line_to_text(job.line)}")
         retries = self.cfg.scheduler.retries
         if cancelled:  # `pbq cancel`: not retried, not in .error (requeue-errors skips it)
-            self.book.counters.failed += 1
+            self.book.counters.cancelled += 1
             if job.tries:
                 self.book.settling(job)
             else:
@@ -136,16 +138,6 @@ class Outcomes:
             self.book.settling(job)  # its retry count is cleared under the next lock
         else:
             self.ledger.drop(job)
-
-    def _cancelled(self, seq: int) -> bool:
-        """Whether ``pbq cancel`` asked for job ``seq`` (``JOBFILE.HOST.cancel``, one Seq a
-        line; only a file of ours counts)."""
-        path = self.ledger.files.path("cancel")
-        try:
-            data = read_trusted(path, "cancel file", self.cfg.scheduler.allow_group_write)
-        except PbqError:
-            return False
-        return data is not None and str(seq).encode() in data.split()
 
     def usage(self, job: Job, cpu: float, maxrss: int, now: float) -> None:
         ok = self.ok_by_seq.pop(job.seq, False)

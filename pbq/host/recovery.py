@@ -108,6 +108,10 @@ def _plan_one(job: Job, committed: int, p: Probe, jid: str, drm: str | None) -> 
             f"job {jid} was ended by pbq (to free memory, or stopped "
             "too long): putting it back at the front",
         )
+    if st is JobState.CANCELLING and p.exit is None:
+        # Cancelled: whatever its end was, its line is not to run again.
+        unknown = Outcome(UNKNOWN_EXIT, note="its end was not recorded")
+        return Step(job, Action.FINISH, probe=Probe(exit=unknown))
     if st is JobState.TIMING_OUT and p.exit is None:
         # Its end is known well enough: it was being killed for running too long.
         return Step(

@@ -117,6 +117,30 @@ def test_fake_torque_outage_loses_and_duplicates_nothing(
     assert sorted(lines_of(rec)) == [str(i) for i in range(4)]
 
 
+@pytest.mark.parametrize("drm", ["torquepbs", "htcondor", "lsf"])
+def test_pbq_cancel_on_a_cluster_host_cancels_in_the_drm(
+    tmp_path: Path, fakedrm: Path, drm: str
+) -> None:
+    hf, jf = setup(tmp_path, drm, ["sleep 120", "true"], max_jobs=2)
+    p = start_scheduler(hf, jf, "--exit-when-empty", host="head")
+    try:
+        wait_for(lambda: text_of(hostfile_path(jf, "head", "log")).count("submitted head.") == 2,
+                 60, "both jobs submitted")
+        r = run_cmd("pbq", "cancel", hf, jf, "1", timeout=120)
+        assert r.returncode == 0, r.stdout.decode() + r.stderr.decode()
+        assert r.stdout.decode().startswith("1: cancelled on head")
+        assert wait_exit(p, 120) == 0
+    finally:
+        if p.poll() is None:
+            p.kill()
+            wait_exit(p, 30)
+    rows = joblog(jf)
+    assert rows["true"][6] == "0" and rows["sleep 120"][6] != "0"
+    assert lines_of(hostfile_path(jf, "head", "error")) == []
+    log = text_of(hostfile_path(jf, "head", "log"))
+    assert "job head.1 cancelled" in log and "(cancelled" in log
+
+
 # ---------------------------------------------------------------- real Slurm and SGE
 
 
