@@ -218,6 +218,39 @@ def test_a_restarted_scheduler_finds_its_adopted_jobs_cgroups_and_removes_leftov
                     os.kill(proc.pid, signal.SIGKILL)
 
 
+@needs_cgroup
+def test_a_job_cgroup_left_frozen_by_a_killed_scheduler_is_thawed_on_adoption(
+    tmp_path: Path,
+) -> None:
+    """A scheduler killed between freezing a job's cgroup and thawing it (while stopping it)
+    leaves a job that neither runs nor ends; the next scheduler thaws it."""
+    hf = hostfile(tmp_path, ROOMY)
+    config(tmp_path, FAST_CONFIG)
+    jf = jobfile(tmp_path, [escaping_job(tmp_path)])
+    p = start_scheduler(hf, jf)
+    restarted = None
+    try:
+        pids = wait_for(lambda: job_pids(tmp_path), timeout=30, what="the job and its escapees")
+        os.kill(p.pid, signal.SIGKILL)
+        p.wait(timeout=10)
+        job_cg = parent_of(jf) / f"{HOST}.1"
+        (job_cg / "cgroup.freeze").write_text("1")
+        wait_for(lambda: "frozen 1" in (job_cg / "cgroup.events").read_text(), what="frozen")
+        restarted = start_scheduler(hf, jf, "--exit-when-empty")
+        wait_for(lambda: f"job {HOST}.1: thawed its cgroup" in log_text(jf), timeout=30,
+                 what="the job's cgroup thawed")
+        assert (job_cg / "cgroup.freeze").read_text().strip() == "0"
+        (tmp_path / "gate").touch()
+        assert wait_exit(restarted, 30) == 0, "the thawed job ran to its end"
+        wait_for(lambda: not any(alive(q) for q in pids.values()), timeout=10,
+                 what="the job's leftovers killed at its end")
+    finally:
+        for proc in (p, restarted):
+            if proc is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(proc.pid, signal.SIGKILL)
+
+
 # ------------------------------------------------------------------ the executor itself
 
 

@@ -302,6 +302,16 @@ def signal_all(cg: Cgroups, job_dir: str, sig: int, freeze: bool = True) -> int:
     return len(done)
 
 
+def thaw(job_dir: str) -> bool:
+    """Thaw a job cgroup left frozen (a scheduler killed while it stopped the job); True
+    if it was frozen.  A frozen job neither runs nor ends, and SIGCONT does not wake it."""
+    try:
+        frozen = _read(f"{job_dir}/cgroup.freeze").strip() == "1"
+    except OSError:
+        return False
+    return frozen and _write(f"{job_dir}/cgroup.freeze", "0")
+
+
 def kill(cg: Cgroups, job_dir: str) -> int:
     """SIGKILL every process of the job at once; how many there were."""
     there = pids(job_dir)

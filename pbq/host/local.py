@@ -635,6 +635,13 @@ class LocalExecutor:
             if job.pid is not None:
                 self.adopted[job.seq] = job
                 self._find_cgroup(job, f"{self.host}.{job.seq}", job.pid)
+                where = self.job_cg.get(job.seq)
+                if where is not None and cgroups.thaw(where):
+                    # Killed between freezing and thawing (a stop, a term): the job would
+                    # never run nor end.  A SIGSTOP it got takes effect now, and a stop by
+                    # "someone else" is continued as always.
+                    self.log(f"job {self.host}.{job.seq}: thawed its cgroup, left frozen by a "
+                             "scheduler that died while signalling it")
         self._clean_cgroups()
         if not self.old_runner_alive():
             # Recovery has read every record an earlier runner left, and no runner of an
