@@ -224,6 +224,21 @@ def _packed(jobfile: Path, a: Attempt, stream: str) -> tuple[Path, int, int] | N
     return None
 
 
+def _read_from(path: Path, offset: int) -> bytes | None:
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            return f.read()
+    except FileNotFoundError:
+        return None
+
+
+def _released(jobfile: Path, a: Attempt) -> bool:
+    """Whether the attempt's output has left its slot (packed, or moved to a file)."""
+    now = read_jobids(HostFiles(jobfile, a.host).path("jobids"), a.host, a.seq)
+    return any(b.n == a.n and b.released for b in now)
+
+
 def read_output(jobfile: Path, a: Attempt, stream: str, offset: int = 0) -> bytes | None:
     """An attempt's stdout ("out") or stderr ("err") from ``offset`` on: its file while there
     is one, else its packed copy; b"" when there is neither (no output); None when its output
@@ -231,12 +246,19 @@ def read_output(jobfile: Path, a: Attempt, stream: str, offset: int = 0) -> byte
     path = _output_file(a, stream)
     if path is None:
         return None
-    try:
-        with open(path, "rb") as f:
-            f.seek(offset)
-            return f.read()
-    except FileNotFoundError:
-        pass
+    data = _read_from(path, offset)
+    if data is not None:
+        return data
+    slot = a.slot_file(stream)
+    if slot is not None and not a.released:
+        # The slot is the job's until it is released; a later job may write to it then, so
+        # what was read counts only if the job was still not released after the read.
+        data = _read_from(slot, offset)
+        if data is not None and not _released(jobfile, a):
+            return data
+        data = _read_from(path, offset)  # a large output moved out of its slot
+        if data is not None:
+            return data
     found = _packed(jobfile, a, stream)
     if found is None:
         return b""

@@ -18,8 +18,11 @@ Formats (``FORMAT_VERSION`` is the newest this pbq writes and reads):
     (stdout and stderr), 0 where it is not kept.
 ``.jobids``
     Which job id each attempt of a line had, and where its output went: lines
-    ``N SEQ START`` (job id ``HOST.N``, the line's Seq, start time), after a line
-    ``#output DIR`` written at each scheduler start (``-``: output inherited, not kept).
+    ``N SEQ START [K]`` (job id ``HOST.N``, the line's Seq, start time, and the output slot
+    ``K`` when the job wrote to ``output/slot.K.out``/``.err``), after a line ``#output DIR``
+    written at each scheduler start (``-``: output inherited, not kept).  ``#released N...``
+    says those jobs' output is packed (or was empty): their slots may hold other jobs'
+    output from then on.
 ``.cancel``
     ``pbq cancel``'s requests: one job number (the joblog's Seq) a line, appended.  The
     scheduler applies each to the job of that number whenever it holds one; numbers are
@@ -36,6 +39,7 @@ a half-upgraded fleet must never corrupt a queue.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import enum
 import json
 import math
@@ -429,6 +433,8 @@ def joblog_row(
 OUTPUT_HEADER = "#output "
 PACK_MAGIC = b"#pbq-output 1 "
 PACK_PREFIX = "packed."
+SLOT_PREFIX = "slot."
+RELEASED = b"#released "
 
 
 @dataclass(frozen=True)
@@ -440,10 +446,17 @@ class Attempt:
     seq: int  # the line's Seq
     start: float
     directory: str | None  # where its HOST.N.out/.err are; None: inherited, not kept
+    slot: int | None = None  # it wrote to slot.K.out/.err in the directory
+    released: bool = False  # its output is packed (or empty); the slot is not its any more
 
     @property
     def job_id(self) -> str:
         return f"{self.host}.{self.n}"
+
+    def slot_file(self, stream: str) -> Path | None:
+        if self.slot is None or self.directory is None:
+            return None
+        return Path(self.directory) / f"{SLOT_PREFIX}{self.slot}.{stream}"
 
 
 def jobids_header(directory: Path | None) -> bytes:
@@ -451,34 +464,50 @@ def jobids_header(directory: Path | None) -> bytes:
         "utf-8", "surrogateescape")
 
 
-def jobids_line(n: int, seq: int, start: float) -> bytes:
-    return f"{n} {seq} {start:.3f}\n".encode()
+def jobids_line(n: int, seq: int, start: float, slot: int | None = None) -> bytes:
+    if slot is None:
+        return f"{n} {seq} {start:.3f}\n".encode()
+    return f"{n} {seq} {start:.3f} {slot}\n".encode()
 
 
-def read_jobids(path: Path, host: str, seq: int | None = None) -> list[Attempt]:
-    """The attempts ``.jobids`` lists (only those of ``seq`` if given); torn lines skipped."""
-    try:
-        data = path.read_bytes()
-    except OSError:
-        return []
+def released_line(ns: Iterable[int]) -> bytes:
+    return RELEASED + " ".join(map(str, ns)).encode() + b"\n"
+
+
+def read_jobids(path: Path, host: str, seq: int | None = None,
+                data: bytes | None = None) -> list[Attempt]:
+    """The attempts ``.jobids`` lists (only those of ``seq`` if given), in the order they
+    started; torn lines skipped.  ``data``: the file's bytes, if read already."""
+    if data is None:
+        try:
+            data = path.read_bytes()
+        except OSError:
+            return []
     out: list[Attempt] = []
+    released: set[int] = set()
     directory: str | None = None
     want = None if seq is None else f" {seq} ".encode()
     for raw in data.split(b"\n"):
-        if raw.startswith(OUTPUT_HEADER.encode()):
-            d = raw[len(OUTPUT_HEADER):].decode("utf-8", "surrogateescape")
-            directory = None if d == "-" else d
+        if raw.startswith(b"#"):
+            if raw.startswith(OUTPUT_HEADER.encode()):
+                d = raw[len(OUTPUT_HEADER):].decode("utf-8", "surrogateescape")
+                directory = None if d == "-" else d
+            elif raw.startswith(RELEASED):
+                released.update(int(w) for w in raw[len(RELEASED):].split() if w.isdigit())
             continue
         if want is not None and want not in raw:
             continue
         parts = raw.split()
-        if len(parts) != 3:
+        if len(parts) not in (3, 4):
             continue
         try:
-            out.append(Attempt(host, int(parts[0]), int(parts[1]), float(parts[2]), directory))
+            slot = int(parts[3]) if len(parts) == 4 else None
+            out.append(Attempt(host, int(parts[0]), int(parts[1]), float(parts[2]), directory,
+                               slot))
         except ValueError:
             continue
-    return [a for a in out if seq is None or a.seq == seq]
+    return [dataclasses.replace(a, released=a.n in released) if a.slot is not None else a
+            for a in out if seq is None or a.seq == seq]
 
 
 def output_frame(seq: int, job_id: str, stream: str, data: bytes) -> bytes:

@@ -44,6 +44,7 @@ from ..sensors import (
 from ..sidefiles import ExitRecord, read_exit_records
 from . import cgroup as cgroups
 from .executor import Ended, EnvFor, NotStarted, Started
+from .joboutput import JobOutput
 from .jobs import UNKNOWN_EXIT, Job, JobState, Outcome
 from .ledger import Log
 from .recovery import Probe
@@ -112,6 +113,7 @@ class LocalExecutor:
         self.exits = exits
         self.nice = nice
         self.output_dir = output_dir
+        self.output: JobOutput | None = None  # its output files (set by the loop)
         self.log = log
         self.sensors = sensors
         self.old_runner = old_runner  # the previous run's runner, which may still record ends
@@ -234,7 +236,11 @@ class LocalExecutor:
         for job in jobs:
             envs[job.seq] = env_for(job)
             out = err = None
-            if self.output_dir is not None:
+            if self.output is not None:
+                paths = self.output.paths(job.seq)
+                if paths is not None:
+                    out, err = paths
+            elif self.output_dir is not None:
                 jid = envs[job.seq]["PBQ_JOB_ID"]
                 out, err = str(self.output_dir / f"{jid}.out"), str(self.output_dir / f"{jid}.err")
             from ..cmdline import job_argv
@@ -412,8 +418,12 @@ class LocalExecutor:
         self.unacked = []
         for e in ended:  # their cgroups are empty now (killed at the end), or soon
             where = self.job_cg.pop(e.job.seq, None)
-            if where is not None and not cgroups.remove(where):
+            emptied = where is not None and cgroups.remove(where)
+            if where is not None and not emptied:
                 self.cg_unremoved.append(where)
+            if self.output is not None:
+                # Only a job whose every process is gone may hand its output files on.
+                self.output.ended(e.job.seq, reusable=emptied)
 
     def _remove_cgroups(self) -> None:
         """Cgroups of recorded jobs whose last (killed) process had not quite gone yet."""

@@ -155,6 +155,7 @@ class Scheduler:
         self.outcomes.receive = self.joboutput.received
         ex = local_executor(self.files, self.cfg, self.joboutput.directory, self.log,
                             self.sensors, old, self.opts.allow_group_write)
+        ex.output = self.joboutput
         ex.on_runner_started = self.owner.runner_started
         ex.on_stray = self.notifier.reaped
         return ex
@@ -344,10 +345,9 @@ class Scheduler:
             if self.ledger.flush(self.queue):
                 self.intake.changed()
             self.ledger.save_if_changed()
-            self.executor.recorded(ended)
+            self.executor.recorded(ended)  # (hands ended jobs' output to be packed)
             if self.joboutput is not None:
-                for e in ended:
-                    self.joboutput.ended(e.job.seq)
+                self.joboutput.pack()  # now: their slots are free only once packed
 
     # ---------------------------------------------------------------- tick
 
