@@ -56,6 +56,7 @@ from typing import Any
 
 from .errors import PbqError
 from .locking import QueueLock, local_writers, make_lock
+from .lockstats import Histogram
 from .rewrite import CHUNK as CHUNK
 from .rewrite import OldFile, Rewrite, tail_len, write_all
 from .rewrite import is_job_line as is_job_line
@@ -222,6 +223,8 @@ class JobQueue:
         allow_group_write: bool = False,
     ) -> None:
         self.jobfile = Path(jobfile)
+        self.lock_wait = Histogram()  # seconds each transaction waited for the lock
+        self.lock_hold = Histogram()  # ... and held it
         self.allow_group_write = allow_group_write  # for .queue and .retries (pbq.safety)
         self.state_path = self.jobfile.with_name(self.jobfile.name + ".queue")
         self.retries_path = self.jobfile.with_name(self.jobfile.name + ".retries")
@@ -239,13 +242,17 @@ class JobQueue:
 
     @contextlib.contextmanager
     def transaction(self, timeout: float | None = None) -> Iterator[Txn]:
+        asked = time.perf_counter()
         self.lock.acquire(timeout)
+        got = time.perf_counter()
         try:
             txn = Txn(self)
             txn._recover()
             yield txn
         finally:
             self.lock.release()
+            self.lock_wait.add(got - asked)
+            self.lock_hold.add(time.perf_counter() - got)
 
     def peek_state(self) -> QueueState:
         """The committed state without taking the lock (for status displays)."""

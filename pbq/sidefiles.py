@@ -314,6 +314,8 @@ class HostStatus:
     quarantined: bool | None = None  # taking no new jobs: its jobs only fail, others' succeed
     quarantined_until: float | None = None
     quarantines: int = 0  # times this host was quarantined
+    lock_wait: tuple[int, ...] | None = None  # pbq.lockstats histogram: waits for the lock
+    lock_hold: tuple[int, ...] | None = None  # ... and how long it was held
     version: int = 1  # the layout's number before ``format`` existed; kept for old readers
     format: int = field(default=FORMAT_VERSION, compare=False)
 
@@ -361,6 +363,9 @@ _STATUS_READERS: dict[str, Callable[[object], object]] = {
     "float | None": _float,
     "bool | None": lambda v: v if isinstance(v, bool) else None,
     "tuple[str, ...] | None": lambda v: tuple(str(x) for x in v) if isinstance(v, list) else None,
+    "tuple[int, ...] | None": lambda v: (
+        tuple(n for n in (_int(x) for x in v) if n is not None) if isinstance(v, list) else None
+    ),
 }
 
 

@@ -306,6 +306,8 @@ def full_status(**over: object) -> HostStatus:
         error="disk full",
         started=900.5,
         drm="slurm",
+        lock_wait=(0, 3, 1),
+        lock_hold=(5,),
     )
     values.update(over)
     return HostStatus(**values)
@@ -334,6 +336,8 @@ def test_status_round_trip_keeps_the_json_keys(tmp_path: Path) -> None:
         "quarantined_until",
         "quarantines",
         "epoch",
+        "lock_wait",
+        "lock_hold",
     }
     assert set(raw) == (v1_keys - {"keeper_pid"}) | new_keys
     assert raw["format"] == FORMAT_VERSION

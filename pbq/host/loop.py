@@ -580,4 +580,5 @@ class Scheduler:
             quitting=self.modes.quitting, control_ack=self.control_ack,
             error=self.ledger.disk_error, started=self.started_at, interval=self.interval,
             drm=None if self.executor is None else self.executor.drm_name,
+            lock_wait=self.queue.lock_wait.as_tuple(), lock_hold=self.queue.lock_hold.as_tuple(),
         )
