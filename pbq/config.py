@@ -94,6 +94,9 @@ KEYS: tuple[KeySpec, ...] = (
     _k("scheduler", "hysteresis", "float", 0.5,
        "load margin around the limit before jobs are stopped or started", minimum=0),
     _k("scheduler", "nice", "int", 19, "nice value jobs run at (0..19)", minimum=0, maximum=19),
+    _k("scheduler", "foreign_load", "bool", True,
+       "count other processes' CPU use as load (PBQ's rule); false on a node that runs "
+       "only pbq's jobs, or in a container with a CPU quota of its own"),
     _k("scheduler", "memfree", "size", "",
        "keep at least this much memory free, e.g. '2G'; '' = off"),
     _k("scheduler", "retries", "int", 0, "times a failed job is re-run", minimum=0),
@@ -195,6 +198,7 @@ class SchedulerSection:
     interval: float
     hysteresis: float
     nice: int
+    foreign_load: bool
     memfree: int
     retries: int
     settle: float

@@ -178,3 +178,18 @@ def test_the_real_sensors_answer_with_tty_at_least() -> None:
     if os.path.exists("/var/run/utmp") or os.path.exists("/run/utmp"):
         assert act.answered == ("tty",)
     assert act.count >= 0
+
+
+class BusyMachine(RichFakeSensors):
+    def foreign_load(self, own_cpu_seconds: float, now_mono: float) -> float:
+        return 1.5
+
+
+@pytest.mark.parametrize(("setting", "foreign"), [("true", 1.5), ("false", 0.0)])
+def test_foreign_load_can_be_left_out_on_a_node_pbq_has_to_itself(setting: str,
+                                                                    foreign: float) -> None:
+    cfg = load_config(environ={"PBQ_SCHEDULER_FOREIGN_LOAD": setting,
+                               "PBQ_INTERACTIVE_SOURCES": "logind"})
+    fake = BusyMachine(merge([("logind", [])]))
+    m = LoadSensing(cfg, fake).sense(NOW, 100.0, HOST, own_cpu=0.0)  # type: ignore[arg-type]
+    assert (m.foreign, m.foreign_recent) == (foreign, foreign)

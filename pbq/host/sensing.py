@@ -42,7 +42,8 @@ class LoadSensing:
             self.history.clear()
             limit = load_limit(host.max, host.wday, 0, work_time, 0)
             return Measurements(limit=limit, work_time=work_time)
-        foreign = self.sensors.foreign_load(own_cpu, mono)
+        foreign = self.sensors.foreign_load(own_cpu, mono) if self.cfg.scheduler.foreign_load \
+            else 0.0
         self.history.append((mono, foreign))
         settle = self.cfg.scheduler.settle
         while self.history and self.history[0][0] < mono - settle - 1e-6:
