@@ -71,7 +71,8 @@ from pbq.sidefiles import read_pidfile  # noqa: E402
 from pbq.statefiles import HostFiles  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-SECTIONS = ("dispatch", "scaling", "reaction", "idle", "hosts", "stress", "commands")
+SECTIONS = ("dispatch", "scaling", "reaction", "idle", "hosts", "stress", "commands", "fleet",
+            "bigfile")
 EXTRA_SECTIONS = ("profile",)
 TITLES = {
     "dispatch": "1. dispatch overhead",
@@ -81,6 +82,8 @@ TITLES = {
     "hosts": "5. many hosts on one jobfile",
     "stress": "6. stress: exactly once under concurrent appends",
     "commands": "7. commands a person types (vs the interpreter's own start)",
+    "fleet": "8. a fleet: many schedulers (as on many machines) on one jobfile",
+    "bigfile": "9. a huge jobfile",
     "profile": "profile of pbq's dispatch",
 }
 MARK_ENV = "PBQBENCH_DIR"  # every process we start carries it: the cleanup sweep finds them
@@ -132,6 +135,11 @@ class Settings:
     idle_window: float = 60.0
     flap_window: float = 60.0
     stopped_jobs: int = 50
+    fleet_hosts: int = 100
+    fleet_n: int = 100_000
+    small_file: int = 10_000_000  # bytes
+    big_file: int = 1_000_000_000
+    bigfile_jobs: int = 5_000
     start_timeout: float = 30.0  # seconds for a scheduler to get its jobs going
     install: bool = True
     keep: bool = False
@@ -1355,6 +1363,229 @@ def sec_stress(b: Bench) -> list[Row]:
     ]
 
 
+# ---------------------------------------------------------------------- 8. a fleet
+
+
+FLEET_TOML = """\
+[scheduler]
+interval = 1.0
+foreign_load = false
+[jobfile]
+compact_after = 2.0
+"""
+
+
+def lock_figures(jf: Path, names: list[str]) -> dict[str, Any]:
+    """Every host's lock-time histograms (from its last .status), merged."""
+    from pbq.lockstats import Histogram
+
+    wait, hold = Histogram(), Histogram()
+    for h in names:
+        st = read_json(host_file(jf, h, "status")) or {}
+        wait.merge([Histogram(st.get("lock_wait") or [])])
+        hold.merge([Histogram(st.get("lock_hold") or [])])
+    return {
+        "locks": wait.total,
+        "wait_p50": wait.quantile(0.5),
+        "wait_p99": wait.quantile(0.99),
+        "hold_p50": hold.quantile(0.5),
+        "hold_p99": hold.quantile(0.99),
+        "wait_counts": wait.counts,
+        "hold_counts": hold.counts,
+    }
+
+
+def fleet_run(b: Bench, d: Path, names: list[str], slots: int, total: int, lock: str,
+              appenders: int = 2) -> dict[str, Any]:
+    """``names`` schedulers with ``slots`` each (the load policy out of the way) drain
+    ``total`` recording jobs, half of them appended during the run by ``appenders``
+    concurrent jobfile-append processes; every job must run exactly once."""
+    hf = write(d / "hostfile", f"* linux {slots} {slots} 0\n")
+    write(d / "pbq.toml", FLEET_TOML)
+    rec = d / "rec"
+    initial = total // 2
+    jf = write(d / "jobfile", "".join(line + "\n" for line in recorder_lines(rec, range(initial))))
+    rest = list(range(initial, total))
+    per = [rest[i::appenders] for i in range(appenders)]
+    appended: list[int] = []
+    errors: list[str] = []
+    guard = threading.Lock()
+
+    def appender(k: int, ids: list[int]) -> None:
+        nb = 20
+        for i in range(nb):
+            batch = ids[i::nb]
+            data = "".join(line + "\n" for line in recorder_lines(rec, batch)).encode()
+            p = b.popen([PY, BIN / "jobfile-append", "--lock", lock, jf, "-"], cwd=d,
+                        stdin=subprocess.PIPE, out=d / f"append{k}.out")
+            try:
+                p.communicate(data, timeout=300)
+            except subprocess.TimeoutExpired:
+                b.kill(p)
+                errors.append(f"appender {k}: batch {i} timed out")
+                return
+            if p.returncode != 0:
+                errors.append(f"appender {k} exited {p.returncode}: {tail(d / f'append{k}.out')}")
+                return
+            with guard:
+                appended.extend(batch)
+            time.sleep(0.05)
+
+    procs = [b.popen(pbq_argv(hf, jf, h, "--lock", lock), cwd=d, out=d / f"sched-{h}.out")
+             for h in names]
+    threads = [threading.Thread(target=appender, args=(k, ids), daemon=True)
+               for k, ids in enumerate(per)]
+    for t in threads:
+        t.start()
+
+    def recorded() -> int:
+        try:
+            with open(rec, "rb") as f:
+                return f.read().count(b"\n")
+        except FileNotFoundError:
+            return 0
+
+    deadline = time.monotonic() + 300 + total * 0.02
+    while True:
+        if not any(t.is_alive() for t in threads) and recorded() >= initial + len(appended):
+            break
+        if all(p.poll() is not None for p in procs):
+            raise BenchError(f"all schedulers exited early: {tail(d / f'sched-{names[0]}.out')}")
+        if time.monotonic() > deadline:
+            raise BenchError(f"{recorded()} of {total} jobs recorded after the deadline")
+        time.sleep(0.2)
+    for t in threads:
+        t.join()
+    if errors:
+        raise BenchError("; ".join(errors))
+    b.run([PY, BIN / "pbq", "control", hf, jf, "quit"], 120, "pbq control quit",
+          cwd=d, out=d / "control.out")
+    for h, p in zip(names, procs, strict=True):
+        b.wait(p, 120, f"pbq-single --host {h} after quit")
+    rows = [r for h in names for r in read_joblog(host_file(jf, h, "joblog"))]
+    span = joblog_span(rows)
+    chk = exactly_once(rec, set(range(initial)) | set(appended))
+    return {"span": span, "jobs_per_s": len(rows) / span, "jobs": len(rows),
+            **chk, **lock_figures(jf, names)}
+
+
+def ms(x: float | None) -> str:
+    return "-" if x is None else f"{x * 1e3:.1f} ms"
+
+
+def sec_fleet(b: Bench) -> list[Row]:
+    s = b.s
+    k, total = s.fleet_hosts, s.fleet_n
+    rows: list[Row] = []
+    res: dict[str, dict[str, Any]] = {}
+    for lock in ("flock", "soft"):
+        for hosts in (k, 1):
+            d = b.mkdir("fleet", lock, str(hosts))
+            names = [f"f{i:03d}" for i in range(hosts)] if hosts > 1 else ["one"]
+            slots = 1 if hosts > 1 else k  # the same total slots
+            x = res[f"{lock}{hosts}"] = fleet_run(b, d, names, slots, total, lock)
+            say(
+                f"fleet ({lock}): {hosts} scheduler(s): {x['jobs']} jobs at "
+                f"{x['jobs_per_s']:.0f} jobs/s (first start to last end), {once_cell(x)}; "
+                f"lock wait p50/p99 {ms(x['wait_p50'])}/{ms(x['wait_p99'])}, "
+                f"hold {ms(x['hold_p50'])}/{ms(x['hold_p99'])}"
+            )
+        many, one = res[f"{lock}{k}"], res[f"{lock}1"]
+        q = many["jobs_per_s"] / one["jobs_per_s"]
+        label = "flock" if lock == "flock" else "--lock soft (the sshfs lock), local directory"
+        wait99 = many["wait_p99"]
+        rows += [
+            Row("fleet", f"{total:,} jobs, 2 appenders, {label}: {k} schedulers x 1 slot vs "
+                f"1 x {k} slots (jobs/s)",
+                f"{many['jobs_per_s']:.0f} jobs/s", f"{one['jobs_per_s']:.0f} jobs/s",
+                ratio_cell(q), ">= 0.90x", q >= 0.9),
+            Row("fleet", f"  exactly once: {k} schedulers | 1", once_cell(many), once_cell(one),
+                target="0 / 0", ok=once_ok(many) and once_ok(one)),
+            Row("fleet", f"  lock wait p50 / p99, {k} schedulers ({many['locks']:,} locks)",
+                f"{ms(many['wait_p50'])} / {ms(wait99)}",
+                f"{ms(one['wait_p50'])} / {ms(one['wait_p99'])}",
+                target="p99 < 50 ms", ok=wait99 is not None and wait99 < 0.05),
+            Row("fleet", f"  lock hold p50 / p99, {k} schedulers",
+                f"{ms(many['hold_p50'])} / {ms(many['hold_p99'])}",
+                f"{ms(one['hold_p50'])} / {ms(one['hold_p99'])}"),
+        ]
+    b.samples["fleet"] = res
+    return rows
+
+
+# ---------------------------------------------------------------------- 9. a huge jobfile
+
+
+def io_of(pid: int) -> dict[str, int]:
+    try:
+        text = Path(f"/proc/{pid}/io").read_text()
+    except OSError:
+        return {}
+    return {k: int(v) for k, v in (ln.split(": ") for ln in text.splitlines())}
+
+
+def bigfile_run(b: Bench, d: Path, size: int, jobs: int) -> dict[str, Any]:
+    """Run ``jobs`` jobs from the head of a jobfile of ``size`` bytes (lines of 100 bytes);
+    jobs/s from the first start to the last end, and what the scheduler wrote per job."""
+    hf = write(d / "hostfile", "* linux 2 2 0\n")
+    write(d / "pbq.toml", FLEET_TOML)
+    jf = d / "jobfile"
+    line = ("true # " + "x" * 100)[:99] + "\n"
+    block = (line * 10_000).encode()
+    with open(jf, "wb") as f:
+        for _ in range(size // len(block)):
+            f.write(block)
+        f.write(line.encode() * ((size % len(block)) // len(line)))
+    p = b.popen(pbq_argv(hf, jf, "big"), cwd=d, out=d / "sched.out")
+    last: dict[str, int] = {}
+    joblog = host_file(jf, "big", "joblog")
+
+    def done() -> bool:
+        nonlocal last
+        now = io_of(p.pid)
+        if now:
+            last = now
+        try:
+            with open(joblog, "rb") as f:
+                return f.read().count(b"\n") - 1 >= jobs
+        except FileNotFoundError:
+            return False
+
+    if wait_until(done, 300 + jobs * 0.05, every=0.05) is None:
+        raise BenchError(f"{jobs} jobs not done within the deadline: {tail(d / 'sched.out')}")
+    b.kill(p)
+    rows = read_joblog(joblog)[:jobs]
+    span = joblog_span(rows)
+    return {"jobs_per_s": len(rows) / span, "wchar_per_job": last.get("wchar", 0) / len(rows),
+            "write_bytes_per_job": last.get("write_bytes", 0) / len(rows), "size": size}
+
+
+def sec_bigfile(b: Bench) -> list[Row]:
+    s = b.s
+    sizes = [s.small_file, s.big_file]
+    res: dict[int, list[dict[str, Any]]] = {n: [] for n in sizes}
+    for r in range(s.rounds):
+        for size in sizes if r % 2 == 0 else sizes[::-1]:
+            d = b.mkdir("bigfile", f"r{r}", str(size))
+            x = bigfile_run(b, d, size, s.bigfile_jobs)
+            res[size].append(x)
+            (d / "jobfile").unlink(missing_ok=True)  # a gigabyte: not kept
+            say(f"bigfile round {r + 1}/{s.rounds}: {size / 1e6:.0f} MB: "
+                f"{x['jobs_per_s']:.0f} jobs/s, {x['wchar_per_job']:.0f} bytes written/job")
+    small, big = sizes
+    rate = {n: median([x["jobs_per_s"] for x in res[n]]) for n in sizes}
+    wrote = {n: median([x["wchar_per_job"] for x in res[n]]) for n in sizes}
+    b.samples["bigfile"] = {str(k): v for k, v in res.items()}
+    qr, qw = rate[big] / rate[small], wrote[big] / max(1.0, wrote[small])
+    return [
+        Row("bigfile", f"{s.bigfile_jobs:,} jobs: {big / 1e6:,.0f} MB vs {small / 1e6:,.0f} MB "
+            "jobfile (jobs/s)", f"{rate[big]:.0f} jobs/s", f"{rate[small]:.0f} jobs/s",
+            ratio_cell(qr), ">= 0.90x", qr >= 0.9),
+        Row("bigfile", "  bytes the scheduler wrote per job", f"{wrote[big]:.0f} B",
+            f"{wrote[small]:.0f} B", ratio_cell(qw), "<= 1.50x", qw <= 1.5),
+    ]
+
+
 # ---------------------------------------------------------------------- profile
 
 
@@ -1622,6 +1853,8 @@ RUNNERS: dict[str, Callable[[Bench], list[Row]]] = {
     "idle": sec_idle,
     "hosts": sec_hosts,
     "stress": sec_stress,
+    "fleet": sec_fleet,
+    "bigfile": sec_bigfile,
     "profile": sec_profile,
 }
 
@@ -1655,6 +1888,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="schedulers in the hosts and stress sections (default 8)",
     )
     ap.add_argument(
+        "--fleet-n", type=int, help="jobs in the fleet section (default 100000; --quick 1000)"
+    )
+    ap.add_argument(
         "--idle-window", type=float, help="seconds of the idle measurement (default 60; --quick 3)"
     )
     ap.add_argument(
@@ -1680,7 +1916,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--take-child", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--take-host", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    for name in ("rounds", "n", "stress_n"):
+    for name in ("rounds", "n", "stress_n", "fleet_n"):
         v = getattr(args, name)
         if v is not None and v < 1:
             ap.error(f"--{name.replace('_', '-')} must be at least 1")
@@ -1706,6 +1942,11 @@ def settings_from(args: argparse.Namespace) -> Settings:
         stress_n=args.stress_n or (300 if q else 10_000),
         schedulers=args.schedulers,
         takes=100 if q else 500,
+        fleet_hosts=10 if q else 100,
+        fleet_n=args.fleet_n or (1_000 if q else 100_000),
+        small_file=1_000_000 if q else 10_000_000,
+        big_file=10_000_000 if q else 1_000_000_000,
+        bigfile_jobs=300 if q else 5_000,
         idle_window=args.idle_window or (3.0 if q else 60.0),
         start_timeout=10.0 if q else 30.0,
         flap_window=args.flap_window or (3.0 if q else 60.0),
