@@ -138,10 +138,14 @@ class DrmExecutor:
 
     # -- submit ----------------------------------------------------------------------
 
-    def start(self, jobs: list[Job], env_for: EnvFor, now: float) -> list[Started | NotStarted]:
+    def start(self, jobs: list[Job], env_for: EnvFor, now: float,
+              wait: bool = True) -> list[Started | NotStarted]:
         out = [self._submit(job, env_for(job)["PBQ_JOB_ID"]) for job in jobs]
         self._log_printed()
-        return out
+        return out  # a submission is answered at once
+
+    def start_answers(self) -> list[Started | NotStarted]:
+        return []
 
     def _log_printed(self) -> None:
         for said in self.backend.drain_printed():

@@ -63,8 +63,13 @@ class Executor(Protocol):
     def accepting(self, mono: float) -> bool:
         """False while starts are held back (a DRM that refused a submission)."""
 
-    def start(self, jobs: list[Job], env_for: EnvFor, now: float) -> list[Started | NotStarted]:
-        """Start (or submit) these jobs; one answer each."""
+    def start(self, jobs: list[Job], env_for: EnvFor, now: float,
+              wait: bool = True) -> list[Started | NotStarted]:
+        """Start (or submit) these jobs; the answers known now, one a job with ``wait``.
+        Without it, the answers not known yet come later from ``start_answers``."""
+
+    def start_answers(self) -> list[Started | NotStarted]:
+        """Answers to earlier start requests, as they came in (after ``events``)."""
 
     def events(self, now: float) -> list[Ended]:
         """Jobs that ended since the last call (cheap: no polling of the machine)."""

@@ -85,7 +85,6 @@ class JobOutput:
         self.sizes: dict[int, tuple[int, int]] = {}  # N -> output sizes, seen at its end
         self.free: list[int] = []  # slots no job holds (their output is packed)
         self.next_slot = 1
-        self.unconfirmed: list[int] = []  # N given a slot, not (yet) reported started
         self.pack_path: Path | None = None
         self.complained = False
 
@@ -193,18 +192,15 @@ class JobOutput:
             else:
                 k, self.next_slot = self.next_slot, self.next_slot + 1
             self.slot_of[n] = k
-            self.unconfirmed.append(n)
         base = f"{self.home}/{SLOT_PREFIX}{k}."
         return base + "out", base + "err"
 
-    def started(self, jobs: list[tuple[int, int, float]]) -> None:
-        """(N, Seq, start time) of jobs just started: one append to ``.jobids``.  Slots given
-        to jobs that did not start are free again."""
-        started = {n for n, _, _ in jobs}
-        for n in self.unconfirmed:
-            if n not in started and n in self.slot_of:
+    def started(self, jobs: list[tuple[int, int, float]], not_started: list[int]) -> None:
+        """(N, Seq, start time) of jobs just started: one append to ``.jobids``.  The slots
+        of jobs that did not start are free again."""
+        for n in not_started:
+            if n in self.slot_of:
                 self.free.append(self.slot_of.pop(n))
-        self.unconfirmed.clear()
         if self.index_fd is None or not jobs:
             return
         for n, seq, _ in jobs:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from ..errors import PbqError
 from ..statefiles import line_to_text
 from .executor import EnvFor, Executor, NotStarted, Started
-from .jobs import Job, JobBook
+from .jobs import Job, JobBook, JobState
 from .ledger import Ledger, Log
 from .outcomes import Outcomes
 
@@ -20,11 +20,14 @@ class Launched:
     ids: list[tuple[int, int, float]] = field(default_factory=list)  # (seq, Seq, start) local
     refused: list[bool] = field(default_factory=list)  # ok flags of jobs that could not start
     put_back: bool = False  # some line goes back to the jobfile, or an outcome waits
+    not_started: list[int] = field(default_factory=list)  # seqs of jobs that did not start
 
 
 def launch(batch: list[Job], now: float, executor: Executor, env_for: EnvFor, book: JobBook,
            ledger: Ledger, outcomes: Outcomes, log: Log) -> Launched | None:
-    """None when not even the ``starting`` record could be written (nothing started)."""
+    """Start requests for the batch, and what is answered at once (a cluster's submission;
+    a local start is answered in a later pass).  None when not even the ``starting``
+    record could be written (nothing started)."""
     for job in batch:
         book.starting(job)  # CLAIMED -> STARTING: from now on it may have run
     try:
@@ -34,14 +37,29 @@ def launch(batch: list[Job], now: float, executor: Executor, env_for: EnvFor, bo
             book.unstart(job)
         ledger.disk_problem(err)
         return None
+    answers = executor.start(batch, env_for, now, wait=False)
+    return apply_answers(answers, now, executor, book, ledger, outcomes, log)
+
+
+def apply_answers(answers: list[Started | NotStarted], now: float, executor: Executor,
+                  book: JobBook, ledger: Ledger, outcomes: Outcomes, log: Log) -> Launched:
+    """What the executor said of start requests: pids (or cluster ids) on the journal, jobs
+    that could not start recorded as failed or put back.  A job `term` reached while it was
+    being started is signalled now that it has a pid."""
     done = Launched()
     started, submitted = [], []
-    for r in executor.start(batch, env_for, now):
+    for r in answers:
         job = r.job
         jid = book.job_id(job)
+        terminating = job.state is JobState.TERMINATING
         if isinstance(r, Started):
             when = r.when or now
-            book.started(job, when, r.pid, r.pid_start, r.cluster_id)  # STARTING -> RUNNING
+            if terminating:  # the pid is on record; its end puts the line back
+                job.pid, job.pid_start, job.cluster_id, job.started = (
+                    r.pid, r.pid_start, r.cluster_id, when)
+                executor.term(job)
+            else:
+                book.started(job, when, r.pid, r.pid_start, r.cluster_id)  # STARTING -> RUNNING
             if r.pid is not None:
                 started.append([job.seq, r.pid, r.pid_start, when])
                 done.ids.append((job.seq, job.number, when))
@@ -49,6 +67,10 @@ def launch(batch: list[Job], now: float, executor: Executor, env_for: EnvFor, bo
             else:
                 submitted.append([job.seq, r.cluster_id, when])
                 log(f"submitted {jid} {r.note}: {line_to_text(job.line)}")
+            continue
+        done.not_started.append(job.seq)
+        if terminating:
+            book.terminated(job)  # nothing ran: TERMINATING -> TERMINATED (the line goes back)
             continue
         done.put_back = True
         if isinstance(r, NotStarted) and r.outcome is not None:

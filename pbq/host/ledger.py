@@ -113,6 +113,8 @@ class Ledger:
                 job = book.get(seq)
                 if job is not None and job.state is JobState.STARTING:
                     book.started(job, started, pid=pid, pid_start=pid_start)
+                elif job is not None and job.state is JobState.TERMINATING and job.pid is None:
+                    job.pid, job.pid_start, job.started = pid, pid_start, started
             for seq in rec.get("ended", []):
                 job = book.get(seq)
                 if job is not None:

@@ -123,6 +123,9 @@ class LocalExecutor:
         self.reader = Reader()
         self.inbox: list[tuple[Any, ...]] = []
         self.by_pid: dict[int, Job] = {}  # jobs whose end the runner will report
+        # Start requests not answered yet: seq -> (job, its environment, answer deadline).
+        self.pending: dict[int, tuple[Job, dict[str, str], float]] = {}
+        self.answers: list[Started | NotStarted] = []  # for start_answers
         self.orphans: dict[int, Job] = {}  # jobs of a dead runner: our children now
         self.adopted: dict[int, Job] = {}  # by seq: jobs of an earlier run, polled
         self.gone_since: dict[int, float] = {}
@@ -167,7 +170,7 @@ class LocalExecutor:
         self.subreaper = set_subreaper()
 
     def has_news(self) -> bool:
-        return bool(self.inbox)  # read while waiting for a start's answer
+        return bool(self.inbox or self.answers)  # read while waiting for a start's answer
 
     def _start_runner(self) -> None:
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -226,65 +229,80 @@ class LocalExecutor:
                      "by the scheduler; a new runner starts the next jobs")
         self.by_pid.clear()
         self.unacked.clear()  # their records are ours now (the ledger holds them)
+        for job, env, _ in self.pending.values():  # did they start before it died?
+            self.answers.append(self._lost_start(job, env))
+        self.pending.clear()
 
     # -- starting -------------------------------------------------------------------
 
-    def start(self, jobs: list[Job], env_for: EnvFor, now: float) -> list[Started | NotStarted]:
+    def start(self, jobs: list[Job], env_for: EnvFor, now: float,
+              wait: bool = True) -> list[Started | NotStarted]:
+        """Ask the runner to start the jobs.  Without ``wait`` the answers come later (from
+        ``start_answers``, after ``events``): the loop records other ends meanwhile, and the
+        runner spawns while the scheduler writes."""
         if self.sock is None:
             self._start_runner()
-        envs = {}
+        from ..cmdline import job_argv
+
+        deadline = time.monotonic() + START_REPLY_WAIT
         for job in jobs:
-            envs[job.seq] = env_for(job)
+            env = env_for(job)
             out = err = None
             if self.output is not None:
                 paths = self.output.paths(job.seq)
                 if paths is not None:
                     out, err = paths
             elif self.output_dir is not None:
-                jid = envs[job.seq]["PBQ_JOB_ID"]
+                jid = env["PBQ_JOB_ID"]
                 out, err = str(self.output_dir / f"{jid}.out"), str(self.output_dir / f"{jid}.err")
-            from ..cmdline import job_argv
-
             cg = None
             if self.cg is not None and self.new_in_cgroup:
-                cg = (self.cg.path(envs[job.seq]["PBQ_JOB_ID"]), self.cg.home)
-            if not self._send(("start", job.seq, job_argv(job.line), envs[job.seq], out, err, cg)):
-                break
-        return self._start_replies(jobs, envs)
-
-    def _start_replies(self, jobs: list[Job],
-                       envs: dict[int, dict[str, str]]) -> list[Started | NotStarted]:
-        """Wait for the runner's answer to each start request (the other messages wait)."""
-        want = {j.seq: j for j in jobs}
-        answers: dict[int, Started | NotStarted] = {}
-        deadline = time.monotonic() + START_REPLY_WAIT
-        alive = True
-        while want.keys() - answers.keys() and alive and time.monotonic() < deadline:
-            assert self.sock is not None
+                cg = (self.cg.path(env["PBQ_JOB_ID"]), self.cg.home)
+            self.pending[job.seq] = (job, env, deadline)
+            if not self._send(("start", job.seq, job_argv(job.line), env, out, err, cg)):
+                break  # the runner is gone: the rest are answered as lost below
+        if self.sock is not None and not self._drain():
+            self._runner_gone()
+        if not wait:
+            return self.start_answers()
+        want = {j.seq for j in jobs}
+        self._take_answers(time.monotonic())
+        while self.sock is not None and want & self.pending.keys():
             with contextlib.suppress(InterruptedError):
                 select.select([self.sock], [], [], max(0.0, deadline - time.monotonic()))
-            alive = self._drain()
-            keep = []
-            for msg in self.inbox:
-                kind, seq = msg[0], msg[1]
-                if kind == "started" and seq in want:
-                    job = want[seq]
+            if not self._drain():
+                self._runner_gone()
+            self._take_answers(time.monotonic())
+        return self.start_answers()
+
+    def _take_answers(self, mono: float) -> None:
+        """Answers to start requests, from the messages read so far (kept in order: a
+        job's start comes before its end); requests past their deadline, or left by a
+        runner that died, are answered by looking for the job."""
+        keep = []
+        for msg in self.inbox:
+            kind = msg[0]
+            if kind in ("started", "failed", "again") and msg[1] in self.pending:
+                job, env, _ = self.pending.pop(msg[1])
+                if kind == "started":
                     self.by_pid[msg[2]] = job
-                    self._contained(job, envs[seq]["PBQ_JOB_ID"], msg[5])
-                    answers[seq] = Started(job, pid=msg[2], pid_start=msg[3], when=msg[4])
-                elif kind == "failed" and seq in want:
-                    answers[seq] = NotStarted(want[seq], Outcome(msg[2], note=msg[3]), msg[3])
-                elif kind == "again" and seq in want:
-                    answers[seq] = NotStarted(want[seq], None, f"cannot start processes ({msg[2]})")
+                    self._contained(job, env["PBQ_JOB_ID"], msg[5])
+                    self.answers.append(Started(job, pid=msg[2], pid_start=msg[3], when=msg[4]))
+                elif kind == "failed":
+                    self.answers.append(NotStarted(job, Outcome(msg[2], note=msg[3]), msg[3]))
                 else:
-                    keep.append(msg)
-            self.inbox = keep
-        for seq, job in want.items():
-            if seq not in answers:
-                answers[seq] = self._lost_start(job, envs[seq])
-        if not alive:
-            self._runner_gone()
-        return [answers[j.seq] for j in jobs]
+                    self.answers.append(NotStarted(job, None, f"cannot start processes ({msg[2]})"))
+            else:
+                keep.append(msg)
+        self.inbox = keep
+        for seq, (job, env, deadline) in list(self.pending.items()):
+            if mono >= deadline:
+                del self.pending[seq]
+                self.answers.append(self._lost_start(job, env))
+
+    def start_answers(self) -> list[Started | NotStarted]:
+        out, self.answers = self.answers, []
+        return out
 
     def _lost_start(self, job: Job, env: dict[str, str]) -> Started | NotStarted:
         """The runner died (or hung) before answering: did the job start?"""
@@ -334,6 +352,7 @@ class LocalExecutor:
         ended: list[Ended] = []
         if self.sock is not None and not self._drain():
             self._runner_gone()
+        self._take_answers(time.monotonic())
         for msg in self.inbox:
             if msg[0] == "exited":
                 job = self.by_pid.pop(msg[1], None)
@@ -399,9 +418,11 @@ class LocalExecutor:
     def settle(self, timeout: float = 1.0) -> None:
         """Before exit: wait (briefly) for the usage the runner reports right after an end."""
         deadline = time.monotonic() + timeout
-        while self.sock is not None and self.awaiting_usage:
+        while self.sock is not None and (self.awaiting_usage or self.pending):
             pending = {m[1] for m in self.inbox if m[0] == "usage"}
-            if set(self.awaiting_usage) <= pending or time.monotonic() >= deadline:
+            answered = {m[1] for m in self.inbox if m[0] in ("started", "failed", "again")}
+            if (set(self.awaiting_usage) <= pending and self.pending.keys() <= answered) \
+                    or time.monotonic() >= deadline:
                 return
             with contextlib.suppress(InterruptedError):
                 select.select([self.sock], [], [], max(0.0, deadline - time.monotonic()))
@@ -529,7 +550,7 @@ class LocalExecutor:
     def term_finished(self, jobs: list[Job], hard: bool) -> bool:
         """Done when no process of any job is left: its cgroup is empty, or, without one,
         its session (a job's leader may die of SIGTERM while what it started ignores it)."""
-        busy = False
+        busy = any(job.seq in self.pending for job in jobs)  # its pid is on its way
         sids = []
         for job in jobs:
             where = self.job_cg.get(job.seq)

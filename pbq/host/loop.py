@@ -52,7 +52,7 @@ from .hostentry import HostEntry
 from .intake import Intake
 from .joboutput import JobOutput
 from .jobs import UNKNOWN_EXIT, Job, JobBook, JobState
-from .launch import launch
+from .launch import Launched, apply_answers, launch
 from .ledger import Ledger, Replaced
 from .limits import TimeLimits, enforce_limits
 from .modes import Modes
@@ -106,6 +106,7 @@ class Scheduler:
         self.last_evict = -float("inf")
         self.next_tick = self.next_load_log = self.next_history = 0.0
         self.control_ack: str | None = None
+        self.recorded: list[Ended] = []  # ends on the ledger, not acknowledged yet
         self.started_at = clock()
 
     def _make_parts(self) -> None:
@@ -240,10 +241,13 @@ class Scheduler:
         self.owner.fence_now(self.mono())  # before anything is signalled, reaped or written
         self._handle_signals()
         assert self.executor is not None
-        self._record_ends(self.executor.events(now), now)
+        ended = self.executor.events(now)
+        self._started(now)  # before the ends: a job's start is answered before its end
+        self._record_ends(ended, now)
         if self.mono() >= self.next_tick:
             self.tick(now)
         self.act(now)
+        self._acknowledge()
         self.ledger.save_if_changed()
         self.outputs.write_views()
         self.log.flush()
@@ -301,7 +305,10 @@ class Scheduler:
             self.notifier.drained_if(self._drained_now)
         if self.executor is not None:
             self.executor.settle()
-            self._record_ends(self.executor.events(self.clock()), self.clock())
+            ended = self.executor.events(self.clock())
+            self._started(self.clock())
+            self._record_ends(ended, self.clock())
+            self._acknowledge()
             self.modes.put_back_terminated(self.queue)
             self.executor.close()
         if self.joboutput is not None:
@@ -345,9 +352,18 @@ class Scheduler:
             if self.ledger.flush(self.queue):
                 self.intake.changed()
             self.ledger.save_if_changed()
-            self.executor.recorded(ended)  # (hands ended jobs' output to be packed)
-            if self.joboutput is not None:
-                self.joboutput.pack()  # now: their slots are free only once packed
+            self.recorded += ended  # acknowledged after this pass's starts (_acknowledge)
+
+    def _acknowledge(self) -> None:
+        """Tell the executor which ends the ledger holds (the runner forgets them, job
+        cgroups go) and pack their output: after the pass's starts, off their path."""
+        if not self.recorded:
+            return
+        assert self.executor is not None
+        ended, self.recorded = self.recorded, []
+        self.executor.recorded(ended)  # (hands ended jobs' output to be packed)
+        if self.joboutput is not None:
+            self.joboutput.pack()  # now: their slots are free only once packed
 
     # ---------------------------------------------------------------- tick
 
@@ -539,12 +555,22 @@ class Scheduler:
         self.notifier.rearm()  # the next drain is news again
         done = launch(batch, now, self.executor, self._env_for, self.book, self.ledger,
                       self.outcomes, self.log)
-        if done is None:
-            return
+        if done is not None:
+            self._launched(done, now)
+
+    def _started(self, now: float) -> None:
+        """Answers to start requests of earlier passes (the job runner's)."""
+        assert self.executor is not None
+        answers = self.executor.start_answers()
+        if answers:
+            self._launched(apply_answers(answers, now, self.executor, self.book, self.ledger,
+                                         self.outcomes, self.log), now)
+
+    def _launched(self, done: Launched, now: float) -> None:
         for ok in done.refused:
             self._health_end(End(now, ok, 0.0), now)
-        if done.ids and self.joboutput is not None:
-            self.joboutput.started(done.ids)
+        if self.joboutput is not None:
+            self.joboutput.started(done.ids, done.not_started)
         if done.put_back and self.ledger.flush(self.queue):
             self.intake.changed()
 

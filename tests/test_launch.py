@@ -1,0 +1,87 @@
+"""Answers to start requests that come in a later pass (the job runner answers while the
+scheduler goes on): what they do to the jobs, including jobs `term` reached meanwhile."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from test_ledger import ListLog
+
+from pbq.config import load_config
+from pbq.host.executor import NotStarted, Started
+from pbq.host.jobs import Job, JobBook, JobState, Outcome
+from pbq.host.launch import apply_answers, launch
+from pbq.host.ledger import Ledger
+from pbq.host.outcomes import Outcomes
+from pbq.statefiles import HostFiles
+
+S = JobState
+
+
+class AnswersLater:
+    """An executor whose start requests are answered only by ``start_answers``."""
+
+    def __init__(self) -> None:
+        self.requested: list[int] = []
+        self.termed: list[int] = []
+
+    def start(self, jobs: list[Job], env_for: object, now: float,
+              wait: bool = True) -> list[Started | NotStarted]:
+        self.requested += [j.seq for j in jobs]
+        return []
+
+    def term(self, job: Job) -> None:
+        self.termed.append(job.seq)
+
+
+def parts(tmp_path: Path) -> tuple[JobBook, Ledger, Outcomes, ListLog]:
+    log = ListLog()
+    book = JobBook("h1")
+    files = HostFiles(tmp_path / "jobfile", "h1")
+    ledger = Ledger(files, book, log, False, time.monotonic)
+    outcomes = Outcomes(book, ledger, log, load_config(environ={}), tmp_path / "usage",
+                        time.time)
+    return book, ledger, outcomes, log
+
+
+def test_a_start_answered_later_moves_the_job_on_then(tmp_path: Path) -> None:
+    book, ledger, outcomes, log = parts(tmp_path)
+    ex = AnswersLater()
+    jobs = [book.claim(b"true", op=1), book.claim(b"nope", op=1)]
+    done = launch(jobs, 1.0, ex, lambda j: {}, book, ledger, outcomes, log)  # type: ignore[arg-type]
+    assert done is not None and done.ids == [] and ex.requested == [1, 2]
+    assert [j.state for j in jobs] == [S.STARTING, S.STARTING], "nothing answered yet"
+    done = apply_answers([Started(jobs[0], pid=4242, pid_start=5.0, when=2.0),
+                          NotStarted(jobs[1], Outcome(127, note="not found"), "not found")],
+                         3.0, ex, book, ledger, outcomes, log)  # type: ignore[arg-type]
+    assert jobs[0].state is S.RUNNING and jobs[0].pid == 4242 and jobs[0].started == 2.0
+    assert done.ids == [(1, 1, 2.0)] and done.not_started == [2] and done.refused == [False]
+    assert book.get(2) is None, "a job that could not start is a failed job"
+    assert b'"started":[[1,4242,5.0,2.0]]' in ledger.files.journal.read_bytes()
+
+
+def test_term_reached_a_job_being_started(tmp_path: Path) -> None:
+    """`term` came between the request and its answer: a job that started is signalled at
+    once, with its pid on record; one that did not is simply terminated (nothing ran)."""
+    book, ledger, outcomes, log = parts(tmp_path)
+    ex = AnswersLater()
+    jobs = [book.claim(b"sleep 9", op=1), book.claim(b"sleep 8", op=1)]
+    launch(jobs, 1.0, ex, lambda j: {}, book, ledger, outcomes, log)  # type: ignore[arg-type]
+    for job in jobs:
+        book.terminating(job)  # STARTING -> TERMINATING (what Modes does on term)
+    done = apply_answers([Started(jobs[0], pid=77, pid_start=6.0),
+                          NotStarted(jobs[1], None, "cannot start processes")],
+                         3.0, ex, book, ledger, outcomes, log)  # type: ignore[arg-type]
+    assert jobs[0].state is S.TERMINATING and jobs[0].pid == 77 and ex.termed == [1]
+    assert jobs[1].state is S.TERMINATED
+    assert done.not_started == [2] and not done.put_back
+    # A restart reading the ledger knows the pid of the job being terminated (the snapshot
+    # says TERMINATING without one; the journal's "started" record adds it).
+    jobs[0].pid = None
+    ledger.save()
+    jobs[0].pid = 77
+    ledger.journal({"started": [[1, 77, 6.0, 3.0]], "submitted": []})
+    again = Ledger(ledger.files, JobBook("h1"), log, False, time.monotonic)
+    again.load()
+    assert again.book.get(1) is not None and again.book.get(1).pid == 77  # type: ignore[union-attr]
