@@ -70,8 +70,11 @@ def make(tmp_path: Path, hosts: str, jobs: list[str], when: float = SATURDAY_10,
 
 
 def tick(s: Scheduler, clock: Clock, seconds: float = 1.0) -> None:
+    """One pass, then the job runner's answers to the starts it asked for (they come in
+    the next pass of a running scheduler)."""
     clock.advance(seconds)
     s.pass_once(clock.wall)
+    s.settle_starts()
 
 
 def states(s: Scheduler) -> dict[int, str]:

@@ -140,7 +140,8 @@ def test_a_job_without_history_starts_as_before(tmp_path: Path) -> None:
     s, clock, jf = make(tmp_path, ["sleep 60", "cat /dev/null"], MONDAY_0730)
     try:
         tick(s, clock)
-        assert len(states(s)) == 2
+        s.log.flush()
+        assert text_of(hostfile_path(jf, "h1", "log")).count("started h1.") == 2, "both started"
         assert lines_of(hostfile_path(jf, "h1", "error")) == []
     finally:
         finish(s, clock)

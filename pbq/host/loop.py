@@ -253,6 +253,17 @@ class Scheduler:
         self.log.flush()
         return self._done()
 
+    def settle_starts(self, timeout: float = 5.0) -> None:
+        """Wait for the answers to the start requests sent so far and apply them (with the
+        ends read meanwhile): for whoever drives passes one at a time, and before exit."""
+        assert self.executor is not None
+        self.executor.settle(timeout)
+        now = self.clock()
+        ended = self.executor.events(now)
+        self._started(now)
+        self._record_ends(ended, now)
+        self._acknowledge()
+
     def _wait(self) -> None:
         timeout = self.next_tick - self.mono()
         if self.modes.term_deadline is not None:
@@ -304,11 +315,7 @@ class Scheduler:
             # before the exit's compaction changes the jobfile:
             self.notifier.drained_if(self._drained_now)
         if self.executor is not None:
-            self.executor.settle()
-            ended = self.executor.events(self.clock())
-            self._started(self.clock())
-            self._record_ends(ended, self.clock())
-            self._acknowledge()
+            self.settle_starts(1.0)
             self.modes.put_back_terminated(self.queue)
             self.executor.close()
         if self.joboutput is not None:

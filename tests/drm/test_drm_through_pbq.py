@@ -236,6 +236,32 @@ def test_slurm_resources_stop_cont_kill_restart_term(
 
 
 @pytest.mark.root
+def test_pbq_cancel_in_a_real_slurm(tmp_path: Path, slurm_testbed: dict[str, str]) -> None:
+    env = {**os.environ, **slurm_testbed}
+    hf, jf = setup(tmp_path, "slurm", ["sleep 300", "true"], max_jobs=2)
+    p = start_scheduler(hf, jf, "--exit-when-empty", host="head", env=env)
+    try:
+        def sleeper_id() -> str | None:
+            path = hostfile_path(jf, "head", "state")
+            state = json.loads(path.read_text() or "{}") if path.exists() else {}
+            return next((j.get("cluster_id") for j in state.get("jobs", [])
+                         if "sleep" in j["line"] and j.get("cluster_id")), None)
+
+        sleeper = wait_for(sleeper_id, timeout=60, what="the sleep submitted to Slurm")
+        r = run_cmd("pbq", "cancel", hf, jf, "1", env=env, timeout=120)
+        assert r.returncode == 0, r.stdout.decode() + r.stderr.decode()
+        assert r.stdout.decode().startswith("1: cancelled on head")
+        assert wait_exit(p, 120) == 0
+    finally:
+        if p.poll() is None:
+            p.kill()
+            wait_exit(p, 30)
+    assert squeue(env, "-j", sleeper, "-o", "%T").split() in ([], ["CANCELLED"])
+    assert lines_of(hostfile_path(jf, "head", "error")) == []
+    assert "(cancelled" in text_of(hostfile_path(jf, "head", "log"))
+
+
+@pytest.mark.root
 def test_sge_through_pbq(tmp_path: Path, sge_testbed: dict[str, str]) -> None:
     env = {**os.environ, **sge_testbed}
     check_exit_codes(tmp_path, "sge", env)
