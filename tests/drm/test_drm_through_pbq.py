@@ -117,6 +117,21 @@ def test_fake_torque_outage_loses_and_duplicates_nothing(
     assert sorted(lines_of(rec)) == [str(i) for i in range(4)]
 
 
+def cancel_first_and_drain(hf: Path, jf: Path, p: subprocess.Popen,
+                           env: dict[str, str] | None = None) -> None:
+    """`pbq cancel` job 1 of host head; the scheduler then drains the rest and exits."""
+    r = run_cmd("pbq", "cancel", hf, jf, "1", env=env, timeout=120)
+    assert r.returncode == 0, r.stdout.decode() + r.stderr.decode()
+    assert r.stdout.decode().startswith("1: cancelled on head")
+    assert wait_exit(p, 120) == 0
+
+
+def kill_if_running(p: subprocess.Popen) -> None:
+    if p.poll() is None:
+        p.kill()
+        wait_exit(p, 30)
+
+
 @pytest.mark.parametrize("drm", ["torquepbs", "htcondor", "lsf"])
 def test_pbq_cancel_on_a_cluster_host_cancels_in_the_drm(
     tmp_path: Path, fakedrm: Path, drm: str
@@ -126,14 +141,9 @@ def test_pbq_cancel_on_a_cluster_host_cancels_in_the_drm(
     try:
         wait_for(lambda: text_of(hostfile_path(jf, "head", "log")).count("submitted head.") == 2,
                  60, "both jobs submitted")
-        r = run_cmd("pbq", "cancel", hf, jf, "1", timeout=120)
-        assert r.returncode == 0, r.stdout.decode() + r.stderr.decode()
-        assert r.stdout.decode().startswith("1: cancelled on head")
-        assert wait_exit(p, 120) == 0
+        cancel_first_and_drain(hf, jf, p)
     finally:
-        if p.poll() is None:
-            p.kill()
-            wait_exit(p, 30)
+        kill_if_running(p)
     rows = joblog(jf)
     assert rows["true"][6] == "0" and rows["sleep 120"][6] != "0"
     assert lines_of(hostfile_path(jf, "head", "error")) == []
@@ -248,14 +258,9 @@ def test_pbq_cancel_in_a_real_slurm(tmp_path: Path, slurm_testbed: dict[str, str
                          if "sleep" in j["line"] and j.get("cluster_id")), None)
 
         sleeper = wait_for(sleeper_id, timeout=60, what="the sleep submitted to Slurm")
-        r = run_cmd("pbq", "cancel", hf, jf, "1", env=env, timeout=120)
-        assert r.returncode == 0, r.stdout.decode() + r.stderr.decode()
-        assert r.stdout.decode().startswith("1: cancelled on head")
-        assert wait_exit(p, 120) == 0
+        cancel_first_and_drain(hf, jf, p, env)
     finally:
-        if p.poll() is None:
-            p.kill()
-            wait_exit(p, 30)
+        kill_if_running(p)
     assert squeue(env, "-j", sleeper, "-o", "%T").split() in ([], ["CANCELLED"])
     assert lines_of(hostfile_path(jf, "head", "error")) == []
     assert "(cancelled" in text_of(hostfile_path(jf, "head", "log"))
