@@ -75,6 +75,7 @@ class JobOutput:
         self.host = files.host
         self.packing = where is None and not inherit  # only the host's own directory is packed
         self.home = files.path("output")
+        self.slot_base = f"{self.home}/{SLOT_PREFIX}"
         self.directory: Path | None = None if inherit else (where or self.home)
         self.fsync = fsync
         self.log = log
@@ -183,8 +184,7 @@ class JobOutput:
         if self.directory is None:
             return None
         if not self.packing:
-            base = f"{self.directory}/{self.host}.{n}."
-            return base + "out", base + "err"
+            return self._names(n, None)
         k = self.slot_of.get(n)
         if k is None:
             if self.free:
@@ -192,8 +192,7 @@ class JobOutput:
             else:
                 k, self.next_slot = self.next_slot, self.next_slot + 1
             self.slot_of[n] = k
-        base = f"{self.home}/{SLOT_PREFIX}{k}."
-        return base + "out", base + "err"
+        return self._names(n, k)
 
     def started(self, jobs: list[tuple[int, int, float]], not_started: list[int]) -> None:
         """(N, Seq, start time) of jobs just started: one append to ``.jobids``.  The slots
@@ -212,21 +211,31 @@ class JobOutput:
             self._complain(f"cannot write {self.files.path('jobids').name}: {err.strerror}")
 
     def _files(self, n: int, slot: int | None) -> list[tuple[str, Path]]:
-        assert self.directory is not None
+        return [(s, Path(path)) for s, path in zip(STREAMS, self._names(n, slot), strict=True)]
+
+    def _names(self, n: int, slot: int | None) -> tuple[str, str]:
+        # Strings, not Paths: this runs for every job.
         if slot is not None:
-            return [(s, self.home / f"{SLOT_PREFIX}{slot}.{s}") for s in STREAMS]
-        return [(s, self.directory / f"{self.host}.{n}.{s}") for s in STREAMS]
+            base = f"{self.slot_base}{slot}."
+        else:
+            base = f"{self.directory}/{self.host}.{n}."
+        return base + "out", base + "err"
 
     def received(self, n: int) -> int:
         """Bytes a job wrote (stdout and stderr), for the joblog's Receive column."""
         if self.directory is None:
             return 0
-        sizes = [0, 0]
-        for i, (_, path) in enumerate(self._files(n, self.slot_of.get(n))):
-            with contextlib.suppress(OSError):
-                sizes[i] = os.stat(path).st_size
-        self.sizes[n] = (sizes[0], sizes[1])
-        return sizes[0] + sizes[1]
+        out, err = self._names(n, self.slot_of.get(n))
+        try:
+            size_out = os.stat(out).st_size
+        except OSError:
+            size_out = 0
+        try:
+            size_err = os.stat(err).st_size
+        except OSError:
+            size_err = 0
+        self.sizes[n] = (size_out, size_err)
+        return size_out + size_err
 
     def ended(self, n: int, reusable: bool) -> None:
         """A job's end is on the ledger: its output may be packed now.  ``reusable``: no
