@@ -196,14 +196,16 @@ def test_slots_are_reused_packed_released_and_survive_a_crash(tmp_path: Path) ->
     out.pack(None)
     assert b"#released 1 2" in files.path("jobids").read_bytes()
     assert not Path(p2[0]).exists(), "a slot its job may still write to is not kept"
+    assert os.path.getsize(p1[0]) == os.path.getsize(p1[1]) == 0, "a free slot is kept empty"
     # Jobs 3 and 4 get the two free slots: slot 1 is the same file (truncated when the job
     # runner opens it for job 3 or 4), slot 2 a new one.
     p3, p4 = out.paths(3), out.paths(4)
     assert p3 is not None and p4 is not None and {p3, p4} == {p1, p2}
+    assert not out.truncates(3) and not out.truncates(4), "slots are opened as they are"
     out.started([(3, 13, 3.0), (4, 14, 4.0)], [])
     for paths, text in ((p3, b"three\n"), (p4, b"four\n")):
-        for path in paths:  # opened as the job runner opens them
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        for path in paths:  # opened as the job runner opens them (no O_TRUNC for a slot)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT)
             if path.endswith(".out"):
                 os.write(fd, text)
             os.close(fd)

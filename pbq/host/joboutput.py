@@ -139,6 +139,14 @@ class JobOutput:
                 # its processes may be anywhere, so the slot is not reused.
                 self.queue.append(Ended(a.n, a.seq, k, False))
             else:
+                for name in self._names(0, k):  # free slots are kept empty (no O_TRUNC later)
+                    try:
+                        os.truncate(name, 0)
+                    except FileNotFoundError:
+                        pass
+                    except OSError:
+                        with contextlib.suppress(OSError):
+                            os.unlink(name)
                 self.free.append(k)
         self.next_slot = max(slots, default=0) + 1
 
@@ -193,6 +201,11 @@ class JobOutput:
                 k, self.next_slot = self.next_slot, self.next_slot + 1
             self.slot_of[n] = k
         return self._names(n, k)
+
+    def truncates(self, n: int) -> bool:
+        """Whether job HOST.N's files must be opened with O_TRUNC: a slot is empty already
+        (kept so when freed), which spares the truncation on the path of every start."""
+        return n not in self.slot_of
 
     def started(self, jobs: list[tuple[int, int, float]], not_started: list[int]) -> None:
         """(N, Seq, start time) of jobs just started: one append to ``.jobids``.  The slots
@@ -257,6 +270,7 @@ class JobOutput:
             return
         deadline = None if budget is None else time.monotonic() + budget
         remove: list[Path] = []
+        empty: list[Path] = []
         frames: list[bytes] = []
         done: list[Ended] = []
         while self.queue and (deadline is None or time.monotonic() < deadline):
@@ -278,6 +292,8 @@ class JobOutput:
                     frames.append(output_frame(e.seq, f"{self.host}.{e.n}", stream, data))
                 if e.slot is None or not e.reusable:
                     remove.append(path)
+                elif data:
+                    empty.append(path)  # a free slot is empty: its next job opens it as it is
         if frames and not self._append(b"".join(frames)):
             self.queue.extendleft(reversed(done))
             return
@@ -289,6 +305,11 @@ class JobOutput:
                 self._complain(f"cannot write {self.files.path('jobids').name}: {err.strerror}")
                 self.queue.extendleft(reversed(done))
                 return
+        for path in empty:
+            try:
+                os.truncate(path, 0)
+            except OSError:
+                remove.append(path)
         for path in remove:  # a slot's next job then gets a new file (O_CREAT)
             with contextlib.suppress(OSError):
                 os.unlink(path)

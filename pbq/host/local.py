@@ -248,10 +248,12 @@ class LocalExecutor:
         for job in jobs:
             env = env_for(job)
             out = err = None
+            truncate = True
             if self.output is not None:
                 paths = self.output.paths(job.seq)
                 if paths is not None:
                     out, err = paths
+                    truncate = self.output.truncates(job.seq)
             elif self.output_dir is not None:
                 jid = env["PBQ_JOB_ID"]
                 out, err = str(self.output_dir / f"{jid}.out"), str(self.output_dir / f"{jid}.err")
@@ -259,7 +261,8 @@ class LocalExecutor:
             if self.cg is not None and self.new_in_cgroup:
                 cg = (self.cg.path(env["PBQ_JOB_ID"]), self.cg.home)
             self.pending[job.seq] = (job, env, deadline)
-            if not self._send(("start", job.seq, job_argv(job.line), env, out, err, cg)):
+            msg = ("start", job.seq, job_argv(job.line), env, out, err, cg, truncate)
+            if not self._send(msg):
                 break  # the runner is gone: the rest are answered as lost below
         if self.sock is not None and not self._drain():
             self._runner_gone()

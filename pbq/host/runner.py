@@ -17,7 +17,8 @@ Messages are pickled tuples with a 4-byte length (both ends are this package, ov
 anonymous socket pair)::
 
     scheduler -> runner   ("start", seq, argv, env_overrides, stdout_path, stderr_path,
-                           cgroup)                  (job cgroup, home cgroup) or None
+                           cgroup, truncate)        (job cgroup, home cgroup) or None;
+                                                    truncate: False for an (empty) slot
                           ("ack", [pid, ...])
     runner -> scheduler   ("started", seq, pid, process_start_time, time, contained)
                                                     contained: "" or why not in its cgroup
@@ -93,7 +94,7 @@ class Reader:
 
 
 def spawn(argv: list[bytes], env: dict[str, str], stdout: str | None, stderr: str | None,
-          nice: int) -> int:
+          nice: int, truncate: bool = True) -> int:
     """Start ``argv`` in a session of its own; return its pid.
 
     Raises SpawnError (127 not found, 126 cannot run); OSError EAGAIN/ENOMEM (out of
@@ -104,7 +105,7 @@ def spawn(argv: list[bytes], env: dict[str, str], stdout: str | None, stderr: st
     if not argv:
         raise SpawnError(127, "empty command")
     actions: list[tuple[Any, ...]] = [(os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0)]
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if truncate else 0)
     if stdout is not None:
         actions.append((os.POSIX_SPAWN_OPEN, 1, stdout, flags, 0o666))
     if stderr is not None:
@@ -208,7 +209,7 @@ class Runner:
 
     def handle(self, msg: tuple[Any, ...]) -> None:
         if msg[0] == "start":
-            _, seq, argv, overrides, out, err, cg = msg
+            _, seq, argv, overrides, out, err, cg, truncate = msg
             env = self.env | overrides
             # The job is born in its cgroup (what clone3's CLONE_INTO_CGROUP does; posix_spawn
             # cannot): the runner steps into it for the spawn and back out right after, two
@@ -217,7 +218,7 @@ class Runner:
             # as it forks nothing then, but this way there is no such moment at all.
             contained = cgroups.enter(cg[0]) if cg is not None else "no cgroup"
             try:
-                pid = spawn(argv, env, out, err, self.nice)
+                pid = spawn(argv, env, out, err, self.nice, truncate)
             except SpawnError as e:
                 self.left_cgroup(cg, contained, remove=True)
                 self.send(("failed", seq, e.exit_code, e.message))
