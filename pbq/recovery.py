@@ -22,7 +22,13 @@ from .host.outcomes import Outcomes
 from .hostlog import HostLog
 from .jobfile import JobQueue, Txn, error_seqs_by_key, is_job_line, line_key, seq_annotated
 from .safety import check_input_file, check_jobfile_directory, read_trusted
-from .sidefiles import ExitRecord, Liveness, host_liveness, read_exit_records
+from .sidefiles import (
+    ExitRecord,
+    Liveness,
+    exit_records_by_job,
+    host_liveness,
+    read_exit_records,
+)
 from .statefiles import (
     HostFiles,
     atomic_write,
@@ -107,8 +113,10 @@ def _settle_or_requeue(job: Job, records: dict[tuple[int, float | None], ExitRec
                        outcomes: Outcomes, log: HostLog) -> None:
     """A job of a dead host: if its job runner recorded its end, that is its outcome (it
     never runs again); only a job whose end is truly unknown goes back, named in the log."""
-    rec = records.get((job.pid, None if job.pid_start is None else round(job.pid_start, 2))) \
-        if job.pid is not None else None
+    if job.pid is not None:
+        rec = records.get((job.pid, None if job.pid_start is None else round(job.pid_start, 2)))
+    else:  # asked to start, its pid never on the ledger: the runner's record names the job
+        rec = exit_records_by_job(records.values()).get(job.seq)
     jid = outcomes.book.job_id(job)
     line = job.line.decode(errors="replace")
     if job.state is JobState.CANCELLING:  # cancelled: never runs again, whatever its end
@@ -118,7 +126,8 @@ def _settle_or_requeue(job: Job, records: dict[tuple[int, float | None], ExitRec
                    else Outcome(UNKNOWN_EXIT, note="its end was not recorded"))
         outcomes.finish(job, exit_of, when=rec.time if rec is not None else None)
         return
-    if rec is not None and job.state in (JobState.RUNNING, JobState.STOPPED, JobState.TIMING_OUT):
+    if rec is not None and job.state in (JobState.STARTING, JobState.RUNNING, JobState.STOPPED,
+                                         JobState.TIMING_OUT):
         log(f"recover: job {jid} ended while its host was down; recording its end: {line}")
         outcomes.finish(job, outcome_of(rec.status, rec.cpu, rec.maxrss, "exit status recorded by "
                                         "the job runner"), when=rec.time)

@@ -9,7 +9,9 @@ Formats (``FORMAT_VERSION`` is the newest this pbq writes and reads):
     Format 1 had positional lines instead: pid, start, machine, boot id, keeper pid.
 ``.exits``
     JSON lines, one per orphaned process that ended: ``pid``, ``start``, ``status`` (the raw
-    wait status), ``time``, ``cpu``, ``maxrss``, ``format``.  Format 1 had no ``format``.
+    wait status), ``time``, ``cpu``, ``maxrss``, ``job`` (the host's job number N it was
+    started as, so that a job whose pid never reached the ledger is known by it; absent in
+    older records), ``format``.  Format 1 had no ``format``.
 ``.status``
     One JSON object, the heartbeat, replaced whole every tick.
 ``.joblog``
@@ -204,6 +206,7 @@ class ExitRecord:
     time: float
     cpu: float
     maxrss: int  # bytes
+    job: int | None = None  # job id HOST.N it was started as
 
     @property
     def exit_code(self) -> int | None:
@@ -232,6 +235,7 @@ class ExitRecord:
             _float(obj.get("time")) or 0.0,
             _float(obj.get("cpu")) or 0.0,
             _int(obj.get("maxrss")) or 0,
+            _int(obj.get("job")),
         )
 
 
@@ -264,6 +268,11 @@ def read_exit_records(
         if rec is not None:
             out[rec.key] = rec
     return out
+
+
+def exit_records_by_job(records: Iterable[ExitRecord]) -> dict[int, ExitRecord]:
+    """The records that name their job, by its number N."""
+    return {r.job: r for r in records if r.job is not None}
 
 
 # ------------------------------------------------------------------ .status

@@ -150,7 +150,7 @@ def test_packing_is_crash_safe(tmp_path: Path) -> None:
     home = files.path("output")
     (home / "h1.1.out").write_bytes(b"one\n")
     (home / "h1.2.out").write_bytes(b"two\n")
-    out.started([(1, 1, 1.0), (2, 2, 2.0)], [])
+    out.requested([(1, 1, 1.0), (2, 2, 2.0)])
     out.ended(1, reusable=True)
     out.pack(None)
     assert not (home / "h1.1.out").exists()
@@ -186,7 +186,7 @@ def test_slots_are_reused_packed_released_and_survive_a_crash(tmp_path: Path) ->
     assert p1[0].endswith("/slot.1.out")
     for path, text in ((p1[0], b"one\n"), (p1[1], b"err one\n"), (p2[0], b"two\n")):
         Path(path).write_bytes(text)
-    out.started([(1, 11, 1.0), (2, 12, 2.0)], [])
+    out.requested([(1, 11, 1.0), (2, 12, 2.0)])
     assert out.received(1) == 12
     inode = os.stat(p1[0]).st_ino
     # Running: pbq log reads the slot.
@@ -202,7 +202,7 @@ def test_slots_are_reused_packed_released_and_survive_a_crash(tmp_path: Path) ->
     p3, p4 = out.paths(3), out.paths(4)
     assert p3 is not None and p4 is not None and {p3, p4} == {p1, p2}
     assert not out.truncates(3) and not out.truncates(4), "slots are opened as they are"
-    out.started([(3, 13, 3.0), (4, 14, 4.0)], [])
+    out.requested([(3, 13, 3.0), (4, 14, 4.0)])
     for paths, text in ((p3, b"three\n"), (p4, b"four\n")):
         for path in paths:  # opened as the job runner opens them (no O_TRUNC for a slot)
             fd = os.open(path, os.O_WRONLY | os.O_CREAT)
@@ -232,13 +232,13 @@ def test_an_adopted_jobs_slot_stays_its_own(tmp_path: Path) -> None:
     p1 = out.paths(1)
     assert p1 is not None
     Path(p1[0]).write_bytes(b"running\n")
-    out.started([(1, 5, 1.0)], [])
+    out.requested([(1, 5, 1.0)])
     # The scheduler dies; job 1 runs on and is adopted by the next one.
     again = JobOutput(files, None, False, False, lambda *a, **k: None)
     again.open({1})
     assert again.paths(2) != p1, "a live job's slot is not given to another"
     assert again.received(1) == len(b"running\n")
-    again.started([(2, 6, 2.0)], [])
+    again.requested([(2, 6, 2.0)])
     again.ended(1, reusable=True)
     again.pack(None)
     assert log(hostfile(tmp_path), jf, "5").stdout == b"running\n"

@@ -85,3 +85,43 @@ def test_term_reached_a_job_being_started(tmp_path: Path) -> None:
     again = Ledger(ledger.files, JobBook("h1"), log, False, time.monotonic)
     again.load()
     assert again.book.get(1) is not None and again.book.get(1).pid == 77  # type: ignore[union-attr]
+
+
+def test_a_job_whose_pid_never_reached_the_ledger_is_known_by_the_runners_record(
+    tmp_path: Path,
+) -> None:
+    """The scheduler died after asking for a start and before the answer was on its ledger;
+    the job ran and ended, and the runner wrote its end to ``.exits`` with the job number:
+    the restart records that end instead of running the line again."""
+    from pbq.host.local import LocalExecutor
+    from pbq.host.recovery import Action, plan_recovery
+    from pbq.sensors import Sensors
+    from pbq.sidefiles import ExitRecord, append_exit_records
+
+    jf = tmp_path / "jobfile"
+    jf.touch()
+    exits = tmp_path / "jobfile.h1.exits"
+    append_exit_records(exits, [ExitRecord(99999, 5.0, 3 << 8, 7.0, 0.1, 1024, job=3)])
+    ex = LocalExecutor("h1", jf, exits, 19, None, ListLog(), Sensors())
+    job = Job(seq=3, line=b"sh -c 'exit 3'", op=1, state=S.STARTING)
+    other = Job(seq=4, line=b"true", op=1, state=S.STARTING)  # no record: truly unknown
+    probes = ex.probe([job, other])
+    ex.close()
+    steps = plan_recovery([job, other], 1, probes, "h1", None)
+    assert [s.action for s in steps] == [Action.FINISH, Action.BACK_FRONT]
+    exit_of = steps[0].probe.exit
+    assert exit_of is not None and exit_of.exit_code == 3 and steps[0].probe.pid == 99999
+
+
+def test_a_slot_of_a_job_that_did_not_start_is_released_and_free(tmp_path: Path) -> None:
+    from pbq.host.joboutput import JobOutput
+
+    out = JobOutput(HostFiles(tmp_path / "jobfile", "h1"), None, False, False, ListLog())
+    (tmp_path / "jobfile").touch()
+    out.open(set())
+    first = out.paths(1)
+    out.requested([(1, 1, 1.0)])
+    out.not_started([1])
+    out.pack(None)
+    assert b"#released 1" in (tmp_path / "jobfile.h1.jobids").read_bytes()
+    assert out.paths(2) == first, "its slot serves the next job"

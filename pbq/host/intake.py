@@ -41,6 +41,11 @@ class Intake:
     def drained(self) -> bool:
         return self.empty_sig is not None and self.empty_sig == self.signature()
 
+    def nothing_left(self) -> bool:
+        """No job held, nothing pending, no outcome unwritten (the ``drained`` event)."""
+        held = self.book.live() or self.book.in_state(JobState.STARTING, JobState.CLAIMED)
+        return not held and self.drained() and not self.ledger.pending()
+
     def changed(self) -> None:
         """Lines went back into the jobfile: look again."""
         self.empty_sig = None

@@ -207,12 +207,10 @@ class JobOutput:
         (kept so when freed), which spares the truncation on the path of every start."""
         return n not in self.slot_of
 
-    def started(self, jobs: list[tuple[int, int, float]], not_started: list[int]) -> None:
-        """(N, Seq, start time) of jobs just started: one append to ``.jobids``.  The slots
-        of jobs that did not start are free again."""
-        for n in not_started:
-            if n in self.slot_of:
-                self.free.append(self.slot_of.pop(n))
+    def requested(self, jobs: list[tuple[int, int, float]]) -> None:
+        """(N, Seq, time) of jobs whose start is about to be asked for: one append to
+        ``.jobids``, before the request, so that a job that runs and ends while the
+        scheduler dies is still found by its Seq (and its slot packed at the next start)."""
         if self.index_fd is None or not jobs:
             return
         for n, seq, _ in jobs:
@@ -222,6 +220,15 @@ class JobOutput:
             os.write(self.index_fd, data)
         except OSError as err:
             self._complain(f"cannot write {self.files.path('jobids').name}: {err.strerror}")
+
+    def not_started(self, ns: list[int]) -> None:
+        """Jobs that did not start after all: their slots are released (they wrote nothing)
+        and free again."""
+        for n in ns:
+            seq = self.seq_of.pop(n, 0)
+            slot = self.slot_of.pop(n, None)
+            if slot is not None and self.packing:
+                self.queue.append(Ended(n, seq, slot, True, True))
 
     def _files(self, n: int, slot: int | None) -> list[tuple[str, Path]]:
         return [(s, Path(path)) for s, path in zip(STREAMS, self._names(n, slot), strict=True)]

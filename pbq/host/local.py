@@ -41,7 +41,7 @@ from ..sensors import (
     process_state,
     same_process,
 )
-from ..sidefiles import ExitRecord, read_exit_records
+from ..sidefiles import ExitRecord, exit_records_by_job, read_exit_records
 from . import cgroup as cgroups
 from .executor import Ended, EnvFor, NotStarted, Started
 from .joboutput import JobOutput
@@ -245,6 +245,7 @@ class LocalExecutor:
         from ..cmdline import job_argv
 
         deadline = time.monotonic() + START_REPLY_WAIT
+        requests = []
         for job in jobs:
             env = env_for(job)
             out = err = None
@@ -260,10 +261,15 @@ class LocalExecutor:
             cg = None
             if self.cg is not None and self.new_in_cgroup:
                 cg = (self.cg.path(env["PBQ_JOB_ID"]), self.cg.home)
+            requests.append((job, env, ("start", job.seq, job_argv(job.line), env, out, err, cg,
+                                         truncate)))
+        if self.output is not None:  # where their output goes, on record before they run
+            self.output.requested([(j.seq, j.number, now) for j, _, _ in requests])
+        for job, env, _ in requests:
             self.pending[job.seq] = (job, env, deadline)
-            msg = ("start", job.seq, job_argv(job.line), env, out, err, cg, truncate)
+        for _, _, msg in requests:
             if not self._send(msg):
-                break  # the runner is gone: the rest are answered as lost below
+                break  # the runner is gone: each is answered as lost (did it start?) below
         if self.sock is not None and not self._drain():
             self._runner_gone()
         if not wait:
@@ -613,14 +619,22 @@ class LocalExecutor:
         waiting: list[Job] = []
         for job in jobs:
             if job.state not in (JobState.STARTING, JobState.RUNNING, JobState.STOPPED,
-                                 JobState.EVICTING, JobState.TERMINATING):
+                                 JobState.EVICTING, JobState.TERMINATING, JobState.CANCELLING):
                 continue
             pid, start = job.pid, job.pid_start
             if pid is None:
+                # Its start was asked for, its pid never reached the ledger: a live process
+                # started as this job, or the old runner's record of the job's end.
                 found = self.find_job(f"{self.host}.{job.seq}")
-                if not found:
+                if found:
+                    pid, start = found[0], process_start(found[0])
+                else:
+                    rec = exit_records_by_job(records.values()).get(job.seq)
+                    if rec is None and self.old_runner_alive():
+                        waiting.append(job)
+                    if rec is not None:
+                        out[job.seq] = self._probe_gone(rec, rec.pid, rec.start)
                     continue
-                pid, start = found[0], process_start(found[0])
             if same_process(pid, start) or self._ending(pid, start):
                 out[job.seq] = Probe(alive=True, stopped=process_state(pid) == "T", pid=pid,
                                      pid_start=start)
@@ -633,10 +647,14 @@ class LocalExecutor:
         while waiting and time.monotonic() < deadline and self.old_runner_alive():
             time.sleep(0.05)
             records = read_exit_records(self.exits, self.allow_group_write)
+            by_job = exit_records_by_job(records.values())
             for job in list(waiting):
-                rec = records.get((job.pid or 0, _round(job.pid_start)))
+                if job.pid is None:
+                    rec = by_job.get(job.seq)
+                else:
+                    rec = records.get((job.pid, _round(job.pid_start)))
                 if rec is not None:
-                    out[job.seq] = self._probe_gone(rec, job.pid, job.pid_start)
+                    out[job.seq] = self._probe_gone(rec, rec.pid, rec.start)
                     waiting.remove(job)
         return out
 

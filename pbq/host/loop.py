@@ -50,6 +50,7 @@ from .edges import WorkdayEdge
 from .executor import Ended, Executor
 from .hostentry import HostEntry
 from .intake import Intake
+from .jobcontrol import JobControl
 from .joboutput import JobOutput
 from .jobs import UNKNOWN_EXIT, Job, JobBook, JobState
 from .launch import Launched, apply_answers, launch
@@ -103,7 +104,6 @@ class Scheduler:
         self.executor: Executor | None = None
         self.joboutput: JobOutput | None = None  # local jobs only
         self.exit_code = 0
-        self.last_evict = -float("inf")
         self.next_tick = self.next_load_log = self.next_history = 0.0
         self.control_ack: str | None = None
         self.recorded: list[Ended] = []  # ends on the ledger, not acknowledged yet
@@ -136,6 +136,7 @@ class Scheduler:
         self.owner = Ownership(files, self.queue, ledger, log, self.clock, cfg.jobfile.fsync)
         self.ledger.fence = self.intake.fence = self.owner.fence
         self.wakeup = Wakeup()
+        self.jobcontrol = JobControl(book, ledger, log, self.clock, self.mono)
         self.control_inbox = ControlInbox(files.control, trust)
         self.cancels = Cancels(CancelInbox(files.path("cancel"), trust), book, ledger,
                                self.outcomes, log)
@@ -313,7 +314,7 @@ class Scheduler:
     def _shutdown(self) -> None:
         if self.mode is not Mode.TERM:
             # before the exit's compaction changes the jobfile:
-            self.notifier.drained_if(self._drained_now)
+            self.notifier.drained_if(self.intake.nothing_left)
         if self.executor is not None:
             self.settle_starts(1.0)
             self.modes.put_back_terminated(self.queue)
@@ -409,7 +410,7 @@ class Scheduler:
         self.outcomes.flush_usage()
         if self.joboutput is not None:
             self.joboutput.pack()
-        self.notifier.drained_if(self._drained_now)
+        self.notifier.drained_if(self.intake.nothing_left)
         if self.notifier.pids:
             self.notifier.poll()
         if self.ledger.disk_error is not None:
@@ -475,7 +476,7 @@ class Scheduler:
             hysteresis=h,
             mem_available=m.mem_available,
             memfree=self.cfg.scheduler.memfree,
-            since_evict=mono - self.last_evict,
+            since_evict=mono - self.jobcontrol.last_evict,
             settle=self.cfg.scheduler.settle,
             over_for=0.0 if self.over_since is None else mono - self.over_since,
             stop_after=self.cfg.scheduler.stop_after,
@@ -490,51 +491,18 @@ class Scheduler:
             [Candidate(j.seq, j.started or 0.0, j.state is JobState.STOPPED) for j in held], d
         )
         by_seq = {j.seq: j for j in held}
+        ex, m = self.executor, self.m
+        assert ex is not None
         for seq in choice.evict:
-            self._evict(by_seq[seq])
+            self.jobcontrol.evict(ex, by_seq[seq], m)
         by = "user" if self.mode is Mode.PAUSED else "load"
         for seq in choice.stop:
-            self._stop(by_seq[seq], by)
+            self.jobcontrol.stop(ex, by_seq[seq], by, m)
         for seq in choice.cont:
-            self._cont(by_seq[seq])
+            self.jobcontrol.cont(ex, by_seq[seq])
         if choice.start:
             self._start(choice.start, now)
         return d
-
-    def _stop(self, job: Job, by: str) -> None:
-        assert self.executor is not None
-        said = self.executor.stop(job)
-        if said is None:
-            return
-        self.book.stop(job, by, now=self.clock())  # RUNNING -> STOPPED
-        jid = self.book.job_id(job)
-        if self.executor.counts_foreign_load:
-            load = self.m.foreign + self.book.running_count() + 1
-            self.log(f"stopped {jid} {said} ({by}: load {load:.2f}, limit {self.m.limit:g})")
-        else:
-            self.log(f"stopped {jid} ({by}): {said}")
-
-    def _cont(self, job: Job) -> None:
-        assert self.executor is not None
-        said = self.executor.cont(job)
-        if said is None:
-            return
-        self.book.cont(job, now=self.clock())  # STOPPED -> RUNNING
-        self.log(f"continued {self.book.job_id(job)} {said}")
-
-    def _evict(self, job: Job) -> None:
-        assert self.executor is not None
-        self.book.evicting(job)  # RUNNING/STOPPED -> EVICTING
-        try:
-            self.ledger.save(fsync=True)  # on record before the kill: a restart requeues it
-        except PbqError as err:
-            self.ledger.disk_problem(err)
-        self.executor.kill(job)
-        self.last_evict = self.mono()
-        self.log(
-            f"available memory {(self.m.mem_available or 0) >> 20} MiB is below half of memfree: "
-            f"killing {self.book.job_id(job)}"
-        )
 
     def _start(self, n: int, now: float) -> None:
         """Start ``n`` jobs: those taken ahead first, then fresh ones from the jobfile."""
@@ -577,7 +545,7 @@ class Scheduler:
         for ok in done.refused:
             self._health_end(End(now, ok, 0.0), now)
         if self.joboutput is not None:
-            self.joboutput.started(done.ids, done.not_started)
+            self.joboutput.not_started(done.not_started)
         if done.put_back and self.ledger.flush(self.queue):
             self.intake.changed()
 
@@ -589,11 +557,6 @@ class Scheduler:
             self.log(f"quarantined for {until:.0f}s: {why}; taking no new jobs "
                      f"(pbq control ... cont {self.host} lifts it)")
             self.intake.give_back_claimed()
-
-    def _drained_now(self) -> bool:
-        """No job held, nothing pending (for the ``drained`` notification)."""
-        held = self.book.live() or self.book.in_state(JobState.STARTING, JobState.CLAIMED)
-        return not held and self.intake.drained() and not self.ledger.pending()
 
     def _env_for(self, job: Job) -> dict[str, str]:
         """What a job finds in its environment besides the scheduler's."""

@@ -172,6 +172,7 @@ class Runner:
         self.connected = True
         self.reader = Reader()
         self.jobs: dict[int, float | None] = {}  # pid -> start time, of jobs not reaped yet
+        self.job_of: dict[int, int] = {}  # pid -> the job number (seq) it was started as
         self.unacked: dict[int, dict[str, Any]] = {}  # pid -> exit record not yet on the ledger
         self.env = dict(os.environ)
 
@@ -198,8 +199,8 @@ class Runner:
             return
         from ..sidefiles import ExitRecord, append_exit_records
 
-        recs = [ExitRecord(r["pid"], r["start"], r["status"], r["time"], r["cpu"], r["maxrss"])
-                for r in records]
+        recs = [ExitRecord(r["pid"], r["start"], r["status"], r["time"], r["cpu"], r["maxrss"],
+                           r.get("job")) for r in records]
         for _ in range(60):  # a full disk: keep trying for a minute, then give up on these
             try:
                 append_exit_records(self.exits, recs, fsync=True)
@@ -231,6 +232,7 @@ class Runner:
             now = time.time()
             start = self.process_start(pid)
             self.jobs[pid] = start
+            self.job_of[pid] = seq
             self.send(("started", seq, pid, start, now, contained))
         elif msg[0] == "ack":
             for pid in msg[1]:
@@ -271,7 +273,7 @@ class Runner:
                 continue
             cpu, maxrss = ru.ru_utime + ru.ru_stime, ru.ru_maxrss * 1024
             rec = {"pid": pid, "start": self.jobs.pop(pid, None), "status": status, "time": now,
-                   "cpu": cpu, "maxrss": maxrss}
+                   "cpu": cpu, "maxrss": maxrss, "job": self.job_of.pop(pid, None)}
             if self.connected:
                 self.unacked[pid] = rec
                 self.send(("usage", pid, cpu, maxrss))
