@@ -50,13 +50,13 @@ def test_a_start_answered_later_moves_the_job_on_then(tmp_path: Path) -> None:
     ex = AnswersLater()
     jobs = [book.claim(b"true", op=1), book.claim(b"nope", op=1)]
     done = launch(jobs, 1.0, ex, lambda j: {}, book, ledger, outcomes, log)  # type: ignore[arg-type]
-    assert done is not None and done.ids == [] and ex.requested == [1, 2]
+    assert done is not None and not done.not_started and ex.requested == [1, 2]
     assert [j.state for j in jobs] == [S.STARTING, S.STARTING], "nothing answered yet"
     done = apply_answers([Started(jobs[0], pid=4242, pid_start=5.0, when=2.0),
                           NotStarted(jobs[1], Outcome(127, note="not found"), "not found")],
                          3.0, ex, book, ledger, outcomes, log)  # type: ignore[arg-type]
     assert jobs[0].state is S.RUNNING and jobs[0].pid == 4242 and jobs[0].started == 2.0
-    assert done.ids == [(1, 1, 2.0)] and done.not_started == [2] and done.refused == [False]
+    assert done.not_started == [2] and done.refused == [False]
     assert book.get(2) is None, "a job that could not start is a failed job"
     assert b'"started":[[1,4242,5.0,2.0]]' in ledger.files.journal.read_bytes()
 

@@ -19,6 +19,8 @@ refuses any other)::
                                     \\-> SETTLING -> (gone)
                                         (its retry count is cleared under the next lock)
 
+    STARTING -term-> TERMINATING -started-> TERMINATING (its pid, once the runner answers)
+
     RUNNING/STOPPED/EVICTING/TIMING_OUT/TERMINATING -cancel-> CANCELLING -ended-> (gone, or
     SETTLING: joblog row and .log say "cancelled"; never retried, never in .error)
     CLAIMED -cancel-> (gone, the same record: it never started)
@@ -339,6 +341,15 @@ class JobBook:
         self._move(
             job, JobState.TERMINATING, (JobState.RUNNING, JobState.STOPPED, JobState.STARTING)
         )
+
+    def started_while_terminating(
+        self, job: Job, now: float, pid: int | None, pid_start: float | None,
+        cluster_id: str | None,
+    ) -> None:
+        """`term` reached the job while it was being started: it stays TERMINATING, with the
+        process (or cluster job) it turned out to be, so that its end can be waited for."""
+        self._move(job, JobState.TERMINATING, (JobState.TERMINATING,))  # TERMINATING (pid known)
+        job.pid, job.pid_start, job.cluster_id, job.started = pid, pid_start, cluster_id, now
 
     def terminated(self, job: Job) -> None:
         self._move(job, JobState.TERMINATED, (JobState.TERMINATING,))  # TERMINATING -> TERMINATED

@@ -17,7 +17,6 @@ from .outcomes import Outcomes
 
 @dataclass
 class Launched:
-    ids: list[tuple[int, int, float]] = field(default_factory=list)  # (seq, Seq, start) local
     refused: list[bool] = field(default_factory=list)  # ok flags of jobs that could not start
     put_back: bool = False  # some line goes back to the jobfile, or an outcome waits
     not_started: list[int] = field(default_factory=list)  # seqs of jobs that did not start
@@ -54,15 +53,13 @@ def apply_answers(answers: list[Started | NotStarted], now: float, executor: Exe
         terminating = job.state is JobState.TERMINATING
         if isinstance(r, Started):
             when = r.when or now
-            if terminating:  # the pid is on record; its end puts the line back
-                job.pid, job.pid_start, job.cluster_id, job.started = (
-                    r.pid, r.pid_start, r.cluster_id, when)
+            if terminating:  # its end puts the line back
+                book.started_while_terminating(job, when, r.pid, r.pid_start, r.cluster_id)
                 executor.term(job)
             else:
                 book.started(job, when, r.pid, r.pid_start, r.cluster_id)  # STARTING -> RUNNING
             if r.pid is not None:
                 started.append([job.seq, r.pid, r.pid_start, when])
-                done.ids.append((job.seq, job.number, when))
                 log(f"started {jid} pid {r.pid}: {line_to_text(job.line)}")
             else:
                 submitted.append([job.seq, r.cluster_id, when])
