@@ -695,9 +695,10 @@ class LocalExecutor:
                     self.log(f"job {self.host}.{job.seq}: thawed its cgroup, left frozen by a "
                              "scheduler that died while signalling it")
         self._clean_cgroups()
-        if not self.old_runner_alive():
-            # Recovery has read every record an earlier runner left, and no runner of an
-            # earlier run is left to write more: the file starts afresh (it stays bounded).
+        if not self.adopted and not self.old_runner_alive():
+            # Recovery has read every record an earlier runner left, and no job of an earlier
+            # run is left whose end a runner could still write (a runner from two runs back
+            # may outlive the one in the pid file): the file starts afresh (it stays bounded).
             with contextlib.suppress(OSError):
                 os.truncate(self.exits, 0)
 
