@@ -1265,75 +1265,13 @@ def sec_hosts(b: Bench) -> list[Row]:
 
 
 def stress_run(b: Bench, d: Path, hosts: int, total: int) -> dict[str, Any]:
-    hf = write(d / "hostfile", HOSTLINE + "\n")
-    rec = d / "rec"
-    initial = total // 2
-    jf = write(d / "jobfile", "".join(line + "\n" for line in recorder_lines(rec, range(initial))))
-    rest = list(range(initial, total))
-    nb = max(1, min(20, len(rest)))
-    batches = [rest[i::nb] for i in range(nb)]  # interleaved ids: order does not matter
+    """``hosts`` schedulers of the issue's set-up (2 slots, the load policy on) drain
+    ``total`` recording jobs, half appended during the run by one appender."""
     names = [f"s{i + 1}" for i in range(hosts)]
-    appended: list[int] = []
-    errors: list[str] = []
-
-    def appender() -> None:
-        for i, batch in enumerate(batches):
-            data = "".join(line + "\n" for line in recorder_lines(rec, batch)).encode()
-            p = b.popen(
-                [PY, BIN / "jobfile-append", jf, "-"],
-                cwd=d,
-                stdin=subprocess.PIPE,
-                out=d / "append.out",
-            )
-            try:
-                p.communicate(data, timeout=120)
-            except subprocess.TimeoutExpired:
-                b.kill(p)
-                errors.append(f"append {i} timed out")
-                return
-            if p.returncode != 0:
-                errors.append(f"append {i} exited {p.returncode}: {tail(d / 'append.out')}")
-                return
-            appended.extend(batch)
-            time.sleep(0.05)
-
-    t0 = time.perf_counter()
-    procs = [b.popen(pbq_argv(hf, jf, h), cwd=d, out=d / f"sched-{h}.out") for h in names]
-    th = threading.Thread(target=appender, daemon=True)
-    th.start()
-
-    def recorded() -> int:
-        try:
-            with open(rec, "rb") as f:
-                return f.read().count(b"\n")
-        except FileNotFoundError:
-            return 0
-
-    deadline = time.monotonic() + 120 + total * 0.05
-    while True:
-        if not th.is_alive() and recorded() >= initial + len(appended):
-            break
-        if all(p.poll() is not None for p in procs):
-            raise BenchError(f"all schedulers exited early: {tail(d / f'sched-{names[0]}.out')}")
-        if time.monotonic() > deadline:
-            raise BenchError(f"{recorded()} of {total} jobs recorded after {deadline:.0f} s")
-        time.sleep(0.1)
-    wall = time.perf_counter() - t0
-    th.join()
-    if errors:
-        raise BenchError("; ".join(errors))
-    b.run(
-        [PY, BIN / "pbq", "control", hf, jf, "quit"],
-        60,
-        "pbq control quit",
-        cwd=d,
-        out=d / "control.out",
-    )
-    for h, p in zip(names, procs, strict=True):
-        b.wait(p, 60, f"pbq-single --host {h} after quit")
-    chk = exactly_once(rec, set(range(initial)) | set(appended))
-    failed = sum(1 for h in names for r in read_joblog(host_file(jf, h, "joblog")) if r[2] != 0)
-    return {"wall": wall, "jobs_per_s": total / wall, "failed": failed, **chk}
+    x = appended_run(b, d, names, HOSTLINE, None, total, "flock", appenders=1)
+    failed = sum(1 for h in names for r in read_joblog(host_file(d / "jobfile", h, "joblog"))
+                 if r[2] != 0)
+    return {**x, "jobs_per_s": total / x["wall"], "failed": failed}
 
 
 def sec_stress(b: Bench) -> list[Row]:
@@ -1405,13 +1343,22 @@ def lock_figures(jf: Path, names: list[str]) -> dict[str, Any]:
     }
 
 
-def fleet_run(b: Bench, d: Path, names: list[str], slots: int, total: int, lock: str,
-              appenders: int = 2) -> dict[str, Any]:
+def fleet_run(b: Bench, d: Path, names: list[str], slots: int, total: int,
+              lock: str) -> dict[str, Any]:
     """``names`` schedulers with ``slots`` each (the load policy out of the way) drain
-    ``total`` recording jobs, half of them appended during the run by ``appenders``
-    concurrent jobfile-append processes; every job must run exactly once."""
-    hf = write(d / "hostfile", f"* linux {slots} {slots} 0\n")
-    write(d / "pbq.toml", FLEET_TOML)
+    ``total`` recording jobs while two appenders add half of them."""
+    x = appended_run(b, d, names, f"* linux {slots} {slots} 0", FLEET_TOML, total, lock)
+    return {**x, "jobs_per_s": x["jobs"] / x["span"]}
+
+
+def appended_run(b: Bench, d: Path, names: list[str], hostline: str, toml: str | None,
+                 total: int, lock: str, appenders: int = 2) -> dict[str, Any]:
+    """``names`` schedulers drain ``total`` recording jobs, half of them appended during the
+    run by ``appenders`` concurrent jobfile-append processes; every job must run exactly
+    once.  Wall time from the start to the last job recorded, and the joblogs' span."""
+    hf = write(d / "hostfile", hostline + "\n")
+    if toml is not None:
+        write(d / "pbq.toml", toml)
     rec = d / "rec"
     initial = total // 2
     jf = write(d / "jobfile", "".join(line + "\n" for line in recorder_lines(rec, range(initial))))
@@ -1441,6 +1388,7 @@ def fleet_run(b: Bench, d: Path, names: list[str], slots: int, total: int, lock:
                 appended.extend(batch)
             time.sleep(0.05)
 
+    t0 = time.perf_counter()
     procs = [b.popen(pbq_argv(hf, jf, h, "--lock", lock), cwd=d, out=d / f"sched-{h}.out")
              for h in names]
     threads = [threading.Thread(target=appender, args=(k, ids), daemon=True)
@@ -1464,6 +1412,7 @@ def fleet_run(b: Bench, d: Path, names: list[str], slots: int, total: int, lock:
         if time.monotonic() > deadline:
             raise BenchError(f"{recorded()} of {total} jobs recorded after the deadline")
         time.sleep(0.2)
+    wall = time.perf_counter() - t0
     for t in threads:
         t.join()
     if errors:
@@ -1473,10 +1422,9 @@ def fleet_run(b: Bench, d: Path, names: list[str], slots: int, total: int, lock:
     for h, p in zip(names, procs, strict=True):
         b.wait(p, 120, f"pbq-single --host {h} after quit")
     rows = [r for h in names for r in read_joblog(host_file(jf, h, "joblog"))]
-    span = joblog_span(rows)
     chk = exactly_once(rec, set(range(initial)) | set(appended))
-    return {"span": span, "jobs_per_s": len(rows) / span, "jobs": len(rows),
-            **chk, **lock_figures(jf, names)}
+    return {"wall": wall, "span": joblog_span(rows), "jobs": len(rows), **chk,
+            **lock_figures(jf, names)}
 
 
 def ms(x: float | None) -> str:

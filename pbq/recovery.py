@@ -15,9 +15,8 @@ from pathlib import Path
 
 from .config import Config
 from .errors import PbqError
-from .host.jobs import UNKNOWN_EXIT, Job, JobBook, JobState, Outcome
+from .host.jobs import UNKNOWN_EXIT, Job, JobBook, JobState, Outcome, outcome_of
 from .host.ledger import Ledger
-from .host.local import outcome_of
 from .host.outcomes import Outcomes
 from .hostlog import HostLog
 from .jobfile import JobQueue, Txn, error_seqs_by_key, is_job_line, line_key, seq_annotated

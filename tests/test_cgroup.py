@@ -13,7 +13,9 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -182,23 +184,38 @@ def test_a_job_ends_with_its_leader_and_what_it_left_running_is_killed(tmp_path:
             os.kill(daemon, signal.SIGKILL)  # type: ignore[arg-type]
 
 
+@contextlib.contextmanager
+def killed_with_a_running_job(
+    tmp_path: Path,
+) -> Iterator[tuple[Path, Path, dict[str, int], list[subprocess.Popen]]]:
+    """A scheduler running the escaping job, SIGKILLed: the job lives on for the next one.
+    Yields the hostfile, the jobfile, the job's pids, and a list for the schedulers started
+    next (every one of them is killed at the end)."""
+    hf = hostfile(tmp_path, ROOMY)
+    config(tmp_path, FAST_CONFIG)
+    jf = jobfile(tmp_path, [escaping_job(tmp_path)])
+    first = start_scheduler(hf, jf)
+    started = [first]
+    try:
+        pids = wait_for(lambda: job_pids(tmp_path), timeout=30, what="the job and its escapees")
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait(timeout=10)
+        yield hf, jf, pids, started
+    finally:
+        for proc in started:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signal.SIGKILL)
+
+
 @needs_cgroup
 def test_a_restarted_scheduler_finds_its_adopted_jobs_cgroups_and_removes_leftovers(
     tmp_path: Path,
 ) -> None:
-    hf = hostfile(tmp_path, ROOMY)
-    config(tmp_path, FAST_CONFIG)
-    jf = jobfile(tmp_path, [escaping_job(tmp_path)])
-    p = start_scheduler(hf, jf)
-    restarted = None
-    try:
-        pids = wait_for(lambda: job_pids(tmp_path), timeout=30, what="the job and its escapees")
-        os.kill(p.pid, signal.SIGKILL)
-        p.wait(timeout=10)
+    with killed_with_a_running_job(tmp_path) as (hf, jf, pids, started):
         stale = parent_of(jf) / f"{HOST}.999"  # an empty job cgroup, as a crash leaves them
         stale.mkdir()
-
         restarted = start_scheduler(hf, jf, "--exit-when-empty")
+        started.append(restarted)
         wait_for(lambda: f"adopted job {HOST}.1 pid {pids['leader']}" in log_text(jf),
                  timeout=30, what="the job adopted")
         wait_for(lambda: not stale.exists(), what="the leftover empty cgroup removed")
@@ -211,11 +228,6 @@ def test_a_restarted_scheduler_finds_its_adopted_jobs_cgroups_and_removes_leftov
         wait_for(lambda: not any(alive(q) for q in pids.values()), timeout=10,
                  what="the job's leftovers killed at its end")
         assert not parent_of(jf).exists()
-    finally:
-        for proc in (p, restarted):
-            if proc is not None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(proc.pid, signal.SIGKILL)
 
 
 @needs_cgroup
@@ -224,19 +236,12 @@ def test_a_job_cgroup_left_frozen_by_a_killed_scheduler_is_thawed_on_adoption(
 ) -> None:
     """A scheduler killed between freezing a job's cgroup and thawing it (while stopping it)
     leaves a job that neither runs nor ends; the next scheduler thaws it."""
-    hf = hostfile(tmp_path, ROOMY)
-    config(tmp_path, FAST_CONFIG)
-    jf = jobfile(tmp_path, [escaping_job(tmp_path)])
-    p = start_scheduler(hf, jf)
-    restarted = None
-    try:
-        pids = wait_for(lambda: job_pids(tmp_path), timeout=30, what="the job and its escapees")
-        os.kill(p.pid, signal.SIGKILL)
-        p.wait(timeout=10)
+    with killed_with_a_running_job(tmp_path) as (hf, jf, pids, started):
         job_cg = parent_of(jf) / f"{HOST}.1"
         (job_cg / "cgroup.freeze").write_text("1")
         wait_for(lambda: "frozen 1" in (job_cg / "cgroup.events").read_text(), what="frozen")
         restarted = start_scheduler(hf, jf, "--exit-when-empty")
+        started.append(restarted)
         wait_for(lambda: f"job {HOST}.1: thawed its cgroup" in log_text(jf), timeout=30,
                  what="the job's cgroup thawed")
         assert (job_cg / "cgroup.freeze").read_text().strip() == "0"
@@ -244,11 +249,6 @@ def test_a_job_cgroup_left_frozen_by_a_killed_scheduler_is_thawed_on_adoption(
         assert wait_exit(restarted, 30) == 0, "the thawed job ran to its end"
         wait_for(lambda: not any(alive(q) for q in pids.values()), timeout=10,
                  what="the job's leftovers killed at its end")
-    finally:
-        for proc in (p, restarted):
-            if proc is not None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(proc.pid, signal.SIGKILL)
 
 
 # ------------------------------------------------------------------ the executor itself
@@ -309,12 +309,12 @@ def test_cpu_time_comes_from_cpu_stat_and_counts_processes_outside_the_session(
     script = tmp_path / "busy.py"
     script.write_text(BUSY)
     ex, log = executor(tmp_path)
-    assert ex.cg is not None, log.lines
+    assert ex.cgroups.cg is not None, log.lines
     # The busy process is a session of its own: a scan of the job's session misses it.
     line = f"setsid {sys.executable} {script} {tmp_path / 'busy'} {tmp_path / 'gate'}; wait"
     job = start(ex, f"sh -c '{line}'")
     try:
-        where = ex.job_cg[job.seq]
+        where = ex.cgroups.job_cg[job.seq]
         wait_for(lambda: (tmp_path / "busy").exists(), timeout=60, what="0.5 CPU seconds burnt")
         procs = [psutil.Process(q) for q in cgroups.pids(where)]
         by_psutil = sum(sum(pr.cpu_times()[:2]) for pr in procs)
@@ -327,8 +327,8 @@ def test_cpu_time_comes_from_cpu_stat_and_counts_processes_outside_the_session(
     finally:
         finish(ex, job)
     assert not Path(where).exists(), "the job's cgroup is removed once its end is recorded"
-    assert not Path(ex.cg.parent).exists(), "and the scheduler's at close"
-    assert log.lines[0] == f"job containment: cgroup v2 at {ex.cg.describe()}"
+    assert not Path(ex.cgroups.cg.parent).exists(), "and the scheduler's at close"
+    assert log.lines[0] == f"job containment: cgroup v2 at {ex.cgroups.cg.describe()}"
 
 
 def test_without_a_writable_cgroup_v2_jobs_are_process_groups(
@@ -336,13 +336,13 @@ def test_without_a_writable_cgroup_v2_jobs_are_process_groups(
 ) -> None:
     monkeypatch.setattr(cgroups, "probe", lambda host, jobfile: "not here (test)")
     ex, log = executor(tmp_path)
-    assert ex.cg is None
+    assert ex.cgroups.cg is None
     assert log.lines == ["job containment: process groups (no writable cgroup v2: not here (test))"]
     line = f"setsid sh -c 'echo $$ > {tmp_path / 'daemon.pid'}; exec sleep 300' & sleep 300"
     job = start(ex, line)
     daemon = wait_for(lambda: pid_in(tmp_path / "daemon.pid"), what="the daemon")
     try:
-        assert not ex.job_cg
+        assert not ex.cgroups.job_cg
         own = cgroups.locate()
         if not isinstance(own, str):  # the job stayed in the scheduler's cgroup
             assert cgroups.locate(job.pid or 0) == own
@@ -360,11 +360,12 @@ def test_a_job_that_cannot_enter_its_cgroup_runs_and_later_jobs_use_process_grou
     tmp_path: Path,
 ) -> None:
     ex, log = executor(tmp_path)
-    assert ex.cg is not None
-    real_parent, ex.cg.parent = ex.cg.parent, "/proc/no-such-cgroup"  # mkdir fails there
+    assert ex.cgroups.cg is not None
+    cg = ex.cgroups.cg
+    real_parent, cg.parent = cg.parent, "/proc/no-such-cgroup"  # mkdir fails there
     job = start(ex, "sleep 300")
     try:
-        assert not ex.job_cg and not ex.new_in_cgroup
+        assert not ex.cgroups.job_cg and not ex.cgroups.new_in_cgroup
         assert log.lines[-1].startswith(
             f"job containment: process groups from now on ({HOST}.1: cannot enter"
         ), log.lines
@@ -372,7 +373,7 @@ def test_a_job_that_cannot_enter_its_cgroup_runs_and_later_jobs_use_process_grou
         assert ex.stop(job) == f"pid {job.pid}"  # its process group
         wait_for(lambda: proc_state(job.pid or 0) == "T", what="the job stopped")
     finally:
-        ex.cg.parent = real_parent
+        ex.cgroups.cg.parent = real_parent
         finish(ex, job)
     assert not Path(real_parent).exists()
 
@@ -393,7 +394,7 @@ def test_containment_process_group_does_not_look_for_cgroups(
 
     monkeypatch.setattr(cgroups, "probe", no_probe)
     ex, log = executor(tmp_path, containment="process-group")
-    assert ex.cg is None
+    assert ex.cgroups.cg is None
     assert log.lines == ["job containment: process groups (containment = process-group)"]
 
 

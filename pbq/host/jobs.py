@@ -31,6 +31,7 @@ until then it is ``None`` and a restart puts the line back itself.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -84,6 +85,16 @@ class Outcome:
     @property
     def ok(self) -> bool:
         return self.exit_code == 0 and self.signal == 0
+
+
+def outcome_of(status: int, cpu: float = 0.0, maxrss: int = 0, note: str = "") -> Outcome:
+    """The outcome a raw wait status says."""
+    if os.WIFEXITED(status):
+        return Outcome(os.WEXITSTATUS(status), 0, cpu, maxrss, note)
+    if os.WIFSIGNALED(status):
+        # As GNU Parallel writes it: Exitval 0, Signal N (Exitval -1 means unknown only).
+        return Outcome(0, os.WTERMSIG(status), cpu, maxrss, note)
+    return Outcome(UNKNOWN_EXIT, note="unreadable exit status")
 
 
 @dataclass

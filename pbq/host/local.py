@@ -4,10 +4,11 @@ The scheduler is a child subreaper: if the runner dies, its jobs become the sche
 children, which it notices at once (end of file on the runner's socket, SIGCHLD), reaps
 with their real statuses, and a new runner starts the next jobs.  Jobs of an earlier run of
 this host (adopted after a restart) are nobody's children here: their end is noticed by
-polling, and their exit status is the old runner's record in ``JOBFILE.HOST.exits``.
+polling, and their exit status is the old runner's record in ``JOBFILE.HOST.exits``
+(``earlier.py`` reads what an earlier run left).
 
 Every job is a session (and process group) of its own.  Where a writable cgroup v2 exists
-(``cgroup.py``), every job is also in a cgroup of its own, which holds every process of the
+(``jobcgroups.py``), every job is also in a cgroup of its own, which holds every process of the
 job, wherever it went (``setsid`` daemons, ``set -m`` children): ``stop``/``cont``/``term``
 signal every process in it, eviction and the end of ``term_grace`` kill it whole, a job's
 CPU time is one read of its ``cpu.stat``, and when a job's leader exits whatever it left
@@ -30,33 +31,22 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..errors import PbqError
-from ..sensors import (
-    Sensors,
-    pids_with_env,
-    process_cmdline,
-    process_environ,
-    process_parent,
-    process_start,
-    process_state,
-    same_process,
-)
-from ..sidefiles import ExitRecord, exit_records_by_job, read_exit_records
-from . import cgroup as cgroups
+from ..sensors import Sensors, process_start, process_state, same_process
+from ..sidefiles import ExitRecord, exit_records_by_job
+from .earlier import RECORDED, EarlierRun
 from .executor import Ended, EnvFor, NotStarted, Started
+from .jobcgroups import JobCgroups
 from .joboutput import JobOutput
-from .jobs import UNKNOWN_EXIT, Job, JobState, Outcome
+from .jobs import UNKNOWN_EXIT, Job, JobState, Outcome, outcome_of
 from .ledger import Log
 from .recovery import Probe
 from .runner import Reader, encode
 
 PR_SET_CHILD_SUBREAPER = 36
 ADOPTED_EXIT_WAIT = 5.0  # seconds to wait for the old runner's record of an adopted job's end
-RECORD_WAIT = 2.0  # at start-up, seconds to wait for a live old runner to record an end
 START_REPLY_WAIT = 30.0  # seconds the runner has to answer a start request
 PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent.parent)
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
-RECORDED = "exit status recorded by the job runner"
 
 
 def set_subreaper() -> bool:
@@ -74,15 +64,6 @@ def signal_group(pgid: int, sig: int) -> bool:
         return True
     except (ProcessLookupError, PermissionError):
         return False
-
-
-def outcome_of(status: int, cpu: float = 0.0, maxrss: int = 0, note: str = "") -> Outcome:
-    if os.WIFEXITED(status):
-        return Outcome(os.WEXITSTATUS(status), 0, cpu, maxrss, note)
-    if os.WIFSIGNALED(status):
-        # As GNU Parallel writes it: Exitval 0, Signal N (Exitval -1 means unknown only).
-        return Outcome(0, os.WTERMSIG(status), cpu, maxrss, note)
-    return Outcome(UNKNOWN_EXIT, note="unreadable exit status")
 
 
 def _own_cpu(pid: int) -> float:
@@ -108,7 +89,6 @@ class LocalExecutor:
                  log: Log, sensors: Sensors, old_runner: int | None = None,
                  allow_group_write: bool = False, containment: str = "auto") -> None:
         self.host = host
-        self.allow_group_write = allow_group_write  # whether a group-writable .exits is trusted
         self.jobfile = jobfile
         self.exits = exits
         self.nice = nice
@@ -116,7 +96,7 @@ class LocalExecutor:
         self.output: JobOutput | None = None  # its output files (set by the loop)
         self.log = log
         self.sensors = sensors
-        self.old_runner = old_runner  # the previous run's runner, which may still record ends
+        self.earlier = EarlierRun(host, jobfile, exits, allow_group_write, old_runner)
         self.subreaper = False  # set by the loop's run(): tests drive passes in their own process
         self.runner_pid: int | None = None
         self.sock: socket.socket | None = None
@@ -135,26 +115,8 @@ class LocalExecutor:
         self.finished_cpu = 0.0  # CPU seconds of ended jobs (and dead runners)
         self.on_runner_started: Callable[[int], None] | None = None  # the loop records its pid
         self.on_stray: Callable[[int, int], object] | None = None  # (pid, status) of a stray
-        self.cg: cgroups.Cgroups | None = None  # None: process groups only
-        self.new_in_cgroup = False  # new jobs get a cgroup (off after a failed move)
-        self.job_cg: dict[int, str] = {}  # seq -> the job's cgroup
+        self.cgroups = JobCgroups(host, str(jobfile), containment, log)
         self.cg_cpu_done: set[int] = set()  # pids whose CPU the cgroup counted already
-        self.cg_unremoved: list[str] = []  # cgroups of recorded jobs, still busy
-        self._contain(containment)
-
-    def _contain(self, mode: str) -> None:
-        """Decide, once, how jobs are contained; say so once in the log."""
-        if mode == "process-group":
-            self.log("job containment: process groups (containment = process-group)")
-            return
-        found = cgroups.probe(self.host, str(self.jobfile))
-        if isinstance(found, str):
-            if mode == "cgroup":
-                raise PbqError(f"containment = cgroup, but no writable cgroup v2: {found}")
-            self.log(f"job containment: process groups (no writable cgroup v2: {found})")
-            return
-        self.cg, self.new_in_cgroup = found, True
-        self.log(f"job containment: cgroup v2 at {found.describe()}")
 
     # -- the runner ---------------------------------------------------------------
 
@@ -258,9 +220,7 @@ class LocalExecutor:
             elif self.output_dir is not None:
                 jid = env["PBQ_JOB_ID"]
                 out, err = str(self.output_dir / f"{jid}.out"), str(self.output_dir / f"{jid}.err")
-            cg = None
-            if self.cg is not None and self.new_in_cgroup:
-                cg = (self.cg.path(env["PBQ_JOB_ID"]), self.cg.home)
+            cg = self.cgroups.for_new_job(env["PBQ_JOB_ID"])
             requests.append((job, env, ("start", job.seq, job_argv(job.line), env, out, err, cg,
                                          truncate)))
         if self.output is not None:  # where their output goes, on record before they run
@@ -295,7 +255,7 @@ class LocalExecutor:
                 job, env, _ = self.pending.pop(msg[1])
                 if kind == "started":
                     self.by_pid[msg[2]] = job
-                    self._contained(job, env["PBQ_JOB_ID"], msg[5])
+                    self.cgroups.started(job.seq, env["PBQ_JOB_ID"], msg[5])
                     self.answers.append(Started(job, pid=msg[2], pid_start=msg[3], when=msg[4]))
                 elif kind == "failed":
                     self.answers.append(NotStarted(job, Outcome(msg[2], note=msg[3]), msg[3]))
@@ -315,27 +275,12 @@ class LocalExecutor:
 
     def _lost_start(self, job: Job, env: dict[str, str]) -> Started | NotStarted:
         """The runner died (or hung) before answering: did the job start?"""
-        found = self.find_job(env["PBQ_JOB_ID"])
+        found = self.earlier.find_job(env["PBQ_JOB_ID"])
         if found:
             self.orphans[found[0]] = job
-            self._find_cgroup(job, env["PBQ_JOB_ID"], found[0])
+            self.cgroups.find(job.seq, env["PBQ_JOB_ID"], found[0])
             return Started(job, pid=found[0], pid_start=process_start(found[0]))
         return NotStarted(job, None, "the job runner did not answer")
-
-    def _contained(self, job: Job, job_id: str, why_not: str) -> None:
-        if self.cg is None or not self.new_in_cgroup:
-            return
-        if not why_not:
-            self.job_cg[job.seq] = self.cg.path(job_id)
-            return
-        self.new_in_cgroup = False
-        self.log(f"job containment: process groups from now on ({job_id}: {why_not})")
-
-    def _find_cgroup(self, job: Job, job_id: str, pid: int) -> None:
-        if self.cg is not None:
-            where = self.cg.find(job_id, pid)
-            if where is not None:
-                self.job_cg[job.seq] = where
 
     # -- ends -----------------------------------------------------------------------
 
@@ -343,14 +288,7 @@ class LocalExecutor:
         """A job's leader exited: that is the job's end (as in PBQ), and whatever it left
         running in its cgroup is killed now.  Its CPU time, daemons included, is the
         cgroup's; the runner's wait4 figure then does not count again."""
-        where = self.job_cg.get(job.seq)
-        if where is None or self.cg is None:
-            return
-        left = cgroups.kill(self.cg, where)
-        if left:
-            self.log(f"job {self.host}.{job.seq} left {left} process(es) running: killed")
-            cgroups.wait_empty(where, cgroups.EMPTY_WAIT)  # so it can be removed once recorded
-        cpu = cgroups.cpu_seconds(where)
+        cpu = self.cgroups.leader_ended(job.seq)
         if cpu is not None:
             job.cpu_seconds = cpu
             if pid is not None:
@@ -447,37 +385,25 @@ class LocalExecutor:
             self._send(("ack", self.unacked))
         self.unacked = []
         for e in ended:  # their cgroups are empty now (killed at the end), or soon
-            where = self.job_cg.pop(e.job.seq, None)
-            emptied = where is not None and cgroups.remove(where)
-            if where is not None and not emptied:
-                self.cg_unremoved.append(where)
+            emptied = self.cgroups.recorded(e.job.seq)
             if self.output is not None:
                 # Only a job whose every process is gone may hand its output files on.
                 self.output.ended(e.job.seq, reusable=emptied)
-
-    def _remove_cgroups(self) -> None:
-        """Cgroups of recorded jobs whose last (killed) process had not quite gone yet."""
-        busy = [w for w in self.cg_unremoved if not cgroups.remove(w)]
-        if busy and self.cg is not None:
-            live = set(self.job_cg.values())
-            for where in busy:
-                if where not in live:  # never a running job's, whatever the names say
-                    cgroups.kill(self.cg, where)
-        self.cg_unremoved = busy
 
     def poll(self, live: list[Job], now: float, mono: float) -> list[Ended]:
         """Adopted jobs are not our children: notice their end by polling, and take their
         exit status from the old runner's record (``.exits``)."""
         ended: list[Ended] = []
-        if self.cg_unremoved:
-            self._remove_cgroups()
+        self.cgroups.remove_unremoved()
         records: dict[tuple[int, float | None], ExitRecord] | None = None
+        by_job: dict[int, ExitRecord] = {}
         for seq, job in list(self.adopted.items()):
             if self.adopted_alive(job):
                 continue
             if records is None:
-                records = read_exit_records(self.exits, self.allow_group_write)
-            rec = records.get((job.pid or 0, _round(job.pid_start)))
+                records = self.earlier.records()
+                by_job = exit_records_by_job(records.values())
+            rec = self.earlier.record_of(job, records, by_job)
             if rec is not None:
                 ended.append(Ended(job, outcome_of(rec.status, rec.cpu, rec.maxrss,
                                                    RECORDED), rec.time))
@@ -506,11 +432,7 @@ class LocalExecutor:
         return signal_group(job.pid, sig)
 
     def _signal_cgroup(self, job: Job, sig: int, freeze: bool) -> int | None:
-        """Signal every process of the job's cgroup: how many; None if it has no cgroup."""
-        where = self.job_cg.get(job.seq)
-        if where is None or self.cg is None:
-            return None
-        return cgroups.signal_all(self.cg, where, sig, freeze)
+        return self.cgroups.signal(job.seq, sig, freeze)
 
     def _said(self, job: Job, n: int | None) -> str | None:
         if n is None:
@@ -537,9 +459,9 @@ class LocalExecutor:
         self.terminate([job])  # SIGTERM to the whole job (and SIGCONT to a stopped one)
 
     def kill(self, job: Job) -> bool:
-        where = self.job_cg.get(job.seq)
-        if where is not None and self.cg is not None:
-            return cgroups.kill(self.cg, where) > 0
+        n = self.cgroups.kill(job.seq)
+        if n is not None:
+            return n > 0
         done = self._signal(job, signal.SIGKILL)
         self._signal(job, signal.SIGCONT)
         return done
@@ -562,14 +484,10 @@ class LocalExecutor:
         busy = any(job.seq in self.pending for job in jobs)  # its pid is on its way
         sids = []
         for job in jobs:
-            where = self.job_cg.get(job.seq)
-            if where is None or self.cg is None:
-                if job.pid:
-                    sids.append(job.pid)
-            elif cgroups.populated(where):
-                busy = True
-                if hard:
-                    cgroups.kill(self.cg, where)
+            left = self.cgroups.busy(job.seq, hard)
+            if left is None and job.pid:
+                sids.append(job.pid)
+            busy = busy or bool(left)
         members = self.sensors.sessions(sids).members if sids else {}
         if hard:
             for sid in members:
@@ -588,8 +506,7 @@ class LocalExecutor:
         for job in live:
             if not job.pid or job.state is not JobState.RUNNING:
                 continue
-            where = self.job_cg.get(job.seq)
-            cpu = cgroups.cpu_seconds(where) if where is not None else None
+            cpu = self.cgroups.cpu(job.seq)
             if cpu is not None:
                 job.cpu_seconds = cpu
             else:
@@ -605,118 +522,25 @@ class LocalExecutor:
 
     # -- recovery ------------------------------------------------------------------------
 
-    def old_runner_alive(self) -> bool:
-        pid = self.old_runner
-        return bool(pid and pid > 1 and process_state(pid) not in (None, "Z")
-                    and "pbq" in " ".join(process_cmdline(pid)))
-
     def probe(self, jobs: list[Job]) -> dict[int, Probe]:
-        """Before the lock: which saved jobs live, and how the gone ones ended.  A job whose
-        end the old runner may still be writing is given ``RECORD_WAIT`` seconds (here, with
-        no lock held)."""
-        records = read_exit_records(self.exits, self.allow_group_write)
-        out: dict[int, Probe] = {}
-        waiting: list[Job] = []
-        for job in jobs:
-            if job.state not in (JobState.STARTING, JobState.RUNNING, JobState.STOPPED,
-                                 JobState.EVICTING, JobState.TERMINATING, JobState.CANCELLING):
-                continue
-            pid, start = job.pid, job.pid_start
-            if pid is None:
-                # Its start was asked for, its pid never reached the ledger: a live process
-                # started as this job, or the old runner's record of the job's end.
-                found = self.find_job(f"{self.host}.{job.seq}")
-                if found:
-                    pid, start = found[0], process_start(found[0])
-                else:
-                    rec = exit_records_by_job(records.values()).get(job.seq)
-                    if rec is None and self.old_runner_alive():
-                        waiting.append(job)
-                    if rec is not None:
-                        out[job.seq] = self._probe_gone(rec, rec.pid, rec.start)
-                    continue
-            if same_process(pid, start) or self._ending(pid, start):
-                out[job.seq] = Probe(alive=True, stopped=process_state(pid) == "T", pid=pid,
-                                     pid_start=start)
-                continue
-            rec = records.get((pid, _round(start)))
-            if rec is None and self.old_runner_alive():
-                waiting.append(job)
-            out[job.seq] = self._probe_gone(rec, pid, start)
-        deadline = time.monotonic() + RECORD_WAIT
-        while waiting and time.monotonic() < deadline and self.old_runner_alive():
-            time.sleep(0.05)
-            records = read_exit_records(self.exits, self.allow_group_write)
-            by_job = exit_records_by_job(records.values())
-            for job in list(waiting):
-                if job.pid is None:
-                    rec = by_job.get(job.seq)
-                else:
-                    rec = records.get((job.pid, _round(job.pid_start)))
-                if rec is not None:
-                    out[job.seq] = self._probe_gone(rec, rec.pid, rec.start)
-                    waiting.remove(job)
-        return out
-
-    def find_job(self, job_id: str) -> list[int]:
-        """Session leaders started as this job of this jobfile (found by their environment)."""
-        out = []
-        for pid in pids_with_env("PBQ_JOB_ID", job_id):
-            with contextlib.suppress(OSError):
-                ours = str(self.jobfile)
-                if os.getsid(pid) == pid and process_environ(pid).get("PBQ_JOBFILE") == ours:
-                    out.append(pid)
-        return out
-
-    @staticmethod
-    def _probe_gone(rec: ExitRecord | None, pid: int | None, start: float | None) -> Probe:
-        if rec is None:
-            return Probe(pid=pid, pid_start=start)
-        return Probe(pid=pid, pid_start=start, ended_at=rec.time,
-                     exit=outcome_of(rec.status, rec.cpu, rec.maxrss, RECORDED))
-
-    def _ending(self, pid: int, start: float | None) -> bool:
-        """A zombie the live old runner is about to reap and record: adopt it, and the
-        adoption poll waits for the record."""
-        if process_state(pid) != "Z" or process_start(pid) != start or self.old_runner is None:
-            return False
-        return process_parent(pid) == self.old_runner and self.old_runner_alive()
+        return self.earlier.probe(jobs)
 
     def adopt(self, jobs: list[Job]) -> None:
         for job in jobs:
             if job.pid is not None:
                 self.adopted[job.seq] = job
-                self._find_cgroup(job, f"{self.host}.{job.seq}", job.pid)
-                where = self.job_cg.get(job.seq)
-                if where is not None and cgroups.thaw(where):
+                self.cgroups.find(job.seq, f"{self.host}.{job.seq}", job.pid)
+                if self.cgroups.thaw(job.seq):
                     # Killed between freezing and thawing (a stop, a term): the job would
                     # never run nor end.  A SIGSTOP it got takes effect now, and a stop by
                     # "someone else" is continued as always.
                     self.log(f"job {self.host}.{job.seq}: thawed its cgroup, left frozen by a "
                              "scheduler that died while signalling it")
-        self._clean_cgroups()
-        if not self.adopted and not self.old_runner_alive():
-            # Recovery has read every record an earlier runner left, and no job of an earlier
-            # run is left whose end a runner could still write (a runner from two runs back
-            # may outlive the one in the pid file): the file starts afresh (it stays bounded).
-            with contextlib.suppress(OSError):
-                os.truncate(self.exits, 0)
-
-    def _clean_cgroups(self) -> None:
-        """At start, after adoption: job cgroups of this scheduler that no live job owns are
-        leftovers of jobs that ended while no scheduler watched (their leftover processes are
-        killed, as at any job's end) or of a crash; removed."""
-        if self.cg is None:
-            return
-        owned = set(self.job_cg.values())
-        for where in self.cg.children():
-            if where in owned:
-                continue
-            left = cgroups.kill(self.cg, where)
-            if left:
-                self.log(f"killed {left} leftover process(es) of an ended job ({where})")
-            if not cgroups.remove(where):
-                self.cg_unremoved.append(where)
+        self.cgroups.clean()
+        if not self.adopted and not self.earlier.runner_alive():
+            # No job of an earlier run is left whose end a runner could still write (a runner
+            # from two runs back may outlive the one in the pid file).
+            self.earlier.forget_records()
 
     def close(self) -> None:
         if self.sock is not None:
@@ -728,14 +552,4 @@ class LocalExecutor:
             # goes on reaping them without us.
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(self.runner_pid, os.WNOHANG)
-        if self.cg is not None:
-            for where in self.cg_unremoved:
-                cgroups.wait_empty(where, cgroups.EMPTY_WAIT)
-                cgroups.remove(where)
-            for where in self.job_cg.values():  # ends not recorded (term) or jobs left running
-                cgroups.remove(where)  # only if empty: a live job keeps its cgroup for adoption
-            self.cg.close()  # only if no job cgroup is left (jobs live on after `kill`)
-
-
-def _round(x: float | None) -> float | None:
-    return None if x is None else round(float(x), 2)
+        self.cgroups.close()
