@@ -72,6 +72,13 @@ def parent_of(jf: Path) -> Path:
     return Path(found[1]) / cgroups.parent_name(HOST, str(jf))
 
 
+def cgroup_of(pid: int) -> Path:
+    """The cgroup a process is in (job cgroups are named j1, j2...: they are reused)."""
+    found = cgroups.locate(pid)
+    assert not isinstance(found, str), found
+    return Path(found[1])
+
+
 def log_text(jf: Path) -> str:
     return text_of(hostfile_path(jf, HOST, "log"))
 
@@ -123,7 +130,8 @@ def test_stop_cont_term_reach_processes_that_left_the_process_group(tmp_path: Pa
         leader = pids["leader"]
         assert os.getsid(pids["daemon"]) != leader, "the daemon is a session of its own"
         assert os.getpgid(pids["monitor"]) != leader, "the set -m child is a group of its own"
-        where = parent_of(jf) / f"{HOST}.1"
+        where = cgroup_of(leader)
+        assert where.parent == parent_of(jf), "a job cgroup of this scheduler's"
         assert set(pids.values()) <= set(cgroups.pids(str(where))), "all in the job's cgroup"
         assert "job containment: cgroup v2 at" in log_text(jf)
 
@@ -212,7 +220,7 @@ def test_a_restarted_scheduler_finds_its_adopted_jobs_cgroups_and_removes_leftov
     tmp_path: Path,
 ) -> None:
     with killed_with_a_running_job(tmp_path) as (hf, jf, pids, started):
-        stale = parent_of(jf) / f"{HOST}.999"  # an empty job cgroup, as a crash leaves them
+        stale = parent_of(jf) / "j999"  # an empty job cgroup, as a crash leaves them
         stale.mkdir()
         restarted = start_scheduler(hf, jf, "--exit-when-empty")
         started.append(restarted)
@@ -237,7 +245,8 @@ def test_a_job_cgroup_left_frozen_by_a_killed_scheduler_is_thawed_on_adoption(
     """A scheduler killed between freezing a job's cgroup and thawing it (while stopping it)
     leaves a job that neither runs nor ends; the next scheduler thaws it."""
     with killed_with_a_running_job(tmp_path) as (hf, jf, pids, started):
-        job_cg = parent_of(jf) / f"{HOST}.1"
+        job_cg = cgroup_of(pids["leader"])
+        assert job_cg.parent == parent_of(jf)
         (job_cg / "cgroup.freeze").write_text("1")
         wait_for(lambda: "frozen 1" in (job_cg / "cgroup.events").read_text(), what="frozen")
         restarted = start_scheduler(hf, jf, "--exit-when-empty")
@@ -326,9 +335,46 @@ def test_cpu_time_comes_from_cpu_stat_and_counts_processes_outside_the_session(
         assert session < 0.5 <= job.cpu_seconds, "the process-group scan misses the escapee"
     finally:
         finish(ex, job)
-    assert not Path(where).exists(), "the job's cgroup is removed once its end is recorded"
-    assert not Path(ex.cgroups.cg.parent).exists(), "and the scheduler's at close"
+    assert not Path(where).exists(), "the job's cgroup is removed at close"
+    assert not Path(ex.cgroups.cg.parent).exists(), "and the scheduler's"
     assert log.lines[0] == f"job containment: cgroup v2 at {ex.cgroups.cg.describe()}"
+
+
+BURN = """\
+import os
+while sum(os.times()[:2]) < 0.3:
+    pass
+"""
+
+
+@needs_cgroup
+def test_an_emptied_job_cgroup_is_reused_and_counts_only_its_new_jobs_cpu(
+    tmp_path: Path,
+) -> None:
+    script = tmp_path / "burn.py"
+    script.write_text(BURN)
+    ex, log = executor(tmp_path)
+    assert ex.cgroups.cg is not None, log.lines
+    first = start(ex, f"{sys.executable} {script}")
+    where = ex.cgroups.job_cg[first.seq]
+    second: Job | None = None
+    try:
+        (ended,) = wait_for(lambda: ex.events(0.0), timeout=60, what="the first job's end")
+        assert ended.job.cpu_seconds >= 0.3, "its CPU time, from its cgroup"
+        ex.recorded([ended])
+        assert Path(where).is_dir(), "kept for a later job"
+        second = start(ex, "sleep 300", seq=2)
+        assert ex.cgroups.job_cg[2] == where, "the emptied cgroup is the next job's"
+        assert str(cgroup_of(second.pid or 0)) == where
+        ex.own_cpu_seconds([second])
+        assert second.cpu_seconds < 0.2, "the first job's CPU time is not the second's"
+    finally:
+        if second is not None:
+            finish(ex, second)
+        else:
+            ex.close()
+    assert second is not None and second.cpu_seconds < 0.2, "nor at its end"
+    assert not Path(where).exists(), "removed at close"
 
 
 def test_without_a_writable_cgroup_v2_jobs_are_process_groups(

@@ -220,7 +220,7 @@ class LocalExecutor:
             elif self.output_dir is not None:
                 jid = env["PBQ_JOB_ID"]
                 out, err = str(self.output_dir / f"{jid}.out"), str(self.output_dir / f"{jid}.err")
-            cg = self.cgroups.for_new_job(env["PBQ_JOB_ID"])
+            cg = self.cgroups.for_new_job(job.seq)
             requests.append((job, env, ("start", job.seq, job_argv(job.line), env, out, err, cg,
                                          truncate)))
         if self.output is not None:  # where their output goes, on record before they run
@@ -258,8 +258,10 @@ class LocalExecutor:
                     self.cgroups.started(job.seq, env["PBQ_JOB_ID"], msg[5])
                     self.answers.append(Started(job, pid=msg[2], pid_start=msg[3], when=msg[4]))
                 elif kind == "failed":
+                    self.cgroups.not_started(job.seq)
                     self.answers.append(NotStarted(job, Outcome(msg[2], note=msg[3]), msg[3]))
                 else:
+                    self.cgroups.not_started(job.seq)
                     self.answers.append(NotStarted(job, None, f"cannot start processes ({msg[2]})"))
             else:
                 keep.append(msg)
@@ -278,8 +280,9 @@ class LocalExecutor:
         found = self.earlier.find_job(env["PBQ_JOB_ID"])
         if found:
             self.orphans[found[0]] = job
-            self.cgroups.find(job.seq, env["PBQ_JOB_ID"], found[0])
+            self.cgroups.find(job.seq, found[0])
             return Started(job, pid=found[0], pid_start=process_start(found[0]))
+        self.cgroups.not_started(job.seq)
         return NotStarted(job, None, "the job runner did not answer")
 
     # -- ends -----------------------------------------------------------------------
@@ -529,7 +532,7 @@ class LocalExecutor:
         for job in jobs:
             if job.pid is not None:
                 self.adopted[job.seq] = job
-                self.cgroups.find(job.seq, f"{self.host}.{job.seq}", job.pid)
+                self.cgroups.find(job.seq, job.pid)
                 if self.cgroups.thaw(job.seq):
                     # Killed between freezing and thawing (a stop, a term): the job would
                     # never run nor end.  A SIGSTOP it got takes effect now, and a stop by

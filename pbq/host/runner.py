@@ -175,6 +175,7 @@ class Runner:
         self.job_of: dict[int, int] = {}  # pid -> the job number (seq) it was started as
         self.unacked: dict[int, dict[str, Any]] = {}  # pid -> exit record not yet on the ledger
         self.env = dict(os.environ)
+        self.mover = cgroups.Mover()
 
     def send(self, msg: tuple[Any, ...]) -> None:
         if not self.connected:
@@ -212,12 +213,11 @@ class Runner:
         if msg[0] == "start":
             _, seq, argv, overrides, out, err, cg, truncate = msg
             env = self.env | overrides
-            # The job is born in its cgroup (what clone3's CLONE_INTO_CGROUP does; posix_spawn
-            # cannot): the runner steps into it for the spawn and back out right after, two
-            # writes of some 30 us.  Moving the pid after posix_spawn returns (after the exec)
-            # would leave the job outside while its dynamic loader runs: harmless in practice,
-            # as it forks nothing then, but this way there is no such moment at all.
-            contained = cgroups.enter(cg[0]) if cg is not None else "no cgroup"
+            # The job is born in its cgroup: the runner steps into it for the spawn and back
+            # out right after (cgroup.Mover).  Moving the pid after posix_spawn returns (after
+            # the exec) would leave the job outside while its dynamic loader runs: harmless in
+            # practice, as it forks nothing then, but this way there is no such moment at all.
+            contained = self.mover.enter(cg[0]) if cg is not None else "no cgroup"
             try:
                 pid = spawn(argv, env, out, err, self.nice, truncate)
             except SpawnError as e:
@@ -247,9 +247,9 @@ class Runner:
         """
         if cg is None or entered:
             return entered
-        back = cgroups.leave(cg[1])
+        back = self.mover.leave(cg[1])
         if remove:
-            cgroups.remove(cg[0])
+            self.mover.remove(cg[0])
         return back
 
     def reap(self) -> None:
