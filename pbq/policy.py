@@ -24,7 +24,7 @@ Decision, with ``load = foreign + running`` (own running jobs count one each) an
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
 
@@ -105,6 +105,16 @@ def decide(v: View) -> Decision:
     if v.mode is Mode.RUN and v.pending and not low_memory:
         start = room - cont
     return Decision(cont=cont, start=start, evict=evict)
+
+
+def may_refill(v: View) -> bool:
+    """Would a job that ended now be replaced at once, and nothing else change?  Then a
+    start may be queued ahead with the job runner, which makes it the moment a job ends
+    (short jobs refill their slots without waiting for the scheduler's next pass)."""
+    if v.mode is not Mode.RUN or v.running < 1:
+        return False
+    d = decide(replace(v, running=v.running - 1, pending=True))
+    return d.start >= 1 and not (d.stop or d.cont or d.evict)
 
 
 @dataclass(frozen=True)

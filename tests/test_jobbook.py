@@ -26,6 +26,8 @@ METHODS: dict[str, Transition] = {
     "unclaim": lambda b, j: b.unclaim([j]),
     "starting": lambda b, j: b.starting(j),
     "unstart": lambda b, j: b.unstart(j),
+    "queue": lambda b, j: b.queue(j),
+    "unqueue": lambda b, j: b.unqueue(j),
     "started": lambda b, j: b.started(j, 100.0, pid=4242, pid_start=1.5),
     "adopt-running": lambda b, j: b.adopt(j, stopped=False),
     "adopt-stopped": lambda b, j: b.adopt(j, stopped=True),
@@ -50,6 +52,14 @@ ALLOWED: list[tuple[JobState, str, JobState | None]] = [
     (S.CLAIMED, "unclaim", GONE),
     (S.CLAIMED, "starting", S.STARTING),
     (S.STARTING, "unstart", S.CLAIMED),
+    (S.CLAIMED, "queue", S.QUEUED),
+    (S.QUEUED, "unqueue", S.CLAIMED),
+    (S.QUEUED, "unstart", S.CLAIMED),
+    (S.QUEUED, "started", S.RUNNING),
+    (S.QUEUED, "terminating", S.TERMINATING),
+    (S.QUEUED, "requeue-front", S.REQUEUE_FRONT),
+    (S.QUEUED, "requeue-end", S.REQUEUE_END),
+    (S.QUEUED, "settling", S.SETTLING),
     (S.STARTING, "started", S.RUNNING),
     (S.STARTING, "adopt-running", S.RUNNING),
     (S.RUNNING, "adopt-running", S.RUNNING),
@@ -109,6 +119,7 @@ ILLEGAL: list[tuple[str, JobState]] = [
 PATHS: dict[JobState, list[str]] = {
     S.CLAIMED: [],
     S.STARTING: ["starting"],
+    S.QUEUED: ["queue"],
     S.RUNNING: ["starting", "started"],
     S.STOPPED: ["starting", "started", "stop"],
     S.EVICTING: ["starting", "started", "evicting"],
@@ -323,6 +334,9 @@ def test_book_round_trip() -> None:
     book = full_book()
     doc = json.loads(json.dumps(book.to_json()))  # through real JSON text
     again = JobBook.from_json("h1", doc)
+    # A start queued ahead is, to whoever reads it after a crash, a start in flight.
+    for job in book.in_state(S.QUEUED):
+        job.state = S.STARTING
     assert [(j.seq, j.state) for j in again] == [(j.seq, j.state) for j in book]
     assert list(again) == list(book)  # every saved field, byte lines included
     assert again.counters == book.counters

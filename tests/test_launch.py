@@ -9,7 +9,7 @@ from pathlib import Path
 from test_ledger import ListLog
 
 from pbq.config import load_config
-from pbq.host.executor import NotStarted, Started
+from pbq.host.executor import NotStarted, Revoked, Started
 from pbq.host.jobs import Job, JobBook, JobState, Outcome
 from pbq.host.launch import apply_answers, launch
 from pbq.host.ledger import Ledger
@@ -27,9 +27,12 @@ class AnswersLater:
         self.termed: list[int] = []
 
     def start(self, jobs: list[Job], env_for: object, now: float,
-              wait: bool = True) -> list[Started | NotStarted]:
+              wait: bool = True, ahead: bool = False) -> list[Started | NotStarted]:
         self.requested += [j.seq for j in jobs]
         return []
+
+    def revoke(self) -> None:
+        pass
 
     def term(self, job: Job) -> None:
         self.termed.append(job.seq)
@@ -58,7 +61,28 @@ def test_a_start_answered_later_moves_the_job_on_then(tmp_path: Path) -> None:
     assert jobs[0].state is S.RUNNING and jobs[0].pid == 4242 and jobs[0].started == 2.0
     assert done.not_started == [2] and done.refused == [False]
     assert book.get(2) is None, "a job that could not start is a failed job"
+    assert b'"started"' not in ledger.files.journal.read_bytes(), "a pid waits for the pass"
+    ledger.flush_journal()
     assert b'"started":[[1,4242,5.0,2.0]]' in ledger.files.journal.read_bytes()
+
+
+def test_a_start_queued_ahead_and_given_back_is_a_line_taken_ahead_again(
+    tmp_path: Path,
+) -> None:
+    book, ledger, outcomes, log = parts(tmp_path)
+    ex = AnswersLater()
+    jobs = [book.claim(b"true", op=1), book.claim(b"true", op=1)]
+    done = launch(jobs, 1.0, ex, lambda j: {}, book, ledger, outcomes, log,  # type: ignore[arg-type]
+                  ahead=True)
+    assert done is not None and ex.requested == [1, 2]
+    assert [j.state for j in jobs] == [S.QUEUED, S.QUEUED]
+    assert b'"starting":[1,2]' in ledger.files.journal.read_bytes(), "written ahead at once"
+    assert book.running_count() == 0, "a queued start holds no slot until it is made"
+    book.terminating(jobs[1])  # `term` came while it was queued
+    done = apply_answers([Revoked(jobs[0]), Revoked(jobs[1])], 2.0, ex, book, ledger, outcomes,
+                         log)  # type: ignore[arg-type]
+    assert jobs[0].state is S.CLAIMED and done.revoked == 1 and not done.not_started
+    assert jobs[1].state is S.TERMINATED, "nothing ran: its line goes back"
 
 
 def test_term_reached_a_job_being_started(tmp_path: Path) -> None:

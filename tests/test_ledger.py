@@ -206,6 +206,9 @@ def test_save_if_changed_journals_ended_jobs_between_snapshots(tmp_path: Path) -
     book.counters.done = 1
     ledger.save_if_changed()
     assert ledger.gen == 1, "no new snapshot yet"
+    assert [j.seq for j in reload(tmp_path).book] == [first.seq, second.seq], \
+        "the end waits for the pass's one journal write"
+    ledger.flush_journal()  # (the loop: before the end is acknowledged, and at the pass's end)
     again = reload(tmp_path)
     assert [j.seq for j in again.book] == [second.seq]
     assert again.book.counters.done == 1

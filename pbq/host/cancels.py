@@ -17,8 +17,8 @@ from .jobs import UNKNOWN_EXIT, JobBook, JobState, Outcome
 from .ledger import Ledger
 from .outcomes import Outcomes
 
-# The states a cancel ends a job from; CANCELLING jobs are ended already, STARTING ones
-# next pass, and jobs that have ended wait only for their record.
+# The states a cancel ends a job from; CANCELLING jobs are ended already, STARTING (and
+# QUEUED) ones once started, and jobs that have ended wait only for their record.
 SIGNALLED = (JobState.RUNNING, JobState.STOPPED, JobState.EVICTING, JobState.TIMING_OUT,
              JobState.TERMINATING)
 

@@ -44,7 +44,7 @@ from ..drm.bioqueue import is_cluster_id
 from ..errors import PbqError
 from ..hostfile import Host
 from ..statefiles import line_to_text
-from .executor import Ended, EnvFor, NotStarted, Started
+from .executor import Answer, Ended, EnvFor, NotStarted, Started
 from .jobs import UNKNOWN_EXIT, Job, Outcome
 from .ledger import Log
 from .recovery import Probe
@@ -92,6 +92,7 @@ def resources_for(host: Host, cfg: Config, predicted_mem: str | None = None) -> 
 
 class DrmExecutor:
     counts_foreign_load = False
+    queues_ahead = False
 
     @property
     def drm_name(self) -> str:
@@ -139,12 +140,16 @@ class DrmExecutor:
     # -- submit ----------------------------------------------------------------------
 
     def start(self, jobs: list[Job], env_for: EnvFor, now: float,
-              wait: bool = True) -> list[Started | NotStarted]:
-        out = [self._submit(job, env_for(job)["PBQ_JOB_ID"]) for job in jobs]
+              wait: bool = True, ahead: bool = False) -> list[Answer]:
+        assert not ahead, "a resource manager queues jobs itself"
+        out: list[Answer] = [self._submit(job, env_for(job)["PBQ_JOB_ID"]) for job in jobs]
         self._log_printed()
         return out  # a submission is answered at once
 
-    def start_answers(self) -> list[Started | NotStarted]:
+    def revoke(self) -> None:
+        pass  # nothing is asked for ahead
+
+    def start_answers(self) -> list[Answer]:
         return []
 
     def _log_printed(self) -> None:

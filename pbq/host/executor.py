@@ -33,6 +33,16 @@ class NotStarted:
 
 
 @dataclass
+class Revoked:
+    """A start asked for ahead (``start(..., ahead=True)``), given back unmade."""
+
+    job: Job
+
+
+Answer = Started | NotStarted | Revoked
+
+
+@dataclass
 class Ended:
     job: Job
     outcome: Outcome
@@ -50,6 +60,8 @@ class Executor(Protocol):
         """The resource manager's name on a cluster head node, else None."""
     # Slack between policy and executor: a DRM host counts its own jobs in its limit only.
     counts_foreign_load: bool
+    # Starts may be asked for ahead: made, without the loop, when one of the jobs ends.
+    queues_ahead: bool
 
     def fileno(self) -> int | None:
         """A descriptor that becomes readable when something happened, or None."""
@@ -64,11 +76,15 @@ class Executor(Protocol):
         """False while starts are held back (a DRM that refused a submission)."""
 
     def start(self, jobs: list[Job], env_for: EnvFor, now: float,
-              wait: bool = True) -> list[Started | NotStarted]:
+              wait: bool = True, ahead: bool = False) -> list[Answer]:
         """Start (or submit) these jobs; the answers known now, one a job with ``wait``.
-        Without it, the answers not known yet come later from ``start_answers``."""
+        Without it, the answers not known yet come later from ``start_answers``.  With
+        ``ahead`` (only where ``queues_ahead``), each starts when one of the jobs ends."""
 
-    def start_answers(self) -> list[Started | NotStarted]:
+    def revoke(self) -> None:
+        """Take back the starts asked for ahead and not made yet (answered ``Revoked``)."""
+
+    def start_answers(self) -> list[Answer]:
         """Answers to earlier start requests, as they came in (after ``events``)."""
 
     def events(self, now: float) -> list[Ended]:

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from ..errors import PbqError
 from ..jobfile import JobQueue, Txn
 from ..safety import check_input_file
-from .jobs import Job, JobBook, JobState
+from .jobs import ASKED, Job, JobBook, JobState
 from .ledger import Ledger, Log
 
 PREFETCH_MAX = 64  # most lines a host takes ahead of its free slots (a lock, four fsyncs each)
@@ -43,7 +43,7 @@ class Intake:
 
     def nothing_left(self) -> bool:
         """No job held, nothing pending, no outcome unwritten (the ``drained`` event)."""
-        held = self.book.live() or self.book.in_state(JobState.STARTING, JobState.CLAIMED)
+        held = self.book.live() or self.book.in_state(*ASKED, JobState.CLAIMED)
         return not held and self.drained() and not self.ledger.pending()
 
     def changed(self) -> None:

@@ -88,6 +88,12 @@ class JobCgroups:
             self.base.pop(where, None)
             cgroups.remove(where)
 
+    def unassign(self, seq: int) -> None:
+        """A start taken back before it was made: its cgroup is free again."""
+        where = self.assigned.pop(seq, None)
+        if where is not None:
+            self.free.append(where)
+
     def find(self, seq: int, pid: int) -> None:
         """The cgroup of a job of an earlier run (adopted, or found after a lost answer)."""
         self.assigned.pop(seq, None)

@@ -211,6 +211,7 @@ class JobOutput:
         """(N, Seq, time) of jobs whose start is about to be asked for: one append to
         ``.jobids``, before the request, so that a job that runs and ends while the
         scheduler dies is still found by its Seq (and its slot packed at the next start)."""
+        jobs = [j for j in jobs if j[0] not in self.seq_of]  # a start taken back and asked again
         if self.index_fd is None or not jobs:
             return
         for n, seq, _ in jobs:

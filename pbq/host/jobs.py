@@ -21,6 +21,11 @@ refuses any other)::
 
     STARTING -term-> TERMINATING -started-> TERMINATING (its pid, once the runner answers)
 
+    CLAIMED -queue-> QUEUED: its start is asked for ahead, to be made by the job runner the
+    moment one of the host's jobs ends (short jobs); from then on it is what STARTING is
+    (it may have run; saved as STARTING) and shares its edges, plus QUEUED -revoked-> CLAIMED
+    when the scheduler takes the request back before it was made.
+
     RUNNING/STOPPED/EVICTING/TIMING_OUT/TERMINATING -cancel-> CANCELLING -ended-> (gone, or
     SETTLING: joblog row and .log say "cancelled"; never retried, never in .error)
     CLAIMED -cancel-> (gone, the same record: it never started)
@@ -45,6 +50,7 @@ UNKNOWN_EXIT = -1  # joblog Exitval of a job whose outcome cannot be known
 class JobState(StrEnum):
     CLAIMED = "claimed"  # taken from the jobfile, not started yet (short jobs are taken ahead)
     STARTING = "starting"  # being started: if the scheduler dies now, it may have run
+    QUEUED = "queued"  # to be started by the runner when a job ends (saved as "starting")
     RUNNING = "running"
     STOPPED = "stopped"  # stopped by the load policy or by the user (``stopped_by``)
     EVICTING = "evicting"  # ended by pbq (memory, max_suspend): its line goes back to the front
@@ -66,6 +72,7 @@ LIVE = (
     JobState.CANCELLING,
 )
 REQUEUE = (JobState.REQUEUE_FRONT, JobState.REQUEUE_END)
+ASKED = (JobState.STARTING, JobState.QUEUED)  # a start was asked for, not answered yet
 # States whose process may still run (it must be watched, signalled on term, adopted).
 WATCHED = LIVE
 
@@ -135,7 +142,8 @@ class Job:
             "seq": self.seq,
             "line": line_to_text(self.line),
             "op": self.op,
-            "state": self.state.value,
+            # A queued start is a start asked for, to whoever reads this after a crash.
+            "state": (JobState.STARTING if self.state is JobState.QUEUED else self.state).value,
         }
         for key in (
             "pid",
@@ -286,9 +294,14 @@ class JobBook:
         self._move(job, JobState.STARTING, (JobState.CLAIMED,))  # CLAIMED -> STARTING
 
     def unstart(self, job: Job) -> None:
-        self._move(
-            job, JobState.CLAIMED, (JobState.STARTING,)
-        )  # STARTING -> CLAIMED (not on record)
+        self._move(job, JobState.CLAIMED, ASKED)  # STARTING/QUEUED -> CLAIMED (not on record)
+
+    def queue(self, job: Job) -> None:
+        self._move(job, JobState.QUEUED, (JobState.CLAIMED,))  # CLAIMED -> QUEUED
+
+    def unqueue(self, job: Job) -> None:
+        """The runner gave the queued start back unmade (revoked)."""
+        self._move(job, JobState.CLAIMED, (JobState.QUEUED,))  # QUEUED -> CLAIMED
 
     def started(
         self,
@@ -298,7 +311,7 @@ class JobBook:
         pid_start: float | None = None,
         cluster_id: str | None = None,
     ) -> None:
-        self._move(job, JobState.RUNNING, (JobState.STARTING,))  # STARTING -> RUNNING
+        self._move(job, JobState.RUNNING, ASKED)  # STARTING/QUEUED -> RUNNING
         job.pid, job.pid_start, job.cluster_id, job.started = pid, pid_start, cluster_id, now
 
     def adopt(self, job: Job, stopped: bool) -> None:
@@ -348,10 +361,8 @@ class JobBook:
         job.kill_at = kill_at
 
     def terminating(self, job: Job) -> None:
-        # RUNNING/STOPPED/STARTING -> TERMINATING
-        self._move(
-            job, JobState.TERMINATING, (JobState.RUNNING, JobState.STOPPED, JobState.STARTING)
-        )
+        # RUNNING/STOPPED/STARTING/QUEUED -> TERMINATING
+        self._move(job, JobState.TERMINATING, (JobState.RUNNING, JobState.STOPPED, *ASKED))
 
     def started_while_terminating(
         self, job: Job, now: float, pid: int | None, pid_start: float | None,
@@ -369,26 +380,24 @@ class JobBook:
     def requeue(self, job: Job, front: bool) -> None:
         """Its line is to go back into the jobfile (written ahead by the ledger)."""
         if front:
-            # CLAIMED/STARTING/live/TERMINATED -> REQUEUE_FRONT
+            # CLAIMED/STARTING/QUEUED/live/TERMINATED -> REQUEUE_FRONT
             self._move(
                 job,
                 JobState.REQUEUE_FRONT,
-                (JobState.CLAIMED, JobState.STARTING, JobState.TERMINATED, *LIVE),
+                (JobState.CLAIMED, *ASKED, JobState.TERMINATED, *LIVE),
             )
         else:
-            # STARTING/RUNNING/STOPPED -> REQUEUE_END (a retry)
-            self._move(
-                job, JobState.REQUEUE_END, (JobState.STARTING, JobState.RUNNING, JobState.STOPPED)
-            )
+            # STARTING/QUEUED/RUNNING/STOPPED -> REQUEUE_END (a retry)
+            self._move(job, JobState.REQUEUE_END, (*ASKED, JobState.RUNNING, JobState.STOPPED))
         job.putback_op = None
 
     def settling(self, job: Job) -> None:
         # ended with a retry count to clear:
-        # CLAIMED/STARTING/RUNNING/STOPPED/TIMING_OUT/CANCELLING -> SETTLING
+        # CLAIMED/STARTING/QUEUED/RUNNING/STOPPED/TIMING_OUT/CANCELLING -> SETTLING
         self._move(
             job,
             JobState.SETTLING,
-            (JobState.CLAIMED, JobState.STARTING, JobState.RUNNING, JobState.STOPPED,
+            (JobState.CLAIMED, *ASKED, JobState.RUNNING, JobState.STOPPED,
              JobState.TIMING_OUT, JobState.CANCELLING),
         )
 

@@ -70,6 +70,7 @@ class Ledger:
         self.next_snapshot = -float("inf")
         self.journal_used = True  # an old journal may exist: its records are of older generations
         self.journal_bytes = 1 << 20  # so the first snapshot cuts it
+        self.journal_due: list[bytes] = []  # records that may wait for the pass's next write
         self.joblog_rows: list[str] = []
         self.error_lines: list[bytes] = []
         self.error_seqs: list[int | None] = []  # their Seqs, for .errseq (see requeue-errors)
@@ -142,6 +143,7 @@ class Ledger:
             raise
         self.book.changed = False
         self.ended_seqs = []
+        self.journal_due = []  # the snapshot holds what they say (replay skips them anyway)
         self.next_snapshot = self.mono() + SNAPSHOT_EVERY
         if not self.journal_used:
             self.journal_bytes = 0
@@ -161,7 +163,8 @@ class Ledger:
                 self.save()
             elif self.ended_seqs:
                 c = self.book.counters
-                self.journal({"ended": self.ended_seqs, "done": c.done, "failed": c.failed})
+                self.journal({"ended": self.ended_seqs, "done": c.done, "failed": c.failed},
+                             defer=True)
                 self.ended_seqs = []
         except PbqError as err:
             self.disk_problem(err)
@@ -169,11 +172,33 @@ class Ledger:
     def snapshot_soon(self) -> None:
         self.next_snapshot = -float("inf")
 
-    def journal(self, rec: dict[str, Any]) -> None:
-        """Put a fact on record before the next snapshot (one small append)."""
+    def journal(self, rec: dict[str, Any], defer: bool = False) -> None:
+        """Put a fact on record before the next snapshot (one small append).
+
+        A ``defer``red record (a pid, an end not acknowledged yet) goes with the next write
+        of the pass (``flush_journal``, or a record that may not wait): one append per pass
+        instead of three per job.  Raises PbqError; deferred records are then kept."""
         rec["g"] = self.gen
         rec["format"] = STATE_FORMAT
         data = json.dumps(rec, separators=(",", ":")).encode() + b"\n"
+        if defer:
+            self.journal_due.append(data)
+            return
+        self._append_journal([*self.journal_due, data])
+        self.journal_due = []
+
+    def flush_journal(self) -> None:
+        """Write the deferred records: before the ends they name are acknowledged, and at
+        the end of each pass."""
+        if self.journal_due:
+            try:
+                self._append_journal(self.journal_due)
+                self.journal_due = []
+            except PbqError as err:
+                self.disk_problem(err)
+
+    def _append_journal(self, records: list[bytes]) -> None:
+        data = b"".join(records)
         append_bytes(self.files.journal, data)
         self.journal_used = True
         self.journal_bytes += len(data)

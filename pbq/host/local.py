@@ -34,7 +34,7 @@ from typing import Any
 from ..sensors import Sensors, process_start, process_state, same_process
 from ..sidefiles import ExitRecord, exit_records_by_job
 from .earlier import RECORDED, EarlierRun
-from .executor import Ended, EnvFor, NotStarted, Started
+from .executor import Answer, Ended, EnvFor, NotStarted, Revoked, Started
 from .jobcgroups import JobCgroups
 from .joboutput import JobOutput
 from .jobs import UNKNOWN_EXIT, Job, JobState, Outcome, outcome_of
@@ -80,6 +80,7 @@ def _own_cpu(pid: int) -> float:
 class LocalExecutor:
     name = "local"
     counts_foreign_load = True
+    queues_ahead = True
 
     @property
     def drm_name(self) -> str | None:
@@ -105,7 +106,8 @@ class LocalExecutor:
         self.by_pid: dict[int, Job] = {}  # jobs whose end the runner will report
         # Start requests not answered yet: seq -> (job, its environment, answer deadline).
         self.pending: dict[int, tuple[Job, dict[str, str], float]] = {}
-        self.answers: list[Started | NotStarted] = []  # for start_answers
+        self.answers: list[Answer] = []  # for start_answers
+        self.queued: set[int] = set()  # seqs of starts asked for ahead, not answered yet
         self.orphans: dict[int, Job] = {}  # jobs of a dead runner: our children now
         self.adopted: dict[int, Job] = {}  # by seq: jobs of an earlier run, polled
         self.gone_since: dict[int, float] = {}
@@ -194,14 +196,16 @@ class LocalExecutor:
         for job, env, _ in self.pending.values():  # did they start before it died?
             self.answers.append(self._lost_start(job, env))
         self.pending.clear()
+        self.queued.clear()
 
     # -- starting -------------------------------------------------------------------
 
     def start(self, jobs: list[Job], env_for: EnvFor, now: float,
-              wait: bool = True) -> list[Started | NotStarted]:
+              wait: bool = True, ahead: bool = False) -> list[Answer]:
         """Ask the runner to start the jobs.  Without ``wait`` the answers come later (from
         ``start_answers``, after ``events``): the loop records other ends meanwhile, and the
-        runner spawns while the scheduler writes."""
+        runner spawns while the scheduler writes.  With ``ahead`` the runner queues them and
+        starts one whenever one of its jobs ends (no deadline: that may take a while)."""
         if self.sock is None:
             self._start_runner()
         from ..cmdline import job_argv
@@ -222,17 +226,19 @@ class LocalExecutor:
                 out, err = str(self.output_dir / f"{jid}.out"), str(self.output_dir / f"{jid}.err")
             cg = self.cgroups.for_new_job(job.seq)
             requests.append((job, env, ("start", job.seq, job_argv(job.line), env, out, err, cg,
-                                         truncate)))
+                                         truncate, ahead)))
         if self.output is not None:  # where their output goes, on record before they run
             self.output.requested([(j.seq, j.number, now) for j, _, _ in requests])
         for job, env, _ in requests:
-            self.pending[job.seq] = (job, env, deadline)
+            self.pending[job.seq] = (job, env, float("inf") if ahead else deadline)
+            if ahead:
+                self.queued.add(job.seq)
         for _, _, msg in requests:
             if not self._send(msg):
                 break  # the runner is gone: each is answered as lost (did it start?) below
         if self.sock is not None and not self._drain():
             self._runner_gone()
-        if not wait:
+        if not wait or ahead:
             return self.start_answers()
         want = {j.seq for j in jobs}
         self._take_answers(time.monotonic())
@@ -251,9 +257,13 @@ class LocalExecutor:
         keep = []
         for msg in self.inbox:
             kind = msg[0]
-            if kind in ("started", "failed", "again") and msg[1] in self.pending:
+            if kind in ("started", "failed", "again", "revoked") and msg[1] in self.pending:
                 job, env, _ = self.pending.pop(msg[1])
-                if kind == "started":
+                self.queued.discard(job.seq)
+                if kind == "revoked":
+                    self.cgroups.unassign(job.seq)
+                    self.answers.append(Revoked(job))
+                elif kind == "started":
                     self.by_pid[msg[2]] = job
                     self.cgroups.started(job.seq, env["PBQ_JOB_ID"], msg[5])
                     self.answers.append(Started(job, pid=msg[2], pid_start=msg[3], when=msg[4]))
@@ -271,7 +281,11 @@ class LocalExecutor:
                 del self.pending[seq]
                 self.answers.append(self._lost_start(job, env))
 
-    def start_answers(self) -> list[Started | NotStarted]:
+    def revoke(self) -> None:
+        if self.queued and self.sock is not None and not self._send(("revoke",)):
+            self._runner_gone()
+
+    def start_answers(self) -> list[Answer]:
         out, self.answers = self.answers, []
         return out
 
@@ -368,9 +382,11 @@ class LocalExecutor:
     def settle(self, timeout: float = 1.0) -> None:
         """Before exit: wait (briefly) for the usage the runner reports right after an end."""
         deadline = time.monotonic() + timeout
+        self.revoke()  # starts queued ahead are given back: every request gets its answer
         while self.sock is not None and (self.awaiting_usage or self.pending):
             pending = {m[1] for m in self.inbox if m[0] == "usage"}
-            answered = {m[1] for m in self.inbox if m[0] in ("started", "failed", "again")}
+            answered = {m[1] for m in self.inbox
+                        if m[0] in ("started", "failed", "again", "revoked")}
             if (set(self.awaiting_usage) <= pending and self.pending.keys() <= answered) \
                     or time.monotonic() >= deadline:
                 return
@@ -470,6 +486,7 @@ class LocalExecutor:
         return done
 
     def terminate(self, jobs: list[Job]) -> str:
+        self.revoke()  # before any job ends: no queued start may take its slot
         for job in jobs:
             stopped = job.state is JobState.STOPPED or bool(job.stopped_by)
             if self._signal_cgroup(job, signal.SIGTERM, freeze=False) is not None:

@@ -52,8 +52,8 @@ from .hostentry import HostEntry
 from .intake import Intake
 from .jobcontrol import JobControl
 from .joboutput import JobOutput
-from .jobs import UNKNOWN_EXIT, Job, JobBook, JobState
-from .launch import Launched, apply_answers, launch
+from .jobs import ASKED, UNKNOWN_EXIT, Job, JobBook, JobState
+from .launch import Launched, apply_answers
 from .ledger import Ledger, Replaced
 from .limits import TimeLimits, enforce_limits
 from .modes import Modes
@@ -63,6 +63,7 @@ from .outputs import VIEW_DEBOUNCE, HostOutputs
 from .ownership import Ownership
 from .recovery import plan_recovery
 from .sensing import LoadSensing, Measurements, why_zero
+from .starts import Starts
 from .startup import apply_recovery, drm_executor, local_executor
 from .wakeup import Wakeup
 
@@ -140,6 +141,8 @@ class Scheduler:
         self.control_inbox = ControlInbox(files.control, trust)
         self.cancels = Cancels(CancelInbox(files.path("cancel"), trust), book, ledger,
                                self.outcomes, log)
+        self.starts = Starts(book, ledger, self.intake, self.outcomes, self.edge, self.health,
+                             self.notifier, self._env_for, log)
 
     # ---------------------------------------------------------------- set-up
 
@@ -250,6 +253,7 @@ class Scheduler:
         self.act(now)
         self._acknowledge()
         self.ledger.save_if_changed()
+        self.ledger.flush_journal()
         self.outputs.write_views()
         self.log.flush()
         return self._done()
@@ -301,7 +305,7 @@ class Scheduler:
     def _done(self) -> bool:
         if self.mode is Mode.TERM:
             return self.modes.term_done()
-        if self.book.live() or self.book.in_state(JobState.STARTING, JobState.CLAIMED):
+        if self.book.live() or self.book.in_state(*ASKED, JobState.CLAIMED):
             return False
         if self.ledger.pending():
             return False  # outcomes not written yet (full disk): wait for them
@@ -349,7 +353,7 @@ class Scheduler:
         for e in ended:
             # Only a job's own end says something of the host (not a timeout, an eviction
             # or a put-back).
-            plain = e.job.state in (JobState.RUNNING, JobState.STOPPED, JobState.STARTING)
+            plain = e.job.state in (JobState.RUNNING, JobState.STOPPED, *ASKED)
             started = e.job.started
             self.outcomes.ended(e, terminating=self.mode is Mode.TERM)
             if plain and started is not None and e.outcome.exit_code != UNKNOWN_EXIT:
@@ -369,6 +373,7 @@ class Scheduler:
             return
         assert self.executor is not None
         ended, self.recorded = self.recorded, []
+        self.ledger.flush_journal()  # their "ended" record first
         self.executor.recorded(ended)  # (hands ended jobs' output to be packed)
         if self.joboutput is not None:
             self.joboutput.pack()  # now: their slots are free only once packed
@@ -483,9 +488,20 @@ class Scheduler:
         )
 
     def act(self, now: float) -> Decision:
-        d = decide(self.view(now))
-        if not d:
-            return d
+        v = self.view(now)
+        d = decide(v)
+        ex = self.executor
+        assert ex is not None and self.host_entry is not None
+        ahead = self.starts.ahead_target(v, ex, now, self.mono(), self.host_entry, self.m)
+        if not ahead:
+            ex.revoke()  # before any job is stopped or killed: no queued start takes its slot
+        if d:
+            self._act_on(d, now)
+        if ahead:
+            self._launched(self.starts.queue_ahead(ahead, now, ex, self.m), now)
+        return d
+
+    def _act_on(self, d: Decision, now: float) -> None:
         held = self.book.in_state(JobState.RUNNING, JobState.STOPPED)
         choice = choose(
             [Candidate(j.seq, j.started or 0.0, j.state is JobState.STOPPED) for j in held], d
@@ -501,37 +517,9 @@ class Scheduler:
         for seq in choice.cont:
             self.jobcontrol.cont(ex, by_seq[seq])
         if choice.start:
-            self._start(choice.start, now)
-        return d
-
-    def _start(self, n: int, now: float) -> None:
-        """Start ``n`` jobs: those taken ahead first, then fresh ones from the jobfile."""
-        assert self.executor is not None and self.host_entry is not None
-        claimed = self.book.in_state(JobState.CLAIMED)
-        until = self.edge.until_work(self.host_entry, self.m.work_time, now)
-        if until is not None:
-            batch = self.edge.start_before_work(
-                claimed, n, now, until, self.host_entry, self.book, self.ledger, self.intake,
-                self.log)
-        else:
-            if len(claimed) < n:
-                ahead = (
-                    self.intake.prefetch(self.outcomes.avg_runtime, self.m.limit)
-                    if self.mode is Mode.RUN
-                    else 0
-                )
-                try:
-                    claimed += self.intake.take(n - len(claimed) + ahead)
-                except PbqError as err:
-                    self.ledger.disk_problem(err)
-            batch = claimed[:n]
-        if not batch:
-            return
-        self.notifier.rearm()  # the next drain is news again
-        done = launch(batch, now, self.executor, self._env_for, self.book, self.ledger,
-                      self.outcomes, self.log)
-        if done is not None:
-            self._launched(done, now)
+            assert self.host_entry is not None
+            self._launched(self.starts.start_now(choice.start, now, ex, self.host_entry,
+                                                 self.mode, m), now)
 
     def _started(self, now: float) -> None:
         """Answers to start requests of earlier passes (the job runner's)."""
@@ -541,7 +529,11 @@ class Scheduler:
             self._launched(apply_answers(answers, now, self.executor, self.book, self.ledger,
                                          self.outcomes, self.log), now)
 
-    def _launched(self, done: Launched, now: float) -> None:
+    def _launched(self, done: Launched | None, now: float) -> None:
+        if done is None:
+            return
+        if done.revoked and (self.modes.quitting or self.health.quarantined(now)):
+            self.intake.give_back_claimed()  # taken back after quit (or quarantine) gave back
         for ok in done.refused:
             self._health_end(End(now, ok, 0.0), now)
         if self.joboutput is not None:

@@ -20,7 +20,7 @@ from ..quarantine import HostHealth
 from ..statefiles import line_to_text
 from .executor import Executor
 from .intake import Intake
-from .jobs import JobBook, JobState
+from .jobs import ASKED, JobBook, JobState
 from .ledger import Ledger, Log
 
 KILL_WAIT = 5.0  # seconds after SIGKILL before giving up on processes that won't die
@@ -98,7 +98,7 @@ class Modes:
         """SIGTERM to every job now (or cancel in the DRM).  A crash before the lines go back
         leaves the jobs TERMINATING on the ledger, and the restart puts them back."""
         assert self.executor is not None
-        jobs = self.book.in_state(JobState.RUNNING, JobState.STOPPED, JobState.STARTING)
+        jobs = self.book.in_state(JobState.RUNNING, JobState.STOPPED, *ASKED)
         self.log(f"{source}: terminating {len(jobs)} job(s) (SIGKILL after {self.term_grace:g} s)")
         self.term_deadline = self.mono() + self.term_grace
         self.intake.give_back_claimed()

@@ -11,7 +11,7 @@ from ..errors import PbqError
 from ..sidefiles import joblog_row
 from ..statefiles import line_to_text
 from .executor import Ended
-from .jobs import UNKNOWN_EXIT, Job, JobBook, JobState, Outcome
+from .jobs import ASKED, UNKNOWN_EXIT, Job, JobBook, JobState, Outcome
 from .ledger import Ledger, Log
 
 
@@ -63,7 +63,7 @@ class Outcomes:
             self.book.counters.timed_out += 1
             self.finish(job, out, when=e.when, retry=False)  # TIMING_OUT -> .error
             return
-        if job.state in (JobState.RUNNING, JobState.STOPPED, JobState.STARTING):
+        if job.state in (JobState.RUNNING, JobState.STOPPED, *ASKED):
             self.finish(job, e.outcome, when=e.when)
 
     def finish(self, job: Job, out: Outcome, when: float | None = None, retry: bool = True) -> None:

@@ -20,6 +20,7 @@ VIEW_DEBOUNCE = 0.05  # seconds the views may lag the jobs while they churn
 HELD = (
     JobState.RUNNING,
     JobState.STARTING,
+    JobState.QUEUED,
     JobState.CLAIMED,
     JobState.STOPPED,
     JobState.EVICTING,

@@ -17,13 +17,16 @@ Messages are pickled tuples with a 4-byte length (both ends are this package, ov
 anonymous socket pair)::
 
     scheduler -> runner   ("start", seq, argv, env_overrides, stdout_path, stderr_path,
-                           cgroup, truncate)        (job cgroup, home cgroup) or None;
-                                                    truncate: False for an (empty) slot
+                           cgroup, truncate, ahead) (job cgroup, home cgroup) or None;
+                                                    truncate: False for an (empty) slot;
+                                                    ahead: start it when a job ends
+                          ("revoke",)               give back every start queued ahead
                           ("ack", [pid, ...])
     runner -> scheduler   ("started", seq, pid, process_start_time, time, contained)
                                                     contained: "" or why not in its cgroup
                           ("failed", seq, exit_code, message)     the command cannot run
                           ("again", seq, message)                 out of processes: retry later
+                          ("revoked", seq)          a start queued ahead, given back unmade
                           ("exited", pid, wait_status, time)
                           ("usage", pid, cpu_seconds, maxrss_bytes)
 """
@@ -40,6 +43,7 @@ import socket
 import struct
 import sys
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -176,6 +180,9 @@ class Runner:
         self.unacked: dict[int, dict[str, Any]] = {}  # pid -> exit record not yet on the ledger
         self.env = dict(os.environ)
         self.mover = cgroups.Mover()
+        # Starts asked for ahead: each is made the moment one of the jobs ends, so a short
+        # job's slot is refilled without a round trip through the scheduler.
+        self.ready: deque[tuple[Any, ...]] = deque()
 
     def send(self, msg: tuple[Any, ...]) -> None:
         if not self.connected:
@@ -190,6 +197,7 @@ class Runner:
         if not self.connected:
             return
         self.connected = False
+        self.ready.clear()  # never start a job no scheduler will know of
         with contextlib.suppress(OSError):
             self.sock.close()
         self.save(list(self.unacked.values()))
@@ -211,32 +219,43 @@ class Runner:
 
     def handle(self, msg: tuple[Any, ...]) -> None:
         if msg[0] == "start":
-            _, seq, argv, overrides, out, err, cg, truncate = msg
-            env = self.env | overrides
-            # The job is born in its cgroup: the runner steps into it for the spawn and back
-            # out right after (cgroup.Mover).  Moving the pid after posix_spawn returns (after
-            # the exec) would leave the job outside while its dynamic loader runs: harmless in
-            # practice, as it forks nothing then, but this way there is no such moment at all.
-            contained = self.mover.enter(cg[0]) if cg is not None else "no cgroup"
-            try:
-                pid = spawn(argv, env, out, err, self.nice, truncate)
-            except SpawnError as e:
-                self.left_cgroup(cg, contained, remove=True)
-                self.send(("failed", seq, e.exit_code, e.message))
-                return
-            except OSError as e:
-                self.left_cgroup(cg, contained, remove=True)
-                self.send(("again", seq, e.strerror or str(e)))
-                return
-            contained = self.left_cgroup(cg, contained, remove=False)
-            now = time.time()
-            start = self.process_start(pid)
-            self.jobs[pid] = start
-            self.job_of[pid] = seq
-            self.send(("started", seq, pid, start, now, contained))
+            if msg[8]:
+                self.ready.append(msg)
+            else:
+                self.start(msg)
+        elif msg[0] == "revoke":
+            while self.ready:
+                self.send(("revoked", self.ready.popleft()[1]))
         elif msg[0] == "ack":
             for pid in msg[1]:
                 self.unacked.pop(pid, None)
+
+    def start(self, msg: tuple[Any, ...]) -> bool:
+        """Start one job and answer for it; False if it did not start."""
+        _, seq, argv, overrides, out, err, cg, truncate, _ = msg
+        env = self.env | overrides
+        # The job is born in its cgroup: the runner steps into it for the spawn and back
+        # out right after (cgroup.Mover).  Moving the pid after posix_spawn returns (after
+        # the exec) would leave the job outside while its dynamic loader runs: harmless in
+        # practice, as it forks nothing then, but this way there is no such moment at all.
+        contained = self.mover.enter(cg[0]) if cg is not None else "no cgroup"
+        try:
+            pid = spawn(argv, env, out, err, self.nice, truncate)
+        except SpawnError as e:
+            self.left_cgroup(cg, contained, remove=True)
+            self.send(("failed", seq, e.exit_code, e.message))
+            return False
+        except OSError as e:
+            self.left_cgroup(cg, contained, remove=True)
+            self.send(("again", seq, e.strerror or str(e)))
+            return False
+        contained = self.left_cgroup(cg, contained, remove=False)
+        now = time.time()
+        start = self.process_start(pid)
+        self.jobs[pid] = start
+        self.job_of[pid] = seq
+        self.send(("started", seq, pid, start, now, contained))
+        return True
 
     def left_cgroup(self, cg: tuple[str, str] | None, entered: str, remove: bool) -> str:
         """Back to the runner's own cgroup after a spawn; "" if the job is in its cgroup.
@@ -266,6 +285,8 @@ class Runner:
             pid = info.si_pid
             status = wait_status(info.si_code, info.si_status)
             now = time.time()
+            if self.ready and pid in self.jobs:
+                self.refill()
             self.send(("exited", pid, status, now))
             try:
                 _, _, ru = os.wait4(pid, 0)
@@ -279,6 +300,30 @@ class Runner:
                 self.send(("usage", pid, cpu, maxrss))
             if not self.connected:
                 self.save([rec])
+
+    def refill(self) -> None:
+        """A job ended: the next start queued ahead is made now, in its slot.  Its answer is
+        sent before the end that freed the slot, so the scheduler never counts the slot free
+        (and fills it itself) while this start is on its way.  A revoke sent before a job
+        was killed is read first: the scheduler wrote it before the kill."""
+        self.read_messages()
+        while self.ready and self.connected:
+            if self.start(self.ready.popleft()):
+                return
+
+    def read_messages(self, wait: bool = False) -> None:
+        """Handle what the scheduler sent; without ``wait`` only what is there already."""
+        try:
+            data = self.sock.recv(1 << 16, 0 if wait else socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self.disconnect()
+            return
+        for msg in self.reader.feed(data):
+            self.handle(msg)
 
     def run(self) -> int:
         wake_r, wake_w = os.pipe()
@@ -299,15 +344,7 @@ class Runner:
                     while os.read(wake_r, 4096):
                         pass
             if self.connected and self.sock.fileno() in ready:
-                try:
-                    data = self.sock.recv(1 << 16)
-                except OSError:
-                    data = b""
-                if not data:
-                    self.disconnect()
-                else:
-                    for msg in self.reader.feed(data):
-                        self.handle(msg)
+                self.read_messages(wait=True)
             self.reap()
         return 0
 

@@ -1,0 +1,106 @@
+"""Which lines start now, and which are queued ahead with the job runner.
+
+``start_now``: the policy's free slots are filled from the lines taken ahead, then from the
+jobfile (taking about half a second of short jobs at once), or -- near the start of work
+hours -- only with jobs expected to end before it (``edges.py``).
+
+``queue_ahead``: while the load policy would replace a job that ends by a new one, and do
+nothing else (no stop, no continue, no eviction: ``policy.may_refill``), a few of the lines
+taken ahead are sent to the job runner as "start this when one of your jobs ends" (and more
+lines are taken while the jobs run, so that many hosts waiting for the jobfile's lock keep
+their slots busy meanwhile).  The
+runner then refills a short job's slot the moment it ends, without a round trip through the
+scheduler, whose bookkeeping of the end runs beside the new job instead of before it.  The
+moment the policy would do anything else, the loop takes the queued starts back
+(``Executor.revoke``) before any job is stopped or killed.  A queued job is QUEUED in the
+book: a start asked for (saved as STARTING), counted as running once the runner says so.
+"""
+
+from __future__ import annotations
+
+from ..errors import PbqError
+from ..hostfile import Host
+from ..policy import Mode, View, may_refill
+from ..quarantine import HostHealth
+from .edges import WorkdayEdge
+from .executor import EnvFor, Executor
+from .intake import Intake
+from .jobs import JobBook, JobState
+from .launch import Launched, launch
+from .ledger import Ledger, Log
+from .notify import Notifier
+from .outcomes import Outcomes
+from .sensing import Measurements
+
+AHEAD_MAX = 8  # most starts queued with the runner at once
+
+
+class Starts:
+    def __init__(self, book: JobBook, ledger: Ledger, intake: Intake, outcomes: Outcomes,
+                 edge: WorkdayEdge, health: HostHealth, notifier: Notifier, env_for: EnvFor,
+                 log: Log) -> None:
+        self.book = book
+        self.ledger = ledger
+        self.intake = intake
+        self.outcomes = outcomes
+        self.edge = edge
+        self.health = health
+        self.notifier = notifier
+        self.env_for = env_for
+        self.log = log
+
+    def start_now(self, n: int, now: float, ex: Executor, entry: Host, mode: Mode,
+                  m: Measurements) -> Launched | None:
+        """Start ``n`` jobs: those taken ahead first, then fresh ones from the jobfile."""
+        claimed = self.book.in_state(JobState.CLAIMED)
+        until = self.edge.until_work(entry, m.work_time, now)
+        if until is not None:
+            batch = self.edge.start_before_work(
+                claimed, n, now, until, entry, self.book, self.ledger, self.intake, self.log)
+        else:
+            if len(claimed) < n:
+                ahead = self.intake.prefetch(self.outcomes.avg_runtime, m.limit) \
+                    if mode is Mode.RUN else 0
+                try:
+                    claimed += self.intake.take(n - len(claimed) + ahead)
+                except PbqError as err:
+                    self.ledger.disk_problem(err)
+            batch = claimed[:n]
+        if not batch:
+            return None
+        self.notifier.rearm()  # the next drain is news again
+        return launch(batch, now, ex, self.env_for, self.book, self.ledger, self.outcomes,
+                      self.log)
+
+    def ahead_target(self, v: View, ex: Executor, now: float, mono: float, entry: Host,
+                     m: Measurements) -> int:
+        """How many starts to keep queued with the runner; 0: none (take back any)."""
+        if not ex.queues_ahead or not may_refill(v):
+            return 0
+        if self.intake.prefetch(self.outcomes.avg_runtime, m.limit) == 0:
+            return 0  # jobs are not short: a pass per end costs nothing worth saving
+        steady = (ex.accepting(mono) and self.ledger.disk_error is None
+                  and not self.health.quarantined(now)
+                  and self.health.quick_failures == 0  # failing fast: let quarantine judge
+                  and self.edge.until_work(entry, m.work_time, now) is None)
+        return min(AHEAD_MAX, v.running) if steady else 0
+
+    def queue_ahead(self, target: int, now: float, ex: Executor, m: Measurements
+                    ) -> Launched | None:
+        """Top the runner's queue up to ``target`` from the lines taken ahead, taking more
+        from the jobfile while the jobs run: a wait for the lock then idles no slot."""
+        want = target - len(self.book.in_state(JobState.QUEUED))
+        if want <= 0:
+            return None
+        claimed = self.book.in_state(JobState.CLAIMED)
+        if len(claimed) < want and self.intake.may_have_lines():
+            ahead = self.intake.prefetch(self.outcomes.avg_runtime, m.limit)
+            try:
+                claimed += self.intake.take(want - len(claimed) + ahead)
+            except PbqError as err:
+                self.ledger.disk_problem(err)
+        batch = claimed[:want]
+        if not batch:
+            return None
+        return launch(batch, now, ex, self.env_for, self.book, self.ledger, self.outcomes,
+                      self.log, ahead=True)
