@@ -25,7 +25,7 @@ from ..quarantine import HostHealth
 from .edges import WorkdayEdge
 from .executor import EnvFor, Executor
 from .intake import Intake
-from .jobs import JobBook, JobState
+from .jobs import Job, JobBook, JobState
 from .launch import Launched, launch
 from .ledger import Ledger, Log
 from .notify import Notifier
@@ -59,18 +59,23 @@ class Starts:
                 claimed, n, now, until, entry, self.book, self.ledger, self.intake, self.log)
         else:
             if len(claimed) < n:
-                ahead = self.intake.prefetch(self.outcomes.avg_runtime, m.limit) \
-                    if mode is Mode.RUN else 0
-                try:
-                    claimed += self.intake.take(n - len(claimed) + ahead)
-                except PbqError as err:
-                    self.ledger.disk_problem(err)
+                claimed += self._take(n - len(claimed), m if mode is Mode.RUN else None)
             batch = claimed[:n]
         if not batch:
             return None
         self.notifier.rearm()  # the next drain is news again
         return launch(batch, now, ex, self.env_for, self.book, self.ledger, self.outcomes,
                       self.log)
+
+    def _take(self, n: int, m: Measurements | None) -> list[Job]:
+        """``n`` lines from the jobfile, and about half a second of short jobs more (not
+        without ``m``: a host that is quitting)."""
+        ahead = 0 if m is None else self.intake.prefetch(self.outcomes.avg_runtime, m.limit)
+        try:
+            return self.intake.take(n + ahead)
+        except PbqError as err:
+            self.ledger.disk_problem(err)
+            return []
 
     def ahead_target(self, v: View, ex: Executor, now: float, mono: float, entry: Host,
                      m: Measurements) -> int:
@@ -94,11 +99,7 @@ class Starts:
             return None
         claimed = self.book.in_state(JobState.CLAIMED)
         if len(claimed) < want and self.intake.may_have_lines():
-            ahead = self.intake.prefetch(self.outcomes.avg_runtime, m.limit)
-            try:
-                claimed += self.intake.take(want - len(claimed) + ahead)
-            except PbqError as err:
-                self.ledger.disk_problem(err)
+            claimed += self._take(want - len(claimed), m)
         batch = claimed[:want]
         if not batch:
             return None
