@@ -244,6 +244,22 @@ class JobQueue:
     def transaction(self, timeout: float | None = None) -> Iterator[Txn]:
         asked = time.perf_counter()
         self.lock.acquire(timeout)
+        with self._held(time.perf_counter() - asked) as txn:
+            yield txn
+
+    @contextlib.contextmanager
+    def try_transaction(self) -> Iterator[Txn | None]:
+        """A transaction if the lock is free now, else None at once (no wait): for a
+        scheduler that takes lines ahead while its jobs still run."""
+        if not self.lock.try_acquire():
+            yield None
+            return
+        with self._held(0.0) as txn:
+            yield txn
+
+    @contextlib.contextmanager
+    def _held(self, waited: float) -> Iterator[Txn]:
+        """The lock is ours: finish what a crashed holder left, and time the hold."""
         got = time.perf_counter()
         try:
             txn = Txn(self)
@@ -251,7 +267,7 @@ class JobQueue:
             yield txn
         finally:
             self.lock.release()
-            self.lock_wait.add(got - asked)
+            self.lock_wait.add(waited)
             self.lock_hold.add(time.perf_counter() - got)
 
     def peek_state(self) -> QueueState:

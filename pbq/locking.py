@@ -45,6 +45,10 @@ from .procinfo import boot_id, process_start
 LOCK_KINDS = ("flock", "soft")
 
 
+class LockBusy(PbqError):
+    """The lock was not free within the time given (at once, for ``try_acquire``)."""
+
+
 class QueueLock:
     """Interface of both lock kinds: a blocking, non-reentrant context manager."""
 
@@ -55,6 +59,14 @@ class QueueLock:
 
     def release(self) -> None:
         raise NotImplementedError
+
+    def try_acquire(self) -> bool:
+        """Take the lock if it is free now; False (not waiting) if someone holds it."""
+        try:
+            self.acquire(timeout=0.0)
+            return True
+        except LockBusy:
+            return False
 
     def still_held(self) -> bool:
         """False when a soft lock was broken under us (only after a long freeze)."""
@@ -109,7 +121,7 @@ class FlockLock(QueueLock):
         try:
             self._lock.acquire(timeout=timeout)
         except filelock.Timeout:
-            raise PbqError(
+            raise LockBusy(
                 f"timed out after {timeout:g} s waiting for the lock", path=str(self.path)
             ) from None
         except OSError as err:
@@ -187,8 +199,8 @@ class SoftLock(QueueLock):
                 self._start_refresher()
                 return
             watched = self._maybe_break(watched)
-            if deadline is not None and time.monotonic() > deadline:
-                raise PbqError(
+            if deadline is not None and time.monotonic() >= deadline:
+                raise LockBusy(
                     f"timed out after {timeout:g} s waiting for the lock", path=str(self.path)
                 )
             time.sleep(delay)

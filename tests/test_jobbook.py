@@ -54,6 +54,7 @@ ALLOWED: list[tuple[JobState, str, JobState | None]] = [
     (S.STARTING, "unstart", S.CLAIMED),
     (S.CLAIMED, "queue", S.QUEUED),
     (S.QUEUED, "unqueue", S.CLAIMED),
+    (S.QUEUED, "starting", S.STARTING),
     (S.QUEUED, "unstart", S.CLAIMED),
     (S.QUEUED, "started", S.RUNNING),
     (S.QUEUED, "terminating", S.TERMINATING),
@@ -462,3 +463,20 @@ def test_first_release_files_are_rewritten_in_this_format(tmp_path: Path) -> Non
     assert not any({"evicting", "requeue_front", "extra"} & set(j) for j in doc["jobs"])
     again = Ledger(files, JobBook("h1"), QuietLog(), False, time.monotonic)
     assert {j.seq: j.state for j in again.load()} == states
+
+
+def test_jobs_of_a_state_come_in_the_order_taken_whatever_order_they_entered_it() -> None:
+    book = JobBook("h1")
+    a, b, c = (book.claim(x, op=1) for x in (b"a", b"b", b"c"))
+    book.queue(a)
+    book.starting(b)
+    book.unqueue(a)  # back among the lines taken ahead, after c
+    assert book.in_state(S.CLAIMED) == [a, c]
+    book.unstart(b)
+    assert book.in_state(S.CLAIMED) == [a, b, c]
+    book.starting(c)
+    book.started(c, 1.0, pid=9)
+    assert book.in_state(S.RUNNING, S.CLAIMED) == [a, b, c]
+    assert book.running_count() == 1
+    book.drop(a)
+    assert book.in_state(S.CLAIMED) == [b] and len(book) == 2

@@ -34,6 +34,9 @@ class AnswersLater:
     def revoke(self) -> None:
         pass
 
+    def start_queued(self, n: int) -> None:
+        pass
+
     def term(self, job: Job) -> None:
         self.termed.append(job.seq)
 

@@ -376,3 +376,47 @@ def test_soft_dead_breaker_file_is_removed(tmp_path: Path) -> None:
     assert lock.still_held()
     lock.release()
     assert not brk.exists()
+
+
+# ---------------------------------------------------------------------- try_acquire
+
+
+@pytest.mark.parametrize("kind", ["flock", "soft"])
+def test_try_acquire_does_not_wait_for_a_holder(tmp_path: Path, kind: str) -> None:
+    """What a scheduler uses while its jobs still run (taking lines ahead, compaction at a
+    tick): a busy lock is an answer, not a wait."""
+    jobfile = tmp_path / "jobs"
+    ready = tmp_path / "ready"
+    lock = make_lock(jobfile, kind)
+    assert lock.try_acquire(), "free: taken"
+    lock.release()
+    with child(HOLD, kind, jobfile, ready, 30) as p:
+        wait_for(ready.exists, what="the child to hold the lock")
+        assert not lock.try_acquire(), "held by another process"
+        p.stdin.close()  # the child releases and exits
+        assert p.wait(timeout=10) == 0
+    assert lock.try_acquire()
+    lock.release()
+
+
+def test_a_transaction_tried_on_a_busy_jobfile_is_none_and_timed_as_no_wait(
+    tmp_path: Path,
+) -> None:
+    from pbq.jobfile import JobQueue
+
+    jobfile = tmp_path / "jobs"
+    jobfile.write_text("true\n")
+    ready = tmp_path / "ready"
+    queue = JobQueue(jobfile)
+    with child(HOLD, "flock", jobfile, ready, 30) as p:
+        wait_for(ready.exists, what="the child to hold the lock")
+        with queue.try_transaction() as txn:
+            assert txn is None
+        assert queue.lock_wait.total == 0, "nothing was waited for, nothing held"
+        p.stdin.close()
+        assert p.wait(timeout=10) == 0
+    with queue.try_transaction() as txn:
+        assert txn is not None
+        lines, _ = txn.take(1)
+        assert [pl.line for pl in lines] == [b"true"]
+    assert queue.lock_wait.total == 1 and queue.lock_hold.total == 1

@@ -91,6 +91,27 @@ def test_a_queued_start_is_made_when_a_job_ends_and_answered_before_that_end(
         wait_for(ran.exists, timeout=30, what="the queued job ran")
 
 
+def test_a_free_slot_goes_to_the_oldest_queued_start(tmp_path: Path) -> None:
+    with executor(tmp_path) as ex:
+        gate = tmp_path / "gate"
+        start_now(ex, job(1, gated(gate)))
+        b, c = job(2, "sleep 300"), job(3, "sleep 300")
+        ex.start([b, c], env_for(ex), 0.0, wait=False, ahead=True)  # type: ignore[arg-type]
+        ex.start_queued(1)  # the policy found a slot free: the oldest queued start, now
+
+        def answers() -> list[object]:
+            ex.events(0.0)
+            return ex.start_answers()
+
+        got = wait_for(answers, timeout=30, what="the start's answer")
+        assert [(type(x), x.job) for x in got] == [(Started, b)]  # type: ignore[attr-defined]
+        assert ex.queued == {3}, "the next one still waits for an end"
+        b.pid = got[0].pid  # type: ignore[attr-defined]
+        gate.touch()
+        got = wait_for(answers, timeout=30, what="the queued start made at the end")
+        assert [x.job for x in got] == [c]  # type: ignore[attr-defined]
+
+
 def test_revoked_starts_are_given_back_unmade(tmp_path: Path) -> None:
     with executor(tmp_path) as ex:
         gate, ran = tmp_path / "gate", tmp_path / "c-ran"

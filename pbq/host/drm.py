@@ -149,6 +149,13 @@ class DrmExecutor:
     def revoke(self) -> None:
         pass  # nothing is asked for ahead
 
+    def start_queued(self, n: int) -> None:
+        pass
+
+    @property
+    def revoking(self) -> bool:
+        return False
+
     def start_answers(self) -> list[Answer]:
         return []
 

@@ -63,6 +63,10 @@ class Executor(Protocol):
     # Starts may be asked for ahead: made, without the loop, when one of the jobs ends.
     queues_ahead: bool
 
+    @property
+    def revoking(self) -> bool:
+        """Starts asked for ahead were taken back and not all are answered yet."""
+
     def fileno(self) -> int | None:
         """A descriptor that becomes readable when something happened, or None."""
 
@@ -83,6 +87,10 @@ class Executor(Protocol):
 
     def revoke(self) -> None:
         """Take back the starts asked for ahead and not made yet (answered ``Revoked``)."""
+
+    def start_queued(self, n: int) -> None:
+        """Make the next ``n`` starts asked for ahead now (free slots go to them first: they
+        were taken before any line still waiting here)."""
 
     def start_answers(self) -> list[Answer]:
         """Answers to earlier start requests, as they came in (after ``events``)."""

@@ -24,7 +24,8 @@ refuses any other)::
     CLAIMED -queue-> QUEUED: its start is asked for ahead, to be made by the job runner the
     moment one of the host's jobs ends (short jobs); from then on it is what STARTING is
     (it may have run; saved as STARTING) and shares its edges, plus QUEUED -revoked-> CLAIMED
-    when the scheduler takes the request back before it was made.
+    when the scheduler takes the request back before it was made, and QUEUED -go-> STARTING
+    when a slot is free and the runner is told to make it now.
 
     RUNNING/STOPPED/EVICTING/TIMING_OUT/TERMINATING -cancel-> CANCELLING -ended-> (gone, or
     SETTLING: joblog row and .log say "cancelled"; never retried, never in .error)
@@ -207,6 +208,10 @@ class Job:
         )
 
 
+def _seq(job: Job) -> int:
+    return job.seq
+
+
 def _opt_int(v: object) -> int | None:
     return None if v is None else int(v)  # type: ignore[call-overload]
 
@@ -236,6 +241,10 @@ class JobBook:
     counters: Counters = field(default_factory=Counters)
     _jobs: dict[int, Job] = field(default_factory=dict)  # by seq, in the order taken
     changed: bool = False  # something changed since the ledger last saw the book
+    # The jobs of each state (by seq), kept by the transitions: the loop asks for the jobs
+    # of a state many times a pass, and a host holds up to a hundred lines taken ahead.
+    _by_state: dict[JobState, dict[int, Job]] = field(default_factory=dict)
+    _unsorted: set[JobState] = field(default_factory=set)  # a lower seq entered after a higher
 
     # -- queries --------------------------------------------------------------
 
@@ -249,16 +258,37 @@ class JobBook:
         return self._jobs.get(seq)
 
     def in_state(self, *states: JobState) -> list[Job]:
-        return [j for j in self._jobs.values() if j.state in states]
+        """The jobs in these states, in the order taken (by seq)."""
+        found = [self._in_one(s) for s in states]
+        parts = [p for p in found if p]
+        if len(parts) > 1:
+            return sorted((j for p in parts for j in p.values()), key=_seq)
+        return list(parts[0].values()) if parts else []
+
+    def _in_one(self, state: JobState) -> dict[int, Job] | None:
+        group = self._by_state.get(state)
+        if group and state in self._unsorted:
+            group = self._by_state[state] = dict(sorted(group.items()))
+            self._unsorted.discard(state)
+        return group
+
+    def _file(self, job: Job) -> None:
+        group = self._by_state.setdefault(job.state, {})
+        if group and job.seq < next(reversed(group)):
+            self._unsorted.add(job.state)
+        group[job.seq] = job
+
+    def _unfile(self, job: Job) -> None:
+        group = self._by_state.get(job.state)
+        if group is not None:
+            group.pop(job.seq, None)
 
     def live(self) -> list[Job]:
         return self.in_state(*LIVE)
 
     def running_count(self) -> int:
         """Jobs that use a slot now (being started counts: it will run at once)."""
-        return sum(
-            1 for j in self._jobs.values() if j.state in (JobState.RUNNING, JobState.STARTING)
-        )
+        return sum(len(self._by_state.get(s, ())) for s in (JobState.RUNNING, JobState.STARTING))
 
     def job_id(self, job: Job) -> str:
         return f"{self.host}.{job.seq}"
@@ -273,7 +303,9 @@ class JobBook:
     def _move(self, job: Job, to: JobState, allowed: Iterable[JobState]) -> None:
         if self._jobs.get(job.seq) is not job or job.state not in allowed:
             raise IllegalTransition(f"job {self.job_id(job)}: {job.state.value} -> {to.value}")
+        self._unfile(job)
         job.state = to
+        self._file(job)
         self.changed = True
 
     def claim(self, line: bytes, op: int, tries: int = 0, line_seq: int | None = None) -> Job:
@@ -281,6 +313,7 @@ class JobBook:
         job = Job(seq=self.counters.next_seq, line=line, op=op, tries=tries, line_seq=line_seq)
         self.counters.next_seq += 1
         self._jobs[job.seq] = job
+        self._file(job)
         self.changed = True
         return job
 
@@ -288,10 +321,12 @@ class JobBook:
         """Undo takes whose commit failed: the lines are still pending."""
         for job in jobs:
             self._move(job, job.state, (JobState.CLAIMED,))  # CLAIMED -> (never taken)
+            self._unfile(job)
             del self._jobs[job.seq]
 
     def starting(self, job: Job) -> None:
-        self._move(job, JobState.STARTING, (JobState.CLAIMED,))  # CLAIMED -> STARTING
+        # CLAIMED -> STARTING; QUEUED -> STARTING (a free slot: the runner is to start it now)
+        self._move(job, JobState.STARTING, (JobState.CLAIMED, JobState.QUEUED))
 
     def unstart(self, job: Job) -> None:
         self._move(job, JobState.CLAIMED, ASKED)  # STARTING/QUEUED -> CLAIMED (not on record)
@@ -405,6 +440,7 @@ class JobBook:
         """The job leaves the book: its outcome is written, or its line is pending again."""
         if self._jobs.get(job.seq) is not job:
             raise IllegalTransition(f"job {self.job_id(job)} is not in the book")
+        self._unfile(job)
         del self._jobs[job.seq]
         self.changed = True
 
@@ -432,6 +468,7 @@ class JobBook:
     def load_json(self, d: object) -> None:
         """Replace the book's contents with a saved one (start-up, recover)."""
         self._jobs = {}
+        self._by_state, self._unsorted = {}, set()
         self.counters = Counters()
         if not isinstance(d, dict):
             return
@@ -445,9 +482,12 @@ class JobBook:
             int(d.get("cancelled", 0)),
         )
         for raw in d.get("jobs", []):
-            job = Job.from_json(raw)
-            self._jobs[job.seq] = job
+            self.restore(Job.from_json(raw))
 
     def restore(self, job: Job) -> None:
         """Put a job read from the ledger into the book (start-up only)."""
+        old = self._jobs.get(job.seq)
+        if old is not None:
+            self._unfile(old)
         self._jobs[job.seq] = job
+        self._file(job)

@@ -108,6 +108,7 @@ class LocalExecutor:
         self.pending: dict[int, tuple[Job, dict[str, str], float]] = {}
         self.answers: list[Answer] = []  # for start_answers
         self.queued: set[int] = set()  # seqs of starts asked for ahead, not answered yet
+        self.revoke_sent = False  # taken back, not all answered yet
         self.orphans: dict[int, Job] = {}  # jobs of a dead runner: our children now
         self.adopted: dict[int, Job] = {}  # by seq: jobs of an earlier run, polled
         self.gone_since: dict[int, float] = {}
@@ -197,6 +198,7 @@ class LocalExecutor:
             self.answers.append(self._lost_start(job, env))
         self.pending.clear()
         self.queued.clear()
+        self.revoke_sent = False
 
     # -- starting -------------------------------------------------------------------
 
@@ -276,14 +278,27 @@ class LocalExecutor:
             else:
                 keep.append(msg)
         self.inbox = keep
+        if not self.queued:
+            self.revoke_sent = False
         for seq, (job, env, deadline) in list(self.pending.items()):
             if mono >= deadline:
                 del self.pending[seq]
                 self.answers.append(self._lost_start(job, env))
 
-    def revoke(self) -> None:
-        if self.queued and self.sock is not None and not self._send(("revoke",)):
+    def start_queued(self, n: int) -> None:
+        if self.queued and self.sock is not None and not self._send(("go", n)):
             self._runner_gone()
+
+    def revoke(self) -> None:
+        if not self.queued or self.sock is None or self.revoke_sent:
+            return
+        self.revoke_sent = True
+        if not self._send(("revoke",)):
+            self._runner_gone()
+
+    @property
+    def revoking(self) -> bool:
+        return self.revoke_sent and bool(self.queued)
 
     def start_answers(self) -> list[Answer]:
         out, self.answers = self.answers, []

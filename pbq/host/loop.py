@@ -495,13 +495,16 @@ class Scheduler:
         ahead = self.starts.ahead_target(v, ex, now, self.mono(), self.host_entry, self.m)
         if not ahead:
             ex.revoke()  # before any job is stopped or killed: no queued start takes its slot
+        # Until the queued starts taken back are answered, nothing newer starts or is queued:
+        # lines start in the order they were taken.
+        waiting = ex.revoking
         if d:
-            self._act_on(d, now)
-        if ahead:
+            self._act_on(d, now, start=not waiting)
+        if ahead and not waiting:
             self._launched(self.starts.queue_ahead(ahead, now, ex, self.m), now)
         return d
 
-    def _act_on(self, d: Decision, now: float) -> None:
+    def _act_on(self, d: Decision, now: float, start: bool) -> None:
         held = self.book.in_state(JobState.RUNNING, JobState.STOPPED)
         choice = choose(
             [Candidate(j.seq, j.started or 0.0, j.state is JobState.STOPPED) for j in held], d
@@ -516,7 +519,7 @@ class Scheduler:
             self.jobcontrol.stop(ex, by_seq[seq], by, m)
         for seq in choice.cont:
             self.jobcontrol.cont(ex, by_seq[seq])
-        if choice.start:
+        if choice.start and start:
             assert self.host_entry is not None
             self._launched(self.starts.start_now(choice.start, now, ex, self.host_entry,
                                                  self.mode, m), now)

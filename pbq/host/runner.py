@@ -20,6 +20,7 @@ anonymous socket pair)::
                            cgroup, truncate, ahead) (job cgroup, home cgroup) or None;
                                                     truncate: False for an (empty) slot;
                                                     ahead: start it when a job ends
+                          ("go", n)                 start the next n queued starts now
                           ("revoke",)               give back every start queued ahead
                           ("ack", [pid, ...])
     runner -> scheduler   ("started", seq, pid, process_start_time, time, contained)
@@ -223,6 +224,8 @@ class Runner:
                 self.ready.append(msg)
             else:
                 self.start(msg)
+        elif msg[0] == "go":
+            self.start_ready(msg[1])
         elif msg[0] == "revoke":
             while self.ready:
                 self.send(("revoked", self.ready.popleft()[1]))
@@ -285,7 +288,7 @@ class Runner:
             pid = info.si_pid
             status = wait_status(info.si_code, info.si_status)
             now = time.time()
-            if self.ready and pid in self.jobs:
+            if pid in self.jobs:
                 self.refill()
             self.send(("exited", pid, status, now))
             try:
@@ -307,9 +310,13 @@ class Runner:
         (and fills it itself) while this start is on its way.  A revoke sent before a job
         was killed is read first: the scheduler wrote it before the kill."""
         self.read_messages()
-        while self.ready and self.connected:
+        self.start_ready(1)
+
+    def start_ready(self, n: int) -> None:
+        """Start the next ``n`` queued starts (one that fails gives its turn to the next)."""
+        while n > 0 and self.ready and self.connected:
             if self.start(self.ready.popleft()):
-                return
+                n -= 1
 
     def read_messages(self, wait: bool = False) -> None:
         """Handle what the scheduler sent; without ``wait`` only what is there already."""

@@ -51,7 +51,16 @@ class Starts:
 
     def start_now(self, n: int, now: float, ex: Executor, entry: Host, mode: Mode,
                   m: Measurements) -> Launched | None:
-        """Start ``n`` jobs: those taken ahead first, then fresh ones from the jobfile."""
+        """Start ``n`` jobs: those queued with the runner first (they are older), then those
+        taken ahead, then fresh ones from the jobfile."""
+        go = self.book.in_state(JobState.QUEUED)[:n]
+        if go:
+            for job in go:
+                self.book.starting(job)  # QUEUED -> STARTING: it holds a slot from now on
+            ex.start_queued(len(go))
+            n -= len(go)
+            if n == 0:
+                return None
         claimed = self.book.in_state(JobState.CLAIMED)
         until = self.edge.until_work(entry, m.work_time, now)
         if until is not None:
@@ -67,12 +76,12 @@ class Starts:
         return launch(batch, now, ex, self.env_for, self.book, self.ledger, self.outcomes,
                       self.log)
 
-    def _take(self, n: int, m: Measurements | None) -> list[Job]:
+    def _take(self, n: int, m: Measurements | None, wait: bool = True) -> list[Job]:
         """``n`` lines from the jobfile, and about half a second of short jobs more (not
-        without ``m``: a host that is quitting)."""
+        without ``m``: a host that is quitting).  Without ``wait``, only if the lock is free."""
         ahead = 0 if m is None else self.intake.prefetch(self.outcomes.avg_runtime, m.limit)
         try:
-            return self.intake.take(n + ahead)
+            return self.intake.take(n + ahead, wait)
         except PbqError as err:
             self.ledger.disk_problem(err)
             return []
@@ -92,14 +101,15 @@ class Starts:
 
     def queue_ahead(self, target: int, now: float, ex: Executor, m: Measurements
                     ) -> Launched | None:
-        """Top the runner's queue up to ``target`` from the lines taken ahead, taking more
-        from the jobfile while the jobs run: a wait for the lock then idles no slot."""
-        want = target - len(self.book.in_state(JobState.QUEUED))
-        if want <= 0:
-            return None
+        """Top the runner's queue up to ``target`` from the lines taken ahead, and take more
+        lines once half of those are used, while the jobs still run: only if the lock is
+        free (each end brings a pass that tries again), so that no slot idles meanwhile and
+        this host does not join the queue for the lock."""
+        want = max(0, target - len(self.book.in_state(JobState.QUEUED)))
         claimed = self.book.in_state(JobState.CLAIMED)
-        if len(claimed) < want and self.intake.may_have_lines():
-            claimed += self._take(want - len(claimed), m)
+        low = self.intake.prefetch(self.outcomes.avg_runtime, m.limit) // 2
+        if len(claimed) < max(want, low) and self.intake.may_have_lines():
+            claimed += self._take(max(0, want - len(claimed)), m, wait=False)
         batch = claimed[:want]
         if not batch:
             return None
