@@ -77,6 +77,25 @@ def _own_cpu(pid: int) -> float:
         return 0.0
 
 
+def start_message(job: Job, env: dict[str, str], output: JobOutput | None,
+                  output_dir: Path | None, cgroups: JobCgroups, ahead: bool) -> tuple[Any, ...]:
+    """The job runner's ``start`` message for a job (see ``runner.py``)."""
+    from ..cmdline import job_argv
+
+    out = err = None
+    truncate = True
+    if output is not None:
+        paths = output.paths(job.seq)
+        if paths is not None:
+            out, err = paths
+            truncate = output.truncates(job.seq)
+    elif output_dir is not None:
+        jid = env["PBQ_JOB_ID"]
+        out, err = str(output_dir / f"{jid}.out"), str(output_dir / f"{jid}.err")
+    cg = cgroups.for_new_job(job.seq)
+    return ("start", job.seq, job_argv(job.line), env, out, err, cg, truncate, ahead)
+
+
 class LocalExecutor:
     name = "local"
     counts_foreign_load = True
@@ -210,25 +229,12 @@ class LocalExecutor:
         starts one whenever one of its jobs ends (no deadline: that may take a while)."""
         if self.sock is None:
             self._start_runner()
-        from ..cmdline import job_argv
-
         deadline = time.monotonic() + START_REPLY_WAIT
         requests = []
         for job in jobs:
             env = env_for(job)
-            out = err = None
-            truncate = True
-            if self.output is not None:
-                paths = self.output.paths(job.seq)
-                if paths is not None:
-                    out, err = paths
-                    truncate = self.output.truncates(job.seq)
-            elif self.output_dir is not None:
-                jid = env["PBQ_JOB_ID"]
-                out, err = str(self.output_dir / f"{jid}.out"), str(self.output_dir / f"{jid}.err")
-            cg = self.cgroups.for_new_job(job.seq)
-            requests.append((job, env, ("start", job.seq, job_argv(job.line), env, out, err, cg,
-                                         truncate, ahead)))
+            requests.append((job, env, start_message(job, env, self.output, self.output_dir,
+                                                     self.cgroups, ahead)))
         if self.output is not None:  # where their output goes, on record before they run
             self.output.requested([(j.seq, j.number, now) for j, _, _ in requests])
         for job, env, _ in requests:
