@@ -27,7 +27,7 @@ from ..sidefiles import append_joblog_rows
 from ..statefiles import HostFiles, append_bytes, atomic_write_json
 from .jobs import Job, JobBook, JobState
 
-SNAPSHOT_EVERY = 0.5  # seconds between state snapshots while jobs churn (the journal fills in)
+SNAPSHOT_EVERY = 2.0  # seconds between state snapshots while jobs churn (the journal fills in)
 JOURNAL_CUT = 1 << 16  # bytes of obsolete journal records before the file is emptied
 STATE_FORMAT = 2  # 1: the first release (flags in "extra"); 2: every state a JobState
 

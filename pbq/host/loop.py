@@ -108,6 +108,7 @@ class Scheduler:
         self.next_tick = self.next_load_log = self.next_history = 0.0
         self.control_ack: str | None = None
         self.recorded: list[Ended] = []  # ends on the ledger, not acknowledged yet
+        self.views_now = False  # .running/.stopped to be written at the end of this pass
         self.started_at = clock()
 
     def _make_parts(self) -> None:
@@ -254,7 +255,9 @@ class Scheduler:
         self._acknowledge()
         self.ledger.save_if_changed()
         self.ledger.flush_journal()
-        self.outputs.write_views()
+        # Churn (starts, ends) is debounced; a command's effect, or a stop, shows at once.
+        self.outputs.write_views(force=self.views_now)
+        self.views_now = False
         self.log.flush()
         return self._done()
 
@@ -301,6 +304,7 @@ class Scheduler:
 
     def _command(self, command: str, source: str) -> None:
         self.modes.command(command, source)
+        self.views_now = True
 
     def _done(self) -> bool:
         if self.mode is Mode.TERM:
@@ -512,6 +516,7 @@ class Scheduler:
         by_seq = {j.seq: j for j in held}
         ex, m = self.executor, self.m
         assert ex is not None
+        self.views_now = self.views_now or bool(choice.evict or choice.stop or choice.cont)
         for seq in choice.evict:
             self.jobcontrol.evict(ex, by_seq[seq], m)
         by = "user" if self.mode is Mode.PAUSED else "load"

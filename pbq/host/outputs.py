@@ -16,7 +16,7 @@ from ..statefiles import HostFiles, append_bytes, atomic_write
 from .jobs import JobBook, JobState
 from .sensing import Measurements
 
-VIEW_DEBOUNCE = 0.05  # seconds the views may lag the jobs while they churn
+VIEW_DEBOUNCE = 0.5  # seconds the views may lag the jobs while they churn (a rename each)
 HELD = (
     JobState.RUNNING,
     JobState.STARTING,
