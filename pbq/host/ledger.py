@@ -79,6 +79,11 @@ class Ledger:
         self.paused = False  # a user's `stop` is kept across restarts until `cont`
         self.epoch = 0  # the owner's epoch, written into every snapshot
         self.fence: Callable[[Txn | None], None] | None = None  # raises when no longer the owner
+        # The same check, made again only if the pass's own is some time old: a scheduler
+        # frozen (SIGSTOP, a hung machine) in the middle of a pass and resumed after another
+        # took the host over must not write its snapshot, journal or joblog over the new
+        # owner's.
+        self.recheck: Callable[[float], None] | None = None
 
     # -- start-up -------------------------------------------------------------
 
@@ -127,6 +132,7 @@ class Ledger:
 
     def save(self, fsync: bool = False) -> None:
         """Write a new snapshot; the journal before it is obsolete."""
+        self._still_owner()
         self.gen += 1
         doc = {
             "format": STATE_FORMAT,
@@ -197,7 +203,12 @@ class Ledger:
             except PbqError as err:
                 self.disk_problem(err)
 
+    def _still_owner(self) -> None:
+        if self.recheck is not None:
+            self.recheck(self.mono())  # raises Replaced
+
     def _append_journal(self, records: list[bytes]) -> None:
+        self._still_owner()
         data = b"".join(records)
         append_bytes(self.files.journal, data)
         self.journal_used = True
@@ -228,6 +239,8 @@ class Ledger:
     def flush(self, queue: JobQueue, txn: Txn | None = None) -> int:
         """Write what ended: joblog and .error first, then put-backs.  Returns how many lines
         went back into the jobfile.  Buffers are cleared only once written."""
+        if self.joblog_rows or self.error_lines:
+            self._still_owner()
         if self.joblog_rows:
             try:
                 append_joblog_rows(self.files.joblog, self.joblog_rows)

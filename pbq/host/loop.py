@@ -196,6 +196,7 @@ class Scheduler:
             apply_recovery(steps, self.book, self.ledger, self.outcomes, self.executor,
                            self.intake, self.queue, txn, self.log)
         self.ledger.save()
+        self.ledger.recheck = self.owner.fence_now  # from now on (the claim is committed)
         if self.joboutput is not None:
             self.joboutput.open({j.seq for j in self.book})
         self.outputs.write_views(force=True)

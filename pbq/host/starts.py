@@ -77,8 +77,9 @@ class Starts:
                       self.log)
 
     def _take(self, n: int, m: Measurements | None, wait: bool = True) -> list[Job]:
-        """``n`` lines from the jobfile, and about half a second of short jobs more (not
-        without ``m``: a host that is quitting).  Without ``wait``, only if the lock is free."""
+        """``n`` lines from the jobfile, and the short jobs' prefetch more (``Intake.prefetch``;
+        none without ``m``: a host that is quitting).  Without ``wait``, only if the lock is
+        free."""
         ahead = 0 if m is None else self.intake.prefetch(self.outcomes.avg_runtime, m.limit)
         try:
             return self.intake.take(n + ahead, wait)
@@ -113,5 +114,6 @@ class Starts:
         batch = claimed[:want]
         if not batch:
             return None
+        self.notifier.rearm()  # the next drain is news again
         return launch(batch, now, ex, self.env_for, self.book, self.ledger, self.outcomes,
                       self.log, ahead=True)
