@@ -369,6 +369,9 @@ class Scheduler:
             if self.ledger.flush(self.queue):
                 self.intake.changed()
             self.ledger.save_if_changed()
+            # Right behind the joblog rows, not at the pass's end: a scheduler killed between
+            # the two records the end again after its restart (a second joblog row).
+            self.ledger.flush_journal()
             self.recorded += ended  # acknowledged after this pass's starts (_acknowledge)
 
     def _acknowledge(self) -> None:
