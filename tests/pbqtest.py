@@ -192,6 +192,15 @@ def processes_mentioning(text: str) -> list[psutil.Process]:
     return found
 
 
+def is_live(p: psutil.Process) -> bool:
+    """Whether a process still runs (not gone, not a zombie); never raises, since it may end
+    between any two questions asked about it."""
+    try:
+        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
 def kill_all(procs: list[psutil.Process]) -> None:
     for p in procs:
         for sig in (signal.SIGKILL, signal.SIGCONT):

@@ -14,6 +14,7 @@ from pbqtest import (
     config,
     hostfile,
     hostfile_path,
+    is_live,
     jobfile,
     kill_all,
     lines_of,
@@ -181,7 +182,7 @@ def test_pbq_cancel_removes_a_pending_line_and_ends_a_running_job(tmp_path: Path
         assert r.returncode == 0, r.stdout.decode() + r.stderr.decode()
         assert r.stdout.decode().startswith("1: cancelled on h1")
         assert wait_exit(p, 60) == 0
-        assert not any(c.is_running() and c.status() != "zombie" for c in children)
+        assert not any(is_live(c) for c in children)
     finally:
         kill_all(processes_mentioning(str(jf)))
     assert not (tmp_path / "second.txt").exists()
@@ -216,7 +217,7 @@ def test_pbq_cancel_while_the_scheduler_is_down_is_applied_by_the_next_one(
         assert all(c.is_running() for c in children), "nothing ends before a scheduler says so"
         p = start_scheduler(hf, jf, "--exit-when-empty")
         assert wait_exit(p, 60) == 0
-        wait_for(lambda: not any(c.is_running() and c.status() != "zombie" for c in children),
+        wait_for(lambda: not any(is_live(c) for c in children),
                  30, "the job's children ended")
     finally:
         kill_all(processes_mentioning(str(jf)))

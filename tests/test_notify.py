@@ -9,6 +9,7 @@ from pbqtest import (
     FAST_CONFIG,
     config,
     hostfile,
+    is_live,
     jobfile,
     kill_all,
     processes_mentioning,
@@ -60,8 +61,8 @@ def test_a_hanging_notify_command_is_killed_and_logged_once(tmp_path: Path) -> N
     log = tmp_path / "jobfile.h1.log"
     try:
         wait_for(lambda: "timeout of 0.5 s" in text_of(log), 30, "the timeout in the log")
-        wait_for(lambda: not [q for q in processes_mentioning("sleep 3600")
-                              if q.status() != "zombie"], 30, "the notify command killed")
+        wait_for(lambda: not [q for q in processes_mentioning("sleep 3600") if is_live(q)],
+                 30, "the notify command killed")
         assert p.poll() is None, "the scheduler runs on"
     finally:
         p.terminate()
