@@ -150,8 +150,9 @@ def alive(pid: int) -> bool:
 
 
 def job_pids(jf: Path, host: str) -> list[int]:
-    """Pids of the host's jobs on its ledger: the snapshot and the journal after it (a pid
-    reaches the journal at once, the snapshot within half a second)."""
+    """Pids of the host's jobs on its ledger: the snapshot and the journal after it.  A pid
+    reaches the journal only at the end of the pass that learnt it, after that pass wrote
+    the status: a status that counts a job as running may come first, so poll for it."""
     from pbq.host.jobs import JobBook
     from pbq.host.ledger import Ledger
     from pbq.statefiles import HostFiles
@@ -201,6 +202,14 @@ def is_live(p: psutil.Process) -> bool:
         return False
 
 
+def name_of(p: psutil.Process) -> str | None:
+    """A process's name, or None once it is gone (it may end at any moment)."""
+    try:
+        return p.name()
+    except psutil.Error:
+        return None
+
+
 def kill_all(procs: list[psutil.Process]) -> None:
     for p in procs:
         for sig in (signal.SIGKILL, signal.SIGCONT):
@@ -212,16 +221,22 @@ def kill_all(procs: list[psutil.Process]) -> None:
 
 
 def runner_of(scheduler_pid: int) -> int | None:
-    """The job runner started by a scheduler (its child whose command line says so)."""
+    """The job runner started by a scheduler (its child whose command line says so).  Another
+    child (a job's orphan, a notify command) may end while the children are looked at: it
+    is skipped, not taken for the end of the search."""
     try:
-        for child in psutil.Process(scheduler_pid).children():
+        children = psutil.Process(scheduler_pid).children()
+    except psutil.Error:
+        return None
+    for child in children:
+        try:
             if (
                 "#pbq-runner" in " ".join(child.cmdline())
                 and child.status() != psutil.STATUS_ZOMBIE
             ):
                 return child.pid
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
-        return None
+        except psutil.Error:
+            continue
     return None
 
 

@@ -196,7 +196,7 @@ def test_fresh_empty_queue_notices_a_plain_append(tmp_path: Path) -> None:
         wait_for(lambda: "started, pid" in log_text(jf, "h1"), what="the scheduler to start")
         with open(jf, "a") as f:
             f.write(f"echo 1 >> {rec}\n")
-        wait_for(lambda: recorded(rec) == Counter([1]), timeout=10, what="the appended line to run")
+        wait_for(lambda: recorded(rec) == Counter([1]), timeout=30, what="the appended line to run")
     finally:
         quit_all([p])
 

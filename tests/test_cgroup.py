@@ -145,7 +145,7 @@ def test_stop_cont_term_reach_processes_that_left_the_process_group(tmp_path: Pa
         control(hf, jf, "term")
         wait_exit(p, 30)
         wait_for(lambda: not any(psutil.pid_exists(q) and alive(q) for q in pids.values()),
-                 timeout=10, what=f"no process of the job left: {pids}")
+                 timeout=30, what=f"no process of the job left: {pids}")
         assert not where.exists(), "the job's cgroup is removed"
         assert not parent_of(jf).exists(), "the scheduler's cgroup is removed at its exit"
     finally:
@@ -181,7 +181,7 @@ def test_a_job_ends_with_its_leader_and_what_it_left_running_is_killed(tmp_path:
     try:
         daemon = wait_for(lambda: pid_in(tmp_path / "daemon.pid"), timeout=30, what="the daemon")
         assert wait_exit(p, 30) == 0, text_of(tmp_path / f"sched-{HOST}.out")
-        wait_for(lambda: not alive(daemon), timeout=10, what=f"the daemon {daemon} killed")
+        wait_for(lambda: not alive(daemon), timeout=30, what=f"the daemon {daemon} killed")
         rows = lines_of(hostfile_path(jf, HOST, "joblog"))[1:]
         assert [r.split("\t")[6:8] for r in rows] == [["0", "0"]], "the job's own exit counts"
         assert f"job {HOST}.1 left 1 process(es) running: killed" in log_text(jf)
@@ -233,7 +233,7 @@ def test_a_restarted_scheduler_finds_its_adopted_jobs_cgroups_and_removes_leftov
         control(hf, jf, "cont")
         (tmp_path / "gate").touch()
         assert wait_exit(restarted, 30) == 0
-        wait_for(lambda: not any(alive(q) for q in pids.values()), timeout=10,
+        wait_for(lambda: not any(alive(q) for q in pids.values()), timeout=30,
                  what="the job's leftovers killed at its end")
         assert not parent_of(jf).exists()
 
@@ -256,7 +256,7 @@ def test_a_job_cgroup_left_frozen_by_a_killed_scheduler_is_thawed_on_adoption(
         assert (job_cg / "cgroup.freeze").read_text().strip() == "0"
         (tmp_path / "gate").touch()
         assert wait_exit(restarted, 30) == 0, "the thawed job ran to its end"
-        wait_for(lambda: not any(alive(q) for q in pids.values()), timeout=10,
+        wait_for(lambda: not any(alive(q) for q in pids.values()), timeout=30,
                  what="the job's leftovers killed at its end")
 
 

@@ -715,7 +715,8 @@ def _kill_host(jf: Path, keeper: subprocess.Popen, host: str) -> None:
     sched = int(hostfile_path(jf, host, "pid").read_text().split("\n")[0])
     runner = runner_of(sched)
     if runner is not None:
-        os.kill(runner, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(runner, signal.SIGKILL)
     keeper.kill()
     with contextlib.suppress(ProcessLookupError):
         os.kill(sched, signal.SIGKILL)
@@ -979,7 +980,7 @@ def test_jobfile_made_world_writable_while_running_is_refused(tmp_path: Path) ->
             f.write(rec_line(tmp_path, 2) + "\n")
         wait_for(
             lambda: "world-writable" in log_text(jf, "h1") or 2 in recorded(tmp_path),
-            timeout=10,
+            timeout=30,
             what="the scheduler to notice",
         )
         assert 2 not in recorded(tmp_path), "ran a line from a world-writable jobfile"
@@ -1016,6 +1017,20 @@ def test_jobfile_owned_by_another_user_is_refused(tmp_path: Path) -> None:
     assert not (tmp_path / "rec").exists()
 
 
+def place_request(
+    control: Path, req: dict, mode: int, owner: pwd.struct_passwd | None = None
+) -> None:
+    """Put a control request in place whole, with its mode and owner (as pbq writes one: a
+    temp file, renamed): written in place, the scheduler could take it half written, or
+    before its mode or owner is set."""
+    tmp = control.parent / "request.tmp"
+    tmp.write_text(json.dumps(req))
+    os.chmod(tmp, mode)
+    if owner is not None:
+        os.chown(tmp, owner.pw_uid, owner.pw_gid)
+    os.replace(tmp, control)
+
+
 def test_control_file_of_another_user_is_ignored(tmp_path: Path) -> None:
     hf = hostfile(tmp_path, "* linux 50 50 0\n")
     config(tmp_path, FAST_CONFIG)
@@ -1035,17 +1050,14 @@ def test_control_file_of_another_user_is_ignored(tmp_path: Path) -> None:
             }
 
         with other_user() as pw:
-            control.write_text(json.dumps(request("stop")))
-            os.chmod(control, 0o600)
-            os.chown(control, pw.pw_uid, pw.pw_gid)
+            place_request(control, request("stop"), 0o600, pw)
             wait_for(
                 lambda: "ignoring control request" in log.read_text(),
                 what="foreign request ignored",
             )
             assert f"owned by another user, {pw.pw_name} (uid {pw.pw_uid})" in log.read_text()
         # our own file, but writable by others: ignored as well
-        control.write_text(json.dumps(request("quit")))
-        os.chmod(control, 0o666)
+        place_request(control, request("quit"), 0o666)
         wait_for(
             lambda: "world-writable control request" in log.read_text(),
             what="world-writable request ignored",
@@ -1056,8 +1068,7 @@ def test_control_file_of_another_user_is_ignored(tmp_path: Path) -> None:
         assert st["state"] == "running" and st["running"] == 1
         # a proper request (ours, 0600) is obeyed: the mechanism itself works
         req = request("stop")
-        control.write_text(json.dumps(req))
-        os.chmod(control, 0o600)
+        place_request(control, req, 0o600)
         wait_for(
             lambda: proc_state(job) == "T" and status(jf, "h1").get("control_ack") == req["id"],
             what="own request obeyed",

@@ -59,7 +59,7 @@ def test_a_users_stop_outlives_a_kill_and_restart(tmp_path: Path) -> None:
         assert r.returncode == 0, r.stdout + r.stderr
         r = run_cmd("pbq", "control", hf, jf, "kill", timeout=40)
         assert r.returncode == 0, r.stdout + r.stderr
-        wait_exit(p, 10)
+        wait_exit(p, 30)
         p = start_scheduler(hf, jf)
         wait_for(lambda: status(jf, "h1").get("pid") == p.pid, what="restarted")
         st = wait_for(

@@ -24,6 +24,7 @@ from pbqtest import (
     hostfile_path,
     jobfile,
     lines_of,
+    proc_state,
     start_scheduler,
     status,
     text_of,
@@ -63,6 +64,8 @@ def test_a_frozen_scheduler_that_was_replaced_exits_without_touching_anything(
         wait_for(lambda: status(jf, "h1").get("running") == 2, what="A runs two jobs")
         epoch_a = queue_epoch(jf, "h1")
         os.kill(a.pid, signal.SIGSTOP)
+        # kill() returns before A stops: it may finish a write (a status rename) meanwhile.
+        wait_for(lambda: proc_state(a.pid) == "T", what="A frozen")
         # What B sees of a hung scheduler elsewhere: a pid file of another machine and a
         # heartbeat long silent.
         pidfile = hostfile_path(jf, "h1", "pid")

@@ -440,7 +440,7 @@ def test_sigkilled_runner_loses_no_exit_status_and_a_new_runner_starts_later_job
         assert alive(five) and alive(zero), "the jobs outlive their runner"
         wait_for(
             lambda: psutil.Process(five).ppid() == p.pid,
-            timeout=5,
+            timeout=30,
             what="the scheduler adopting 'five'",
         )
 
@@ -549,8 +549,9 @@ def test_term_ends_despite_a_job_ignoring_sigterm(tmp_path: Path) -> None:
         wait_scheduler_up(p, jf)
         job = wait_for(lambda: pid_in(tmp_path / "pid_stubborn"), what="the job past its trap")
         p.send_signal(signal.SIGTERM)
-        wait_exit(p, TERM_GRACE + 8)
-        wait_for(lambda: not session_members(job), timeout=5, what="the job's session empty")
+        wait_exit(p, 30)
+        # Without the SIGKILL its `sleep 60` would outlive these deadlines.
+        wait_for(lambda: not session_members(job), timeout=20, what="the job's session empty")
         assert "terminating" in log_text(jf)
     finally:
         kill_quietly(p.pid)

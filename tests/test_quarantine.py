@@ -115,7 +115,11 @@ def test_a_host_whose_jobs_all_fail_is_quarantined_while_another_drains_the_queu
         wait_for(lambda: status(jf, "b").get("last_success"), what="a success on host b")
         a = start_scheduler(hf, jf, host="a")
         wait_for(lambda: status(jf, "a").get("quarantined"), what="host a quarantined")
-        log = text_of(hostfile_path(jf, "a", "log"))
+        # The status is written mid-pass, the pass's log lines at its end: poll for them.
+        log = wait_for(
+            lambda: (t := text_of(hostfile_path(jf, "a", "log"))) and "quarantined for" in t and t,
+            what="the quarantine in the log",
+        )
         assert "quarantined for 60s: its last 5 jobs all failed" in log and "host b" in log
         check = run_cmd("pbq", "control", hf, jf, "check", "a")
         assert b"a: quarantined" in check.stdout
@@ -129,7 +133,10 @@ def test_a_host_whose_jobs_all_fail_is_quarantined_while_another_drains_the_queu
         out = run_cmd("pbq", "control", hf, jf, "cont", "a")
         assert out.returncode == 0, out.stderr
         wait_for(lambda: not status(jf, "a").get("quarantined"), what="quarantine lifted")
-        assert "quarantine lifted" in text_of(hostfile_path(jf, "a", "log"))
+        wait_for(
+            lambda: "quarantine lifted" in text_of(hostfile_path(jf, "a", "log")),
+            what="the lift in the log",
+        )
     finally:
         for p in (a, b):
             if p is not None and p.poll() is None:

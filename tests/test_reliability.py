@@ -373,7 +373,7 @@ def test_kill_then_restart_adopts_stops_continues_and_records_exits(tmp_path: Pa
     assert runner is not None
     r = run_cmd("pbq", "control", hf, jf, "kill", timeout=40)
     assert r.returncode == 0, r.stdout + r.stderr
-    wait_exit(p, 10)  # the process started as pbq-single is the scheduler: it is gone
+    wait_exit(p, 30)  # the process started as pbq-single is the scheduler: it is gone
     assert old == p.pid
     assert all(alive(pid) for pid in pids.values()), "kill must leave the jobs running"
     assert alive(runner), "the job runner stays while its jobs run"
@@ -424,13 +424,20 @@ def test_kill_then_restart_adopts_stops_continues_and_records_exits(tmp_path: Pa
     }
     assert (rows[lines[0]][6], rows[lines[0]][7]) == ("3", "0")
     assert rows[lines[2]][7] == str(int(signal.SIGTERM))
+    # .error is appended right after the joblog, the status at the next tick: poll for them.
+    wait_for(
+        lambda: len(lines_of(hostfile_path(jf, "h1", "error"))) >= 2, what=".error of the two"
+    )
     assert sorted(lines_of(hostfile_path(jf, "h1", "error"))) == sorted([lines[0], lines[2]])
-    st = status(jf, "h1")
+    st = wait_for(
+        lambda: (s := status(jf, "h1")).get("done", 0) + s.get("failed", 0) >= 3 and s,
+        what="the status counting the three ends",
+    )
     assert (st["done"], st["failed"]) == (1, 2)
     r = run_cmd("pbq", "control", hf, jf, "quit", timeout=40)
     assert wait_exit(p2) == 0
     wait_for(
-        lambda: not alive(runner), timeout=10, what="the old runner leaves once its jobs are reaped"
+        lambda: not alive(runner), timeout=30, what="the old runner leaves once its jobs are reaped"
     )
     assert sorted(lines_of(rec)) == ["start0", "start1", "start2"], "no job ran twice"
 
@@ -474,7 +481,7 @@ def test_simulated_reboot_requeues_gone_jobs_once(tmp_path: Path, boot: str) -> 
             pass
     p.wait(timeout=10)
     for pid in [sched, runner, *jobs.values()]:
-        wait_for(lambda pid=pid: not alive(pid), timeout=10, what=f"pid {pid} gone")
+        wait_for(lambda pid=pid: not alive(pid), timeout=30, what=f"pid {pid} gone")
     # After the "reboot" the pids are someone else's: unrelated processes that must not
     # be mistaken for the scheduler or for a job (and must not be signalled).
     impostors = [subprocess.Popen(["sleep", "300"], start_new_session=True) for _ in range(2)]

@@ -114,7 +114,7 @@ def test_stop_and_cont_reach_forked_children(tmp_path: Path) -> None:
     jf = jobfile(tmp_path, ["sh -c 'sleep 60 & sleep 60 & wait'"])
     p = start_scheduler(hf, jf)
     wait_for(lambda: status(jf, "h1").get("running") == 1, what="job running")
-    sid = job_pids(jf, "h1")[0]
+    sid = wait_for(lambda: job_pids(jf, "h1"), what="the job's pid on the ledger")[0]
     wait_for(lambda: len(session_members(sid)) >= 3, what="job and its two children")
     r = run_cmd("pbq", "control", hf, jf, "stop", timeout=40)
     assert r.returncode == 0, r.stdout + r.stderr
@@ -168,7 +168,9 @@ def test_term_kills_jobs_and_puts_their_lines_back(tmp_path: Path) -> None:
     jf = jobfile(tmp_path, ["sleep 61", "sh -c 'trap \"\" TERM; sleep 62'"])
     p = start_scheduler(hf, jf)
     wait_for(lambda: status(jf, "h1").get("running") == 2, what="two jobs running")
-    pids = job_pids(jf, "h1")
+    pids = wait_for(
+        lambda: len(found := job_pids(jf, "h1")) == 2 and found, what="both pids on the ledger"
+    )
     r = run_cmd("pbq", "control", hf, jf, "term", timeout=40)
     assert r.returncode == 0, r.stdout + r.stderr
     assert wait_exit(p) == 0
@@ -192,7 +194,7 @@ def test_kill_leaves_jobs_running_and_restart_adopts_them(tmp_path: Path) -> Non
     p = start_scheduler(hf, jf)
     wait_for(lambda: status(jf, "h1").get("running") == 1, what="job running")
     sched_pid = int(hostfile_path(jf, "h1", "pid").read_text().split()[0])
-    job = job_pids(jf, "h1")[0]
+    job = wait_for(lambda: job_pids(jf, "h1"), what="the job's pid on the ledger")[0]
     r = run_cmd("pbq", "control", hf, jf, "kill", timeout=40)
     assert r.returncode == 0, r.stdout + r.stderr
     wait_for(lambda: not alive(sched_pid), what="scheduler gone")
@@ -217,6 +219,8 @@ def test_kill_leaves_jobs_running_and_restart_adopts_them(tmp_path: Path) -> Non
     )
     row = lines_of(hostfile_path(jf, "h1", "joblog"))[1].split("\t")
     assert row[6] == "3"
+    # .error is appended right after the joblog row
+    wait_for(lambda: lines_of(hostfile_path(jf, "h1", "error")), what="the .error line")
     assert lines_of(hostfile_path(jf, "h1", "error")) == [
         f"sh -c 'while [ ! -e {flag} ]; do sleep 0.05; done; exit 3'"
     ]
@@ -272,7 +276,7 @@ def test_environment_and_output_dir(tmp_path: Path) -> None:
     jf2 = tmp_path / "jobfile2"
     p = start_scheduler(hf, jf2, host="node8")
     wait_for(lambda: status(jf2, "node8").get("running") == 1, what="job running")
-    pid = job_pids(jf2, "node8")[0]
+    pid = wait_for(lambda: job_pids(jf2, "node8"), what="the job's pid on the ledger")[0]
     assert os.getpriority(os.PRIO_PROCESS, pid) == 19
     assert os.getsid(pid) == pid
     assert os.getpriority(os.PRIO_PROCESS, p.pid) == 0  # the scheduler itself stays responsive
@@ -421,7 +425,7 @@ def test_sigint_terminates_like_term(tmp_path: Path) -> None:
     jf = jobfile(tmp_path, ["sleep 63"])
     p = start_scheduler(hf, jf)
     wait_for(lambda: status(jf, "h1").get("running") == 1, what="job running")
-    pid = job_pids(jf, "h1")[0]
+    pid = wait_for(lambda: job_pids(jf, "h1"), what="the job's pid on the ledger")[0]
     sched = int(hostfile_path(jf, "h1", "pid").read_text().split()[0])
     os.kill(sched, signal.SIGINT)
     assert wait_exit(p) == 0
