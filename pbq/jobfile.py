@@ -224,6 +224,7 @@ class JobQueue:
     ) -> None:
         self.jobfile = Path(jobfile)
         self.lock_wait = Histogram()  # seconds each transaction waited for the lock
+        self.lock_wait_start = Histogram()  # ... those of a scheduler's start-up
         self.lock_hold = Histogram()  # ... and held it
         self.allow_group_write = allow_group_write  # for .queue and .retries (pbq.safety)
         self.state_path = self.jobfile.with_name(self.jobfile.name + ".queue")
@@ -269,6 +270,17 @@ class JobQueue:
             self.lock.release()
             self.lock_wait.add(waited)
             self.lock_hold.add(time.perf_counter() - got)
+
+    def start_up_over(self) -> None:
+        """The waits so far were a scheduler's start-up (its claim of the host and its first
+        take: a fleet started at once queues for the lock once): kept apart from those of
+        its running."""
+        self.lock_wait_start, self.lock_wait = self.lock_wait, Histogram()
+
+    def lock_stats(self) -> dict[str, tuple[int, ...] | None]:
+        """The lock histograms, as ``.status`` keeps them."""
+        return {"lock_wait": self.lock_wait.as_tuple(), "lock_hold": self.lock_hold.as_tuple(),
+                "lock_wait_start": self.lock_wait_start.as_tuple()}
 
     def peek_state(self) -> QueueState:
         """The committed state without taking the lock (for status displays)."""

@@ -324,6 +324,7 @@ class HostStatus:
     quarantined_until: float | None = None
     quarantines: int = 0  # times this host was quarantined
     lock_wait: tuple[int, ...] | None = None  # pbq.lockstats histogram: waits for the lock
+    lock_wait_start: tuple[int, ...] | None = None  # ... at start-up (kept out of lock_wait)
     lock_hold: tuple[int, ...] | None = None  # ... and how long it was held
     version: int = 1  # the layout's number before ``format`` existed; kept for old readers
     format: int = field(default=FORMAT_VERSION, compare=False)

@@ -307,6 +307,7 @@ def full_status(**over: object) -> HostStatus:
         started=900.5,
         drm="slurm",
         lock_wait=(0, 3, 1),
+        lock_wait_start=(0, 0, 1),
         lock_hold=(5,),
     )
     values.update(over)
@@ -337,6 +338,7 @@ def test_status_round_trip_keeps_the_json_keys(tmp_path: Path) -> None:
         "quarantines",
         "epoch",
         "lock_wait",
+        "lock_wait_start",
         "lock_hold",
     }
     assert set(raw) == (v1_keys - {"keeper_pid"}) | new_keys

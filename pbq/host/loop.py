@@ -225,6 +225,7 @@ class Scheduler:
         try:
             # The first pass runs at once (not one interval later): a short queue starts now.
             done = self.pass_once(self.clock())
+            self.queue.start_up_over()  # the claim and the first take
             while not done:
                 done = self.step()
         except Replaced:
@@ -576,9 +577,8 @@ class Scheduler:
     def status(self, now: float, state: str | None = None) -> HostStatus:
         return self.outputs.heartbeat(
             now, state or self.mode.value, self.m, self.health,
-            runner_pid=self.owner.runner_pid, epoch=self.owner.epoch,
-            quitting=self.modes.quitting, control_ack=self.control_ack,
-            error=self.ledger.disk_error, started=self.started_at, interval=self.interval,
-            drm=None if self.executor is None else self.executor.drm_name,
-            lock_wait=self.queue.lock_wait.as_tuple(), lock_hold=self.queue.lock_hold.as_tuple(),
+            runner_pid=self.owner.runner_pid, epoch=self.owner.epoch, quitting=self.modes.quitting,
+            control_ack=self.control_ack, error=self.ledger.disk_error, started=self.started_at,
+            interval=self.interval, drm=None if self.executor is None else self.executor.drm_name,
+            **self.queue.lock_stats(),
         )
