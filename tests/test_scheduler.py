@@ -278,6 +278,9 @@ def test_environment_and_output_dir(tmp_path: Path) -> None:
     wait_for(lambda: status(jf2, "node8").get("running") == 1, what="job running")
     pid = wait_for(lambda: job_pids(jf2, "node8"), what="the job's pid on the ledger")[0]
     assert os.getpriority(os.PRIO_PROCESS, pid) == 19
+    autogroup = Path(f"/proc/{pid}/autogroup")
+    if autogroup.exists():  # the job's session is a scheduling group: nice 19 as well
+        assert autogroup.read_text().split()[-2:] == ["nice", "19"]
     assert os.getsid(pid) == pid
     assert os.getpriority(os.PRIO_PROCESS, p.pid) == 0  # the scheduler itself stays responsive
     run_cmd("pbq", "control", hf, jf2, "term", timeout=40)

@@ -148,10 +148,15 @@ def set_autogroup_nice(pid: int, nice: int) -> None:
     session of its own would take as much CPU as another user's nice-0 process.
     """
     try:
-        with open(f"/proc/{pid}/autogroup", "w") as f:
-            f.write(str(nice))
+        fd = os.open(f"/proc/{pid}/autogroup", os.O_WRONLY | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        os.write(fd, str(nice).encode())
     except OSError:
         pass
+    finally:
+        os.close(fd)
 
 
 def wait_status(si_code: int, si_status: int) -> int:
