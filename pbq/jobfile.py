@@ -64,6 +64,7 @@ from .safety import read_trusted_json
 from .statefiles import (
     _describe_os_error,
     atomic_write_json,
+    fsync_dir,
     line_to_text,
     unlink_quietly,
 )
@@ -262,6 +263,7 @@ class JobQueue:
     def _held(self, waited: float) -> Iterator[Txn]:
         """The lock is ours: finish what a crashed holder left, and time the hold."""
         got = time.perf_counter()
+        txn: Txn | None = None
         try:
             txn = Txn(self)
             txn._recover()
@@ -270,6 +272,10 @@ class JobQueue:
             self.lock.release()
             self.lock_wait.add(waited)
             self.lock_hold.add(time.perf_counter() - got)
+            if txn is not None and txn.dir_sync_due:
+                # The commit's rename made durable after the lock is free, before the taker
+                # starts a job of it (see commit_take): one fsync less while others wait.
+                fsync_dir(self.jobfile.parent)
 
     def start_up_over(self) -> None:
         """The waits so far were a scheduler's start-up (its claim of the host and its first
@@ -343,6 +349,7 @@ class Txn:
         self._plan: tuple[int, dict[str, int], int] | None = None
         self.partial_tail: bytes | None = None  # an unterminated last line the take saw
         self.rewrite = Rewrite(self)  # renames of a new JOBFILE over the old, and the old
+        self.dir_sync_due = False  # a commit's rename is to be made durable once unlocked
 
     # -- reading -------------------------------------------------------------------
 
@@ -560,8 +567,11 @@ class Txn:
 
     # -- committing ------------------------------------------------------------------
 
-    def _save(self) -> None:
-        atomic_write_json(self.q.state_path, self.state.to_json(), fsync=self.q.fsync)
+    def _save(self, sync_dir: bool = True) -> None:
+        atomic_write_json(self.q.state_path, self.state.to_json(), fsync=self.q.fsync,
+                          sync_dir=sync_dir)
+        if self.q.fsync:
+            self.dir_sync_due = not sync_dir  # a directory sync covers every earlier rename
 
     def _mark_at(self, offset: int) -> str:
         if offset <= 0:
@@ -603,7 +613,13 @@ class Txn:
         self.state.offset = end
         self.state.mark = self._mark_at(end)
         self.state.ops[host] = op
-        self._save()
+        # The record's data is on disk before the rename; the rename itself is made durable
+        # once the lock is free.  Until then a crash of the machine may bring back the
+        # previous record, a consistent one: the take did not happen, and its lines are
+        # still pending -- the taker keeps only takes whose operation the record names, and
+        # starts none of them before the directory is synced.  A later taker's record, once
+        # durable, includes this one.
+        self._save(sync_dir=False)
 
     def commit_op(self, host: str, op: int) -> None:
         """Record operation ``op`` of ``host`` as done when it changed nothing in JOBFILE."""

@@ -103,14 +103,33 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def sync_file(path: Path) -> None:
+    """Make ``path`` (written and renamed into place earlier) durable: its data, then its
+    name.  Raises PbqError."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as err:
+        raise _describe_os_error(path, err, "write") from None
+    fsync_dir(path.parent)
+
+
 def temp_name(path: Path) -> Path:
     """A hidden, unique temporary name beside ``path`` (same file system, so rename is atomic)."""
     return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
 
 
-def atomic_write(path: Path, data: bytes, *, fsync: bool = False, mode: int = 0o666) -> None:
+def atomic_write(
+    path: Path, data: bytes, *, fsync: bool = False, mode: int = 0o666, sync_dir: bool = True
+) -> None:
     """Replace ``path`` with ``data`` atomically (temp file + optional fsync + rename).
 
+    With ``fsync`` the data is on disk before the rename, and the rename is made durable
+    too unless ``sync_dir`` is False: then the caller syncs the directory (once, later --
+    until then a crash of the machine may bring back the old file, never a torn one).
     ``mode`` is filtered by the umask, as for any new file.  Raises PbqError with a clear
     reason (disk full, permission denied) and leaves the old file untouched on failure.
     """
@@ -134,13 +153,15 @@ def atomic_write(path: Path, data: bytes, *, fsync: bool = False, mode: int = 0o
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise _describe_os_error(path, err, "write") from None
-    if fsync:
+    if fsync and sync_dir:
         fsync_dir(path.parent)
 
 
-def atomic_write_json(path: Path, obj: Any, *, fsync: bool = False, mode: int = 0o666) -> None:
+def atomic_write_json(
+    path: Path, obj: Any, *, fsync: bool = False, mode: int = 0o666, sync_dir: bool = True
+) -> None:
     data = json.dumps(obj, separators=(",", ":")).encode() + b"\n"
-    atomic_write(path, data, fsync=fsync, mode=mode)
+    atomic_write(path, data, fsync=fsync, mode=mode, sync_dir=sync_dir)
 
 
 def read_json(path: Path) -> Any | None:
@@ -175,7 +196,7 @@ def append_bytes(path: Path, data: bytes, *, fsync: bool = False, mode: int = 0o
             while view:
                 view = view[os.write(fd, view) :]
             if fsync:
-                os.fsync(fd)
+                os.fdatasync(fd)  # the data and the size; not the times
         except OSError as err:
             with contextlib.suppress(OSError):
                 os.ftruncate(fd, size0)

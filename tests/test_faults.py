@@ -551,8 +551,10 @@ def _kill_point_jobs(tmp: Path) -> list[str]:
 
 KILL_POINTS = [
     # (id, target, when, nth, cond)
+    ("take-being-written-ahead", "pbq.host.ledger:Ledger.journal_claims", "before", 2, ""),
     ("take-written-ahead", "pbq.jobfile:Txn.commit_take", "before", 2, ""),
     ("take-committed", "pbq.jobfile:Txn.commit_take", "after", 2, ""),
+    ("take-committed-not-synced", "pbq.jobfile:fsync_dir", "before", 1, ""),
     ("before-spawn", "pbq.host.local:LocalExecutor.start", "before", 3, ""),
     ("after-spawn", "pbq.host.local:LocalExecutor.start", "after", 3, ""),
     ("compaction-decided", "pbq.rewrite:Rewrite.finish", "before", 1, ""),

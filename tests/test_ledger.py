@@ -109,7 +109,7 @@ def test_load_refuses_a_newer_state(tmp_path: Path) -> None:
 def test_load_refuses_a_newer_journal_record(tmp_path: Path) -> None:
     ledger, _ = make_ledger(tmp_path)
     ledger.save()
-    ledger.files.journal.write_text(json.dumps({"format": 3, "g": 1, "ended": [1]}) + "\n")
+    ledger.files.journal.write_text(json.dumps({"format": 4, "g": 1, "ended": [1]}) + "\n")
     with pytest.raises(PbqError, match="newer") as info:
         reload(tmp_path)
     assert str(ledger.files.journal) in str(info.value)

@@ -15,7 +15,7 @@ from ..safety import check_input_file
 from .jobs import ASKED, Job, JobBook, JobState
 from .ledger import Ledger, Log
 
-PREFETCH_MAX = 64  # most lines a host takes ahead of its free slots (a lock, four fsyncs each)
+PREFETCH_MAX = 64  # most lines a host takes ahead of its free slots (a lock, two fsyncs each)
 PREFETCH_HORIZON_MAX = 5.0  # seconds of work a host takes ahead at most
 
 
@@ -85,6 +85,7 @@ class Intake:
         next pass tries again, and this host does not join the queue for the lock)."""
         if not self._safe():
             return []
+        self.ledger.make_durable()  # what the take's record follows, synced outside the lock
         asked = time.monotonic()
         with (self.queue.transaction() if wait else self.queue.try_transaction()) as txn:
             if txn is None:
@@ -110,7 +111,7 @@ class Intake:
                                 line_seq=pl.seq)
                 for pl in lines]
         try:
-            self.ledger.save(fsync=True)  # write-ahead: ours on record before we commit
+            self.ledger.journal_claims(jobs)  # write-ahead: ours on record before we commit
             txn.commit_take(end, host, op)
         except PbqError:
             self.book.unclaim(jobs)

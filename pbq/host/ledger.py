@@ -3,11 +3,14 @@ its line away, and a job leaves it only once its outcome is written or its line 
 
 ``JOBFILE.HOST.state`` is a snapshot of the :class:`JobBook`, replaced whole (temp file +
 rename) at most every ``SNAPSHOT_EVERY`` seconds while jobs churn; in between, the few facts
-that must be on record before the next snapshot (jobs being started, their pids, jobs that
-ended) are appended to ``JOBFILE.HOST.journal``, tagged with the snapshot generation they
-follow.  Outcomes go out in a fixed order -- joblog and ``.error`` first, then put-backs,
-then the state -- so a crash in between repeats a record rather than losing a job.  On a
-full disk the buffers keep what could not be written and the host takes nothing new.
+that must be on record before the next snapshot (lines taken, jobs being started, their
+pids, jobs that ended) are appended to ``JOBFILE.HOST.journal``, tagged with the snapshot
+generation they follow.  A take is written ahead as one journal record synced to disk (one
+fsync while the jobfile lock is held, where a snapshot costs two), so the snapshot the
+record follows must itself be on disk first: :meth:`Ledger.make_durable`, before the lock.
+Outcomes go out in a fixed order -- joblog and ``.error`` first, then put-backs, then the
+state -- so a crash in between repeats a record rather than losing a job.  On a full disk
+the buffers keep what could not be written and the host takes nothing new.
 """
 
 from __future__ import annotations
@@ -24,12 +27,15 @@ from ..errors import PbqError
 from ..jobfile import JobQueue, Txn, error_seq_records, seq_annotated
 from ..safety import read_trusted_json, read_trusted_json_lines
 from ..sidefiles import append_joblog_rows
-from ..statefiles import HostFiles, append_bytes, atomic_write_json
+from ..statefiles import HostFiles, append_bytes, atomic_write_json, fsync_dir, sync_file
 from .jobs import Job, JobBook, JobState
 
 SNAPSHOT_EVERY = 2.0  # seconds between state snapshots while jobs churn (the journal fills in)
 JOURNAL_CUT = 1 << 16  # bytes of obsolete journal records before the file is emptied
 STATE_FORMAT = 2  # 1: the first release (flags in "extra"); 2: every state a JobState
+# A journal record's format: 3 = the "claimed" record (lines taken, written ahead).  A reader
+# of format 2 would skip it and lose those lines after a crash, so it must refuse the file.
+CLAIM_FORMAT = 3
 
 
 class Replaced(RuntimeError):
@@ -70,6 +76,8 @@ class Ledger:
         self.next_snapshot = -float("inf")
         self.journal_used = True  # an old journal may exist: its records are of older generations
         self.journal_bytes = 1 << 20  # so the first snapshot cuts it
+        self.durable_gen = -1  # the snapshot generation known to be on disk (fsync'ed)
+        self.journal_durable = False  # the journal's name is on disk (its directory synced)
         self.journal_due: list[bytes] = []  # records that may wait for the pass's next write
         self.joblog_rows: list[str] = []
         self.error_lines: list[bytes] = []
@@ -104,9 +112,10 @@ class Ledger:
         """Apply the journal's records of the snapshot's generation (crash recovery)."""
         book = self.book
         for rec in records:
-            check_format(rec, self.files.journal, STATE_FORMAT)
+            check_format(rec, self.files.journal, CLAIM_FORMAT)
             if not isinstance(rec, dict) or rec.get("g") != self.gen:
                 continue
+            self._replay_claims(rec)
             for seq in rec.get("starting", []):
                 job = book.get(seq)
                 if job is not None and job.state is JobState.CLAIMED:
@@ -128,11 +137,28 @@ class Ledger:
             if "done" in rec:
                 book.counters.done, book.counters.failed = int(rec["done"]), int(rec["failed"])
 
+    def _replay_claims(self, rec: dict[str, Any]) -> None:
+        """Lines a take wrote ahead: CLAIMED jobs (recovery keeps those whose operation the
+        jobfile's record reached, see plan_recovery), and the counters past them."""
+        claimed = rec.get("claimed")
+        if not isinstance(claimed, list):
+            return
+        c = self.book.counters
+        for raw in claimed:
+            job = Job.from_json(raw)
+            if self.book.get(job.seq) is None:
+                self.book.restore(job)
+            c.next_seq = max(c.next_seq, job.seq + 1)
+            c.next_op = max(c.next_op, job.op + 1)
+
     # -- snapshot and journal -----------------------------------------------------
 
     def save(self, fsync: bool = False) -> None:
         """Write a new snapshot; the journal before it is obsolete."""
         self._still_owner()
+        # The journal is emptied only after a snapshot that is on disk: it may hold takes.
+        cut = self.journal_used and self.journal_bytes > JOURNAL_CUT
+        fsync = fsync or (cut and self.fsync)
         self.gen += 1
         doc = {
             "format": STATE_FORMAT,
@@ -147,13 +173,15 @@ class Ledger:
         except PbqError:
             self.gen -= 1  # the journal must keep following the snapshot on disk
             raise
+        if fsync:
+            self.durable_gen = self.gen
         self.book.changed = False
         self.ended_seqs = []
         self.journal_due = []  # the snapshot holds what they say (replay skips them anyway)
         self.next_snapshot = self.mono() + SNAPSHOT_EVERY
         if not self.journal_used:
             self.journal_bytes = 0
-        elif self.journal_bytes > JOURNAL_CUT:
+        elif cut:
             with contextlib.suppress(OSError):
                 os.truncate(self.files.journal, 0)
             self.journal_used = False
@@ -193,6 +221,32 @@ class Ledger:
         self._append_journal([*self.journal_due, data])
         self.journal_due = []
 
+    def make_durable(self) -> None:
+        """Before a take, outside the jobfile lock: the snapshot its record will follow, and
+        the journal's name, on disk (nothing to do while they are; with ``fsync = false``
+        nothing is ever synced).  Raises PbqError."""
+        if not self.fsync:
+            return
+        if self.durable_gen != self.gen:
+            self._still_owner()
+            sync_file(self.files.state)
+            self.durable_gen = self.gen
+        if not self.journal_durable:
+            append_bytes(self.files.journal, b"")  # create it (empty) if it is not there
+            fsync_dir(self.files.journal.parent)
+            self.journal_durable = True
+
+    def journal_claims(self, jobs: list[Job]) -> None:
+        """The write-ahead record of a take, synced: these lines are ours, before the
+        jobfile's record gives them away.  Deferred records go with it.  Raises PbqError."""
+        self.make_durable()  # (done before the lock already: nothing to do here)
+        c = self.book.counters
+        rec = {"g": self.gen, "format": CLAIM_FORMAT, "claimed": [j.to_json() for j in jobs],
+               "next_seq": c.next_seq, "next_op": c.next_op}
+        data = json.dumps(rec, separators=(",", ":")).encode() + b"\n"
+        self._append_journal([*self.journal_due, data], fsync=self.fsync)
+        self.journal_due = []
+
     def flush_journal(self) -> None:
         """Write the deferred records: before the ends they name are acknowledged, and at
         the end of each pass."""
@@ -207,10 +261,10 @@ class Ledger:
         if self.recheck is not None:
             self.recheck(self.mono())  # raises Replaced
 
-    def _append_journal(self, records: list[bytes]) -> None:
+    def _append_journal(self, records: list[bytes], fsync: bool = False) -> None:
         self._still_owner()
         data = b"".join(records)
-        append_bytes(self.files.journal, data)
+        append_bytes(self.files.journal, data, fsync=fsync)
         self.journal_used = True
         self.journal_bytes += len(data)
 
