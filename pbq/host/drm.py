@@ -134,6 +134,9 @@ class DrmExecutor:
     def has_news(self) -> bool:
         return False
 
+    def ends_in_flight(self) -> int:
+        return 0  # nothing is started ahead: every start is a submission the loop made
+
     def accepting(self, mono: float) -> bool:
         return mono >= self.hold_starts_until
 

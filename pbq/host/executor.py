@@ -76,6 +76,10 @@ class Executor(Protocol):
     def has_news(self) -> bool:
         """Something already read waits for ``events``: do not sleep."""
 
+    def ends_in_flight(self) -> int:
+        """Jobs the book counts as running that have ended already, their ends not read
+        yet (the load policy must not count them: a start queued ahead took their slot)."""
+
     def accepting(self, mono: float) -> bool:
         """False while starts are held back (a DRM that refused a submission)."""
 

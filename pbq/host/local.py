@@ -123,6 +123,7 @@ class LocalExecutor:
         self.reader = Reader()
         self.inbox: list[tuple[Any, ...]] = []
         self.by_pid: dict[int, Job] = {}  # jobs whose end the runner will report
+        self.ends_owed = 0  # see ends_in_flight
         # Start requests not answered yet: seq -> (job, its environment, answer deadline).
         self.pending: dict[int, tuple[Job, dict[str, str], float]] = {}
         self.answers: list[Answer] = []  # for start_answers
@@ -152,6 +153,11 @@ class LocalExecutor:
         """``pbq-single`` itself (not a test driving passes in its own process): jobs of a
         dead runner become our children, not init's."""
         self.subreaper = set_subreaper()
+
+    def ends_in_flight(self) -> int:
+        """Jobs that ended whose "exited" has not been read yet, known because a start
+        queued ahead was made in their slots (the runner answers for it first)."""
+        return self.ends_owed
 
     def has_news(self) -> bool:
         return bool(self.inbox or self.answers)  # read while waiting for a start's answer
@@ -212,6 +218,7 @@ class LocalExecutor:
             self.log(f"the job runner (pid {pid}) died: {len(self.by_pid)} job(s) run on, reaped "
                      "by the scheduler; a new runner starts the next jobs")
         self.by_pid.clear()
+        self.ends_owed = 0
         self.unacked.clear()  # their records are ours now (the ledger holds them)
         for job, env, _ in self.pending.values():  # did they start before it died?
             self.answers.append(self._lost_start(job, env))
@@ -272,6 +279,7 @@ class LocalExecutor:
                     self.cgroups.unassign(job.seq)
                     self.answers.append(Revoked(job))
                 elif kind == "started":
+                    self.ends_owed += bool(msg[6])  # the end that freed its slot is next
                     self.by_pid[msg[2]] = job
                     self.cgroups.started(job.seq, env["PBQ_JOB_ID"], msg[5])
                     self.answers.append(Started(job, pid=msg[2], pid_start=msg[3], when=msg[4]))
@@ -342,6 +350,7 @@ class LocalExecutor:
             if msg[0] == "exited":
                 job = self.by_pid.pop(msg[1], None)
                 if job is not None:
+                    self.ends_owed = max(0, self.ends_owed - 1)
                     self._job_ended(job, msg[1])
                     ended.append(Ended(job, outcome_of(msg[2]), msg[3]))
                     self.awaiting_usage[msg[1]] = job

@@ -467,20 +467,18 @@ class Scheduler:
 
     def view(self, now: float) -> View:
         assert self.executor is not None
-        stopped = self.book.in_state(JobState.STOPPED)
-        mono = self.mono()
-        m = self.m
+        stopped, mono, m = self.book.in_state(JobState.STOPPED), self.mono(), self.m
         h = self.cfg.scheduler.hysteresis if self.executor.counts_foreign_load else 0.0
-        if m.foreign + self.book.running_count() - m.limit > h + 1e-9:
-            self.over_since = mono if self.over_since is None else self.over_since
-        else:
-            self.over_since = None
+        # A queued start is answered before the end that freed its slot: not two in that slot.
+        running = max(0, self.book.running_count() - self.executor.ends_in_flight())
+        over = m.foreign + running - m.limit > h + 1e-9
+        self.over_since = (mono if self.over_since is None else self.over_since) if over else None
         return View(
             mode=self.mode,
             limit=m.limit,
             foreign=m.foreign,
             foreign_recent=m.foreign_recent,
-            running=self.book.running_count(),
+            running=running,
             stopped_by_load=sum(1 for j in stopped if j.stopped_by != "user"),
             stopped_by_user=sum(1 for j in stopped if j.stopped_by == "user"),
             pending=self.executor.accepting(mono)

@@ -23,8 +23,10 @@ anonymous socket pair)::
                           ("go", n)                 start the next n queued starts now
                           ("revoke",)               give back every start queued ahead
                           ("ack", [pid, ...])
-    runner -> scheduler   ("started", seq, pid, process_start_time, time, contained)
-                                                    contained: "" or why not in its cgroup
+    runner -> scheduler   ("started", seq, pid, process_start_time, time, contained, refill)
+                                                    contained: "" or why not in its cgroup;
+                                                    refill: made in the slot of a job whose
+                                                    "exited" follows
                           ("failed", seq, exit_code, message)     the command cannot run
                           ("again", seq, message)                 out of processes: retry later
                           ("revoked", seq)          a start queued ahead, given back unmade
@@ -238,8 +240,9 @@ class Runner:
             for pid in msg[1]:
                 self.unacked.pop(pid, None)
 
-    def start(self, msg: tuple[Any, ...]) -> bool:
-        """Start one job and answer for it; False if it did not start."""
+    def start(self, msg: tuple[Any, ...], refill: bool = False) -> bool:
+        """Start one job and answer for it; False if it did not start.  ``refill``: in the
+        slot of a job that ended, whose end is reported right after."""
         _, seq, argv, overrides, out, err, cg, truncate, _ = msg
         env = self.env | overrides
         # The job is born in its cgroup: the runner steps into it for the spawn and back
@@ -262,7 +265,7 @@ class Runner:
         start = self.process_start(pid)
         self.jobs[pid] = start
         self.job_of[pid] = seq
-        self.send(("started", seq, pid, start, now, contained))
+        self.send(("started", seq, pid, start, now, contained, refill))
         return True
 
     def left_cgroup(self, cg: tuple[str, str] | None, entered: str, remove: bool) -> str:
@@ -315,12 +318,12 @@ class Runner:
         (and fills it itself) while this start is on its way.  A revoke sent before a job
         was killed is read first: the scheduler wrote it before the kill."""
         self.read_messages()
-        self.start_ready(1)
+        self.start_ready(1, refill=True)
 
-    def start_ready(self, n: int) -> None:
+    def start_ready(self, n: int, refill: bool = False) -> None:
         """Start the next ``n`` queued starts (one that fails gives its turn to the next)."""
         while n > 0 and self.ready and self.connected:
-            if self.start(self.ready.popleft()):
+            if self.start(self.ready.popleft(), refill):
                 n -= 1
 
     def read_messages(self, wait: bool = False) -> None:
