@@ -420,3 +420,82 @@ def test_a_transaction_tried_on_a_busy_jobfile_is_none_and_timed_as_no_wait(
         lines, _ = txn.take(1)
         assert [pl.line for pl in lines] == [b"true"]
     assert queue.lock_wait.total == 1 and queue.lock_hold.total == 1
+
+
+# ---------------------------------------------------------------------- soft: taking turns
+
+WAIT_THEN_RECORD = """
+import sys, time
+from pathlib import Path
+from pbq.locking import make_lock
+jobfile, out, name = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+lock = make_lock(jobfile, "soft")
+lock.acquire(30)
+with open(out, "a") as f:
+    f.write(name + "\\n")
+time.sleep(0.05)
+lock.release()
+"""
+
+
+def test_soft_waiter_that_waited_longest_goes_first(tmp_path: Path) -> None:
+    """A waiter that has waited a while is next: one that came later does not even try the
+    lock until it had its turn (with back-off alone, newcomers' quick polls won)."""
+    jf, ready, order = tmp_path / "jobfile", tmp_path / "ready", tmp_path / "order"
+    turn = tmp_path / "jobfile.lock.soft.next"
+    with child(HOLD, "soft", jf, ready, 30) as holder:
+        wait_for(ready.exists, what="the holder")
+        with child(WAIT_THEN_RECORD, jf, order, "first"):
+            wait_for(turn.exists, what="the first waiter to be next")
+            assert json.loads(turn.read_text())["pid"] != holder.pid
+            with child(WAIT_THEN_RECORD, jf, order, "second") as second:
+                lock = SoftLock(jf.with_name("jobfile.lock"))
+                assert not lock.try_acquire(), "another is next"
+                time.sleep(0.2)  # the second waiter polls meanwhile (it must not jump the queue)
+                assert holder.stdin is not None
+                holder.stdin.close()
+                assert second.wait(timeout=30) == 0
+    assert order.read_text().split() == ["first", "second"]
+    assert not turn.exists(), "the turn is passed on"
+
+
+def test_soft_turn_of_a_dead_local_waiter_is_removed(tmp_path: Path) -> None:
+    jf = tmp_path / "jobfile"
+    lock = SoftLock(jf.with_name("jobfile.lock"))
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    turn = tmp_path / "jobfile.lock.soft.next"
+    turn.write_bytes(soft_body(pid=dead.pid))
+    assert lock.try_acquire(), "a dead waiter's turn does not hold anyone back"
+    assert not turn.exists()
+    lock.release()
+
+
+def test_soft_turn_of_a_live_remote_waiter_holds_others_back_until_stale(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pbq import locking
+
+    monkeypatch.setattr(locking, "NEXT_STALE", 0.3)
+    jf = tmp_path / "jobfile"
+    lock = SoftLock(jf.with_name("jobfile.lock"))
+    turn = tmp_path / "jobfile.lock.soft.next"
+    turn.write_bytes(soft_body(machine="elsewhere"))
+    t0 = time.monotonic()
+    lock.acquire(10)  # the other machine's waiter never takes it: its turn goes stale
+    assert time.monotonic() - t0 >= 0.3
+    assert not turn.exists()
+    lock.release()
+
+
+def test_soft_waiter_that_times_out_gives_its_turn_up(tmp_path: Path) -> None:
+    jf, ready = tmp_path / "jobfile", tmp_path / "ready"
+    turn = tmp_path / "jobfile.lock.soft.next"
+    with child(HOLD, "soft", jf, ready, 30) as holder:
+        wait_for(ready.exists, what="the holder")
+        lock = SoftLock(jf.with_name("jobfile.lock"))
+        with pytest.raises(PbqError, match="timed out"):
+            lock.acquire(0.3)
+        assert not turn.exists()
+        assert holder.stdin is not None
+        holder.stdin.close()
