@@ -1429,7 +1429,7 @@ def appended_run(b: Bench, d: Path, names: list[str], hostline: str, toml: str |
         if wait_until(lambda: all(st.exists() for st in up), 120, every=0.2) is None:
             err = tail(d / f"sched-{names[0]}.out")
             raise BenchError(f"not every scheduler up after 120 s: {err}")
-        warm_up(b, d, jf, lock, procs)
+        warm_up(b, d, jf, lock, names, procs)
         p = b.popen([PY, BIN / "jobfile-append", "--lock", lock, jf, "-"], cwd=d,
                     stdin=subprocess.PIPE, out=d / "append-first.out")
         p.communicate(first.encode(), timeout=300)
@@ -1482,13 +1482,18 @@ def appended_run(b: Bench, d: Path, names: list[str], hostline: str, toml: str |
             **lock_figures(jf, names)}
 
 
-WARM_UP = "sleep 0.5 # warm-up"  # long enough that a warm host takes no more than one
+WARM_UP = "sleep 2 # warm-up"  # long enough that a warm host is busy for the next round
 
 
-def warm_up(b: Bench, d: Path, jf: Path, lock: str, procs: list[subprocess.Popen[bytes]]) -> None:
+def warm_up(b: Bench, d: Path, jf: Path, lock: str, names: list[str],
+            procs: list[subprocess.Popen[bytes]]) -> None:
     """Warm-up jobs until every scheduler has its job runner (started at its first job),
-    and none is left: the jobs measured next find every host as a running fleet has it."""
+    then until they have all ended: the jobs measured next find every host as a running
+    fleet has it.  Each warm-up job runs for a while, so that a host that has one is busy
+    and the next round's lines go to hosts that have none (one a slot: a host takes no
+    line ahead while it knows no run time, or jobs are long)."""
     deadline = time.monotonic() + 120
+    appended = 0
     while True:
         cold = sum(1 for p in procs if not runner_pids(p.pid))
         if cold == 0:
@@ -1498,19 +1503,16 @@ def warm_up(b: Bench, d: Path, jf: Path, lock: str, procs: list[subprocess.Popen
         warm = write(d / "warm-up", (WARM_UP + "\n") * cold)  # about one for each
         b.run([PY, BIN / "jobfile-append", "--lock", lock, jf, warm], 120,
               "jobfile-append (warm-up)", cwd=d, out=d / "append-warm.out")
-        wait_until(lambda n=cold: sum(1 for p in procs if not runner_pids(p.pid)) < n, 2.0,
+        appended += cold
+        wait_until(lambda n=cold: sum(1 for p in procs if not runner_pids(p.pid)) < n, 1.0,
                    every=0.1)
-    if wait_until(lambda: not pending_in(jf), 60, every=0.1) is None:
-        raise BenchError("the warm-up jobs were not all taken after 60 s")
 
+    def ran() -> int:
+        return sum(1 for h in names for r in read_joblog_rows(host_file(jf, h, "joblog"))
+                   if r.command == WARM_UP)
 
-def pending_in(jf: Path) -> bool:
-    """Whether the jobfile still has lines after its consumed offset."""
-    rec = read_json(jf.with_name(jf.name + ".queue")) or {}
-    try:
-        return jf.stat().st_size > int(rec.get("offset", 0))
-    except OSError:
-        return False
+    if wait_until(lambda: ran() >= appended, 60, every=0.2) is None:
+        raise BenchError(f"{appended - ran()} warm-up job(s) of {appended} not run after 60 s")
 
 
 def ms(x: float | None) -> str:
