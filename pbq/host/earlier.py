@@ -22,11 +22,12 @@ from ..sensors import (
     same_process,
 )
 from ..sidefiles import ExitRecord, exit_records_by_job, read_exit_records
-from .jobs import Job, JobState, outcome_of
+from .jobs import UNKNOWN_EXIT, Job, JobState, Outcome, outcome_of
 from .recovery import Probe
 
 RECORD_WAIT = 2.0  # at start-up, seconds to wait for a live old runner to record an end
 RECORDED = "exit status recorded by the job runner"
+ADOPTED_EXIT_WAIT = 5.0  # seconds to wait for the old runner's record of an adopted job's end
 # The saved states whose process may be out there.
 PROBED = (JobState.STARTING, JobState.RUNNING, JobState.STOPPED, JobState.EVICTING,
           JobState.TERMINATING, JobState.CANCELLING)
@@ -44,6 +45,7 @@ class EarlierRun:
         self.exits = exits
         self.allow_group_write = allow_group_write  # whether a group-writable .exits is trusted
         self.old_runner = old_runner  # the previous run's runner, which may still record ends
+        self.gone_since: dict[int, float] = {}  # adopted jobs gone, no record of their end yet
 
     def runner_alive(self) -> bool:
         pid = self.old_runner
@@ -61,6 +63,35 @@ class EarlierRun:
         if job.pid is None:
             return by_job.get(job.seq)
         return records.get((job.pid, _round(job.pid_start)))
+
+    @staticmethod
+    def alive(job: Job) -> bool:
+        """An adopted job's process (pid and start time) still exists."""
+        return job.pid is not None and same_process(job.pid, job.pid_start)
+
+    def ended(self, adopted: list[Job], now: float, mono: float
+              ) -> list[tuple[Job, Outcome, float]]:
+        """Adopted jobs (nobody's children here) whose process is gone, how and when they
+        ended: the old runner's record, else -- none came for ``ADOPTED_EXIT_WAIT`` s --
+        unknown."""
+        out: list[tuple[Job, Outcome, float]] = []
+        records: dict[tuple[int, float | None], ExitRecord] | None = None
+        by_job: dict[int, ExitRecord] = {}
+        for job in adopted:
+            if self.alive(job):
+                continue
+            if records is None:
+                records = self.records()
+                by_job = exit_records_by_job(records.values())
+            rec = self.record_of(job, records, by_job)
+            if rec is not None:
+                out.append((job, outcome_of(rec.status, rec.cpu, rec.maxrss, RECORDED), rec.time))
+            elif mono - self.gone_since.setdefault(job.seq, mono) >= ADOPTED_EXIT_WAIT:
+                note = "adopted job ended with no recorded exit status"
+                out.append((job, Outcome(UNKNOWN_EXIT, note=note), now))
+        for job, _, _ in out:
+            self.gone_since.pop(job.seq, None)
+        return out
 
     def probe(self, jobs: list[Job]) -> dict[int, Probe]:
         """Before the lock: which saved jobs live, and how the gone ones ended.  A job whose

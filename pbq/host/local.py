@@ -31,19 +31,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..sensors import Sensors, process_start, process_state, same_process
-from ..sidefiles import ExitRecord, exit_records_by_job
-from .earlier import RECORDED, EarlierRun
+from ..sensors import Sensors, process_start, process_state
+from .earlier import EarlierRun
 from .executor import Answer, Ended, EnvFor, NotStarted, Revoked, Started
 from .jobcgroups import JobCgroups
 from .joboutput import JobOutput
-from .jobs import UNKNOWN_EXIT, Job, JobState, Outcome, outcome_of
+from .jobs import Job, JobState, Outcome, outcome_of
 from .ledger import Log
 from .recovery import Probe
 from .runner import Reader, encode
 
 PR_SET_CHILD_SUBREAPER = 36
-ADOPTED_EXIT_WAIT = 5.0  # seconds to wait for the old runner's record of an adopted job's end
 START_REPLY_WAIT = 30.0  # seconds the runner has to answer a start request
 PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent.parent)
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -131,7 +129,6 @@ class LocalExecutor:
         self.revoke_sent = False  # taken back, not all answered yet
         self.orphans: dict[int, Job] = {}  # jobs of a dead runner: our children now
         self.adopted: dict[int, Job] = {}  # by seq: jobs of an earlier run, polled
-        self.gone_since: dict[int, float] = {}
         self.awaiting_usage: dict[int, Job] = {}
         self.usage_done: list[tuple[Job, float, int]] = []
         self.unacked: list[int] = []
@@ -440,43 +437,23 @@ class LocalExecutor:
                 self.output.ended(e.job.seq, reusable=emptied)
 
     def poll(self, live: list[Job], now: float, mono: float) -> list[Ended]:
-        """Adopted jobs are not our children: notice their end by polling, and take their
-        exit status from the old runner's record (``.exits``)."""
-        ended: list[Ended] = []
+        """Adopted jobs are not our children: their ends are noticed by polling (``earlier``)."""
         self.cgroups.remove_unremoved()
-        records: dict[tuple[int, float | None], ExitRecord] | None = None
-        by_job: dict[int, ExitRecord] = {}
-        for seq, job in list(self.adopted.items()):
-            if self.adopted_alive(job):
-                continue
-            if records is None:
-                records = self.earlier.records()
-                by_job = exit_records_by_job(records.values())
-            rec = self.earlier.record_of(job, records, by_job)
-            if rec is not None:
-                ended.append(Ended(job, outcome_of(rec.status, rec.cpu, rec.maxrss,
-                                                   RECORDED), rec.time))
-            elif mono - self.gone_since.setdefault(seq, mono) >= ADOPTED_EXIT_WAIT:
-                note = "adopted job ended with no recorded exit status"
-                ended.append(Ended(job, Outcome(UNKNOWN_EXIT, note=note), now))
-            else:
-                continue
+        ended: list[Ended] = []
+        for job, outcome, when in self.earlier.ended(list(self.adopted.values()), now, mono):
             before = job.cpu_seconds
             self._job_ended(job, None)
             self.finished_cpu += max(before, job.cpu_seconds)
-            del self.adopted[seq]
-            self.gone_since.pop(seq, None)
+            del self.adopted[job.seq]
+            ended.append(Ended(job, outcome, when))
         return ended
-
-    def adopted_alive(self, job: Job) -> bool:
-        return job.pid is not None and same_process(job.pid, job.pid_start)
 
     # -- signals ----------------------------------------------------------------------
 
     def _signal(self, job: Job, sig: int) -> bool:
         if job.pid is None:
             return False
-        if job.seq in self.adopted and not self.adopted_alive(job):
+        if job.seq in self.adopted and not self.earlier.alive(job):
             return False  # never signal a pid we did not verify: it may be someone else's now
         return signal_group(job.pid, sig)
 
