@@ -383,8 +383,10 @@ STATUS_KEYS = tuple(f.name for f in fields(HostStatus))
 
 
 def write_status(path: Path, st: HostStatus, fsync: bool = False) -> None:
+    """The heartbeat, replaced every tick; volatile: after a crash of the machine it may be
+    empty, which readers take as no heartbeat."""
     data = json.dumps(st.to_json(), separators=(",", ":")).encode() + b"\n"
-    atomic_write(path, data, fsync=fsync)
+    atomic_write(path, data, fsync=fsync, volatile=True)
 
 
 def read_status(path: Path) -> HostStatus | None:

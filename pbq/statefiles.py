@@ -14,6 +14,7 @@ import errno
 import json
 import os
 import secrets
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -123,15 +124,19 @@ def temp_name(path: Path) -> Path:
 
 
 def atomic_write(
-    path: Path, data: bytes, *, fsync: bool = False, mode: int = 0o666, sync_dir: bool = True
+    path: Path, data: bytes, *, fsync: bool = False, mode: int = 0o666, sync_dir: bool = True,
+    volatile: bool = False,
 ) -> None:
     """Replace ``path`` with ``data`` atomically (temp file + optional fsync + rename).
 
     With ``fsync`` the data is on disk before the rename, and the rename is made durable
     too unless ``sync_dir`` is False: then the caller syncs the directory (once, later --
     until then a crash of the machine may bring back the old file, never a torn one).
-    ``mode`` is filtered by the umask, as for any new file.  Raises PbqError with a clear
-    reason (disk full, permission denied) and leaves the old file untouched on failure.
+    ``volatile``: a file rewritten every few seconds whose content nobody needs after a
+    crash of the machine (a heartbeat, a view; it may then be empty): swapped in rather
+    than renamed over (``swap_in``).  ``mode`` is filtered by the umask, as for any new
+    file.  Raises PbqError with a clear reason (disk full, permission denied) and leaves
+    the old file untouched on failure.
     """
     tmp = temp_name(path)
     try:
@@ -148,13 +153,73 @@ def atomic_write(
                 os.fsync(fd)
         finally:
             os.close(fd)
-        os.replace(tmp, path)
+        if volatile and not fsync:
+            swap_in(tmp, path)
+        else:
+            os.replace(tmp, path)
     except OSError as err:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise _describe_os_error(path, err, "write") from None
     if fsync and sync_dir:
         fsync_dir(path.parent)
+
+
+RENAME_EXCHANGE = 2  # renameat2(2): swap two names atomically; both must exist
+AT_FDCWD = -100
+_NO_EXCHANGE = {errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP}
+_no_exchange_in: set[int] = set()  # devices whose file system refused an exchange
+_renameat2: Callable[[bytes, bytes, int], None] | None = None
+
+
+def _libc_renameat2(old: bytes, new: bytes, flags: int) -> None:
+    """renameat2(2) through the C library; OSError as os.rename raises it."""
+    global _renameat2
+    if _renameat2 is None:
+        import ctypes  # only a scheduler writes volatile files: commands never pay for it
+
+        fn = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+        if fn is None:  # a C library older than glibc 2.28
+            def missing(old: bytes, new: bytes, flags: int) -> None:
+                raise OSError(errno.ENOSYS, "renameat2 is missing")
+            _renameat2 = missing
+        else:
+            fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
+                           ctypes.c_uint]
+
+            def call(old: bytes, new: bytes, flags: int) -> None:
+                if fn(AT_FDCWD, old, AT_FDCWD, new, flags) != 0:
+                    e = ctypes.get_errno()
+                    raise OSError(e, os.strerror(e))
+            _renameat2 = call
+    _renameat2(old, new, flags)
+
+
+def swap_in(tmp: Path, path: Path) -> None:
+    """Put ``tmp`` in ``path``'s place: exchange the two names (readers see the old file or
+    the new one, never none), then unlink the old content, now under ``tmp``.
+
+    Renaming over an existing file makes ext4 write the new one out at once (its
+    ``auto_da_alloc`` guard for programs that rename without fsync): some 100 us of CPU
+    and a disk write per heartbeat, every second, on every host.  An exchange is not a
+    replace, so a file that is soon replaced again never reaches the disk.  Where the file
+    system cannot exchange (NFS, most FUSE mounts) or ``path`` does not exist yet, a plain
+    rename (which also reports any other error).  Raises OSError."""
+    try:
+        dev = os.stat(tmp).st_dev
+    except OSError:
+        dev = -1
+    if dev not in _no_exchange_in:
+        try:
+            _libc_renameat2(os.fsencode(tmp), os.fsencode(path), RENAME_EXCHANGE)
+        except OSError as err:  # the rename below raises what is really wrong
+            if err.errno in _NO_EXCHANGE:
+                _no_exchange_in.add(dev)
+        else:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            return
+    os.replace(tmp, path)
 
 
 def atomic_write_json(

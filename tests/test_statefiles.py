@@ -7,6 +7,7 @@ import json
 import os
 import stat
 import tempfile
+import threading
 from pathlib import Path
 
 import pytest
@@ -57,6 +58,78 @@ def test_atomic_write_replaces_inode(tmp_path: Path) -> None:
         atomic_write(p, b"new")
         assert reader.read() == b"old"
     assert p.read_bytes() == b"new"
+
+
+@pytest.mark.parametrize("exchange", ["renameat2", "refused"])
+def test_volatile_write_creates_replaces_and_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, exchange: str
+) -> None:
+    """A volatile file (heartbeat, view) is swapped in where the file system can exchange
+    names, else renamed over; either way the new content, the old inode untouched for a
+    reader that holds it, and no temporary file left."""
+    if exchange == "refused":  # as NFS answers: EINVAL, and the plain rename takes over
+        def refuse(old: bytes, new: bytes, flags: int) -> None:
+            raise OSError(errno.EINVAL, "not supported")
+        monkeypatch.setattr(statefiles, "_renameat2", refuse)
+        monkeypatch.setattr(statefiles, "_no_exchange_in", set())
+    p = tmp_path / "h.status"
+    atomic_write(p, b"one", volatile=True)  # no file yet: nothing to exchange with
+    assert p.read_bytes() == b"one"
+    with open(p, "rb") as reader:
+        atomic_write(p, b"two" * 1000, volatile=True)
+        assert reader.read() == b"one"
+    assert p.read_bytes() == b"two" * 1000
+    atomic_write(p, b"", volatile=True)
+    assert p.read_bytes() == b""
+    assert listing(tmp_path) == ["h.status"], "no temporary file is left behind"
+    if exchange == "refused":
+        assert statefiles._no_exchange_in == {os.stat(p).st_dev}, "asked once per file system"
+
+
+def test_volatile_write_uses_the_exchange_here(tmp_path: Path) -> None:
+    """On a local file system the exchange is what runs (not the fallback)."""
+    p = tmp_path / "v"
+    atomic_write(p, b"a", volatile=True)
+    calls: list[int] = []
+    real = statefiles._libc_renameat2
+
+    def spy(old: bytes, new: bytes, flags: int) -> None:
+        calls.append(flags)
+        real(old, new, flags)
+    statefiles._libc_renameat2 = spy  # type: ignore[assignment]
+    try:
+        atomic_write(p, b"b", volatile=True)
+    finally:
+        statefiles._libc_renameat2 = real  # type: ignore[assignment]
+    assert calls == [statefiles.RENAME_EXCHANGE]
+    assert p.read_bytes() == b"b"
+    # ext4, xfs, btrfs and tmpfs all exchange: a refusal here would be a bug in the call
+    assert os.stat(p).st_dev not in statefiles._no_exchange_in
+
+
+def test_volatile_write_never_leaves_readers_without_a_file(tmp_path: Path) -> None:
+    """A reader polling while the file is rewritten always finds it, whole."""
+    p = tmp_path / "h.status"
+    atomic_write(p, b"x" * 100, volatile=True)
+    stop = threading.Event()
+    seen: list[bytes] = []
+
+    def read() -> None:
+        while not stop.is_set():
+            try:
+                seen.append(p.read_bytes())
+            except FileNotFoundError:
+                seen.append(b"missing")
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        for i in range(2000):
+            atomic_write(p, bytes([97 + i % 26]) * 100, volatile=True)
+    finally:
+        stop.set()
+        reader.join()
+    assert seen
+    assert all(len(s) == 100 and len(set(s)) == 1 for s in seen), "old or new, never none"
 
 
 def test_atomic_write_mode_filtered_by_umask(tmp_path: Path) -> None:

@@ -71,7 +71,7 @@ class HostOutputs:
             data = b"".join(j.line + b"\n" for j in group)
             if self.written.get(ext) != data:
                 try:
-                    atomic_write(self.files.path(ext), data)
+                    atomic_write(self.files.path(ext), data, volatile=True)  # a view
                     self.written[ext] = data
                 except PbqError as err:
                     self.on_error(err)
