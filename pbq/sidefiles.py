@@ -348,7 +348,9 @@ class HostStatus:
         )
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        # Every field is a number, a string or a tuple of them: a shallow copy is the same
+        # as asdict's deep one, at a twentieth of its cost (it runs every tick).
+        return {name: getattr(self, name) for name in STATUS_KEYS}
 
     @classmethod
     def from_json(cls, obj: Mapping[str, Any]) -> HostStatus:

@@ -3,6 +3,7 @@ and the one liveness rule."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -344,6 +345,7 @@ def test_status_round_trip_keeps_the_json_keys(tmp_path: Path) -> None:
     assert set(raw) == (v1_keys - {"keeper_pid"}) | new_keys
     assert raw["format"] == FORMAT_VERSION
     assert read_status(path) == st
+    assert st.to_json() == dataclasses.asdict(st), "the shallow copy is the deep one"
 
 
 def test_status_of_this_process() -> None:
