@@ -27,6 +27,14 @@ hosts     8 schedulers (different --host) draining one jobfile vs 1 scheduler: t
           8 vs 1 processes doing nothing but lock + take(1) + commit (the lock alone).
 stress    8 schedulers vs 1 on a bigger jobfile (default 10,000 jobs) while
           ``jobfile-append`` adds half of the jobs concurrently: jobs/s, lost, duplicated.
+commands  pbq status, pbq control check, jobfile-append and pbq add against the start of
+          the same interpreter (``python3 -c pass``), alternately.
+fleet     100 schedulers x 1 slot (distinct --host names) vs 1 x 100 draining short
+          recording jobs while two appenders add half, with flock and --lock soft: jobs/s,
+          exactly once, lock wait/hold from the schedulers' histograms, CPU per job; the
+          same with 10 schedulers and with jobs of 0.5 s; and the lock alone: 100
+          processes taking 64 lines at a time, at twice one scheduler's pace.
+bigfile   5,000 jobs from the head of a 1 GB vs a 10 MB jobfile: jobs/s, bytes written.
 profile   (only when named) cProfile of an in-process Scheduler.run() draining N jobs:
           the top functions by cumulative time, per job.
 
@@ -1160,6 +1168,72 @@ def take_child(jf: Path, host: str) -> None:
     (jf.parent / f"times.{host}").write_text(json.dumps({"n": len(taken), "t0": t0, "t1": t1}))
 
 
+PACED_LINES = 64  # lines per take: what a host with short jobs takes (PREFETCH_MAX)
+
+
+def paced_child(jf: Path, host: str, rate: float, seconds: float, lock: str) -> None:
+    """In this process: one host's takes at a fleet's pace, without its jobs or its
+    interpreter's other work: at exponential intervals (``rate`` a second), the lock, 64
+    lines, their write-ahead record (an fdatasync'ed append, as a scheduler's journal),
+    the commit.  Its lock histograms go to ``locks.HOST``."""
+    import random
+
+    from pbq.jobfile import JobQueue
+    from pbq.statefiles import append_bytes
+
+    q = JobQueue(jf, lock=lock)
+    journal = jf.parent / f"journal.{host}"
+    rng = random.Random(host)
+    (jf.parent / f"ready.{host}").touch()
+    while not (jf.parent / "go").exists():
+        time.sleep(0.001)
+    end = time.monotonic() + seconds
+    next_at = time.monotonic() + rng.expovariate(rate)
+    op = 0
+    while next_at < end:
+        time.sleep(max(0.0, next_at - time.monotonic()))
+        with q.transaction() as txn:
+            lines, upto = txn.take(PACED_LINES)
+            if lines:
+                op += 1
+                append_bytes(journal, b"".join(x.line + b"\n" for x in lines), fsync=True)
+                txn.commit_take(upto, host, op)
+            txn.maybe_compact()
+        next_at += rng.expovariate(rate)
+    (jf.parent / f"locks.{host}").write_text(json.dumps(q.lock_stats()))
+
+
+def paced_lock_run(b: Bench, d: Path, hosts: int, takes_per_s: float, seconds: float,
+                   lock: str) -> dict[str, Any]:
+    """``hosts`` processes taking 64 lines at a time from one jobfile at ``takes_per_s`` in
+    all: the lock's waits and holds where the CPUs are not what the takers compete for."""
+    from pbq.lockstats import Histogram
+
+    n = int(takes_per_s * seconds * PACED_LINES * 1.5) + PACED_LINES * hosts
+    jf = write(d / "jobfile", "".join(f"echo {i}\n" for i in range(n)))
+    names = [f"p{i:03d}" for i in range(hosts)]
+    rate = takes_per_s / hosts
+    procs = [
+        b.popen([PY, __file__, "--paced-child", jf, "--take-host", h, "--paced",
+                 f"{rate},{seconds},{lock}"], cwd=d, out=d / f"paced-{h}.out")
+        for h in names
+    ]
+    if wait_until(lambda: all((d / f"ready.{h}").exists() for h in names), 120, 0.01) is None:
+        raise BenchError(f"paced takers did not start: {tail(d / f'paced-{names[0]}.out')}")
+    (d / "go").touch()
+    for h, p in zip(names, procs, strict=True):
+        rc = b.wait(p, seconds + 120, f"paced taker {h}")
+        if rc != 0:
+            raise BenchError(f"paced taker {h} exited {rc}: {tail(d / f'paced-{h}.out')}")
+    wait, hold = Histogram(), Histogram()
+    for h in names:
+        st = read_json(d / f"locks.{h}") or {}
+        wait.merge([Histogram(st.get("lock_wait") or [])])
+        hold.merge([Histogram(st.get("lock_hold") or [])])
+    return {"locks": wait.total, "wait_p50": wait.quantile(0.5), "wait_p99": wait.quantile(0.99),
+            "hold_p50": hold.quantile(0.5), "hold_p99": hold.quantile(0.99)}
+
+
 def lock_run(b: Bench, d: Path, hosts: int, n: int) -> dict[str, Any]:
     """``hosts`` processes taking one job per lock round trip from one jobfile (no scheduler)."""
     jf = write(d / "jobfile", "".join(f"echo {i}\n" for i in range(n)))
@@ -1553,7 +1627,36 @@ def sec_fleet(b: Bench) -> list[Row]:
             cpu_row(k, many, one),
         ]
     rows += fleet_limits(b, res)
+    rows += paced_lock_rows(b, res)
     b.samples["fleet"] = res
+    return rows
+
+
+def paced_lock_rows(b: Bench, res: dict[str, dict[str, Any]]) -> list[Row]:
+    """The lock wait target where it means what it says: the fleet's hosts each on a
+    machine of their own take their lines at their pace, and nothing else competes for
+    this machine's cores.  Twice the takes one scheduler with as many slots makes here."""
+    k = b.s.fleet_hosts
+    one = res.get("flock1", {}).get("jobs_per_s") or 1350.0
+    takes = round(2 * one / PACED_LINES)
+    seconds = 3.0 if b.s.quick else 25.0
+    rows: list[Row] = []
+    for lock in ("flock", "soft"):
+        x = res[f"paced-{lock}"] = paced_lock_run(
+            b, b.mkdir("fleet", "paced", lock), k, takes, seconds, lock)
+        say(f"fleet lock alone ({lock}): {k} takers, {takes} takes/s: {x['locks']} locks, "
+            f"wait p50/p99 {ms(x['wait_p50'])}/{ms(x['wait_p99'])}, "
+            f"hold {ms(x['hold_p50'])}/{ms(x['hold_p99'])}")
+        w99 = x["wait_p99"]
+        label = "flock" if lock == "flock" else "--lock soft"
+        rows += [
+            Row("fleet", f"jobfile lock alone, {label}: {k} processes taking {PACED_LINES} lines "
+                f"at {takes} takes/s in all (2x one scheduler's pace): lock wait p50 / p99 "
+                f"({x['locks']:,} locks)", f"{ms(x['wait_p50'])} / {ms(w99)}", "-",
+                target="p99 < 50 ms", ok=w99 is not None and w99 < 0.05),
+            Row("fleet", "  lock hold p50 / p99", f"{ms(x['hold_p50'])} / {ms(x['hold_p99'])}",
+                "-"),
+        ]
     return rows
 
 
@@ -2016,6 +2119,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--profile-out", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--take-child", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--take-host", help=argparse.SUPPRESS)
+    ap.add_argument("--paced-child", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--paced", help=argparse.SUPPRESS)  # RATE,SECONDS,LOCK
     args = ap.parse_args(argv)
     for name in ("rounds", "n", "stress_n", "fleet_n"):
         v = getattr(args, name)
@@ -2092,6 +2197,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.take_child:
         take_child(args.take_child, args.take_host)
+        return 0
+    if args.paced_child:
+        rate, seconds, lock = args.paced.split(",")
+        paced_child(args.paced_child, args.take_host, float(rate), float(seconds), lock)
         return 0
     s = settings_from(args)
     for sig in (signal.SIGTERM, signal.SIGHUP):
