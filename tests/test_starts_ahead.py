@@ -7,6 +7,9 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,9 +28,11 @@ from pbqtest import (
 )
 from test_ledger import ListLog
 
+from pbq.host import starts
 from pbq.host.executor import Revoked, Started
 from pbq.host.jobs import Job, JobState
 from pbq.host.local import LocalExecutor
+from pbq.host.wakeup import RECORDED, Wakeup
 from pbq.policy import Mode, View, may_refill
 from pbq.sensors import Sensors
 from pbq.sidefiles import read_exit_records
@@ -270,3 +275,62 @@ def test_a_full_host_of_short_jobs_never_stops_its_own(tmp_path: Path, slots: in
     log = lines_of(hostfile_path(jf, HOST_OF_TEST, "log"))
     stops = [ln for ln in log if " stopped " in ln]
     assert stops == [], stops[:5]
+
+
+# -- lingering: a pass books several ends of short jobs at once ---------------------------
+
+
+@pytest.mark.parametrize(
+    ("queued", "running", "avg", "expected"),
+    [
+        (0, 2, 0.001, 0.0),  # nothing queued: an end leaves a slot for the scheduler to fill
+        (1, 2, 0.001, 0.0),  # one slot would have no successor
+        (2, 2, None, 0.0),  # no run time known yet
+        (2, 0, 0.001, 0.0),  # nothing running
+        (2, 2, 0.001, 0.0005),  # half of what the queue covers: 2 jobs x 1 ms over 2 slots
+        (8, 2, 0.001, 0.002),  # capped
+        (1, 1, 10.0, 0.002),  # long jobs: capped
+    ],
+)
+def test_linger_is_half_what_the_queued_starts_cover(
+    queued: int, running: int, avg: float | None, expected: float
+) -> None:
+    assert starts.linger(queued, running, avg) == pytest.approx(expected)
+    assert starts.linger(queued, running, avg) <= starts.LINGER_MAX
+
+
+@contextlib.contextmanager
+def installed_wakeup() -> Iterator[Wakeup]:
+    w = Wakeup()
+    saved = {sig: signal.getsignal(sig) for sig in (*RECORDED, signal.SIGCHLD)}
+    old_fd = signal.set_wakeup_fd(-1)
+    w.install()
+    try:
+        yield w
+    finally:
+        signal.set_wakeup_fd(old_fd)
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+
+
+def test_a_lingering_wait_lets_news_wait_but_not_a_signal() -> None:
+    """News on the runner's socket ends the wait only after the linger; a signal (a stop,
+    a quit) ends it at once."""
+    a, b = socket.socketpair()
+    with a, b, installed_wakeup() as w:
+        b.send(b"news")
+        t0 = time.monotonic()
+        w.wait(5.0, a.fileno(), linger=0.2)
+        waited = time.monotonic() - t0
+        assert 0.2 <= waited < 4.0, waited  # the linger, then the news at once
+        assert w.take() == []
+        timer = threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGUSR1))
+        timer.start()
+        t0 = time.monotonic()
+        w.wait(30.0, a.fileno(), linger=20.0)
+        timer.join()
+        assert time.monotonic() - t0 < 10.0  # not the 20 s linger
+        assert w.take() == [signal.SIGUSR1]
+        t0 = time.monotonic()
+        w.wait(5.0, a.fileno())  # no linger: the news at once
+        assert time.monotonic() - t0 < 4.0

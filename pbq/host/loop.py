@@ -106,6 +106,7 @@ class Scheduler:
         self.joboutput: JobOutput | None = None  # local jobs only
         self.exit_code = 0
         self.next_tick = self.next_load_log = self.next_history = 0.0
+        self.passed_at = 0.0  # monotonic time of the last pass (see _wait)
         self.control_ack: str | None = None
         self.recorded: list[Ended] = []  # ends on the ledger, not acknowledged yet
         self.views_now = False  # .running/.stopped to be written at the end of this pass
@@ -281,9 +282,13 @@ class Scheduler:
             timeout = min(timeout, self.modes.term_deadline - self.mono(), 0.1)
         if self.outputs.stale:
             timeout = min(timeout, VIEW_DEBOUNCE)  # the views lag the jobs by at most that
+        # Ends of short jobs pile up while the runner's queued starts fill their slots.
+        linger = self.starts.linger(self.book.running_count()) - (self.mono() - self.passed_at)
         if self.executor is not None and self.executor.has_news():
-            timeout = 0.0
-        self.wakeup.wait(timeout, self.executor.fileno() if self.executor is not None else None)
+            timeout = min(timeout, max(0.0, linger))
+        self.wakeup.wait(timeout, self.executor.fileno() if self.executor is not None else None,
+                         linger)
+        self.passed_at = self.mono()
 
     def _handle_signals(self) -> None:
         for sig in self.wakeup.take():
@@ -564,13 +569,9 @@ class Scheduler:
     def _env_for(self, job: Job) -> dict[str, str]:
         """What a job finds in its environment besides the scheduler's."""
         assert self.host_entry is not None
-        return {
-            "PBQ_HOST": self.host,
-            "PBQ_ARCH": self.host_entry.arch,
-            "PBQ_JOB_ID": self.book.job_id(job),
-            "PBQ_JOBFILE": str(self.jobfile),
-            "PBQ_SEQ": str(job.number),
-        }
+        return {"PBQ_HOST": self.host, "PBQ_ARCH": self.host_entry.arch,
+                "PBQ_JOB_ID": self.book.job_id(job), "PBQ_JOBFILE": str(self.jobfile),
+                "PBQ_SEQ": str(job.number)}
 
     def status(self, now: float, state: str | None = None) -> HostStatus:
         return self.outputs.heartbeat(

@@ -35,12 +35,20 @@ class Wakeup:
         taken, self.signals = self.signals, []
         return taken
 
-    def wait(self, timeout: float, other: int | None) -> None:
+    def wait(self, timeout: float, other: int | None, linger: float = 0.0) -> None:
         """Sleep up to ``timeout`` seconds, less if a signal came or ``other`` (a descriptor,
-        the job runner's socket) becomes readable."""
+        the job runner's socket) becomes readable -- but for the first ``linger`` seconds
+        only a signal ends the sleep (news from ``other`` piles up meanwhile)."""
         if self.signals:
             timeout = 0.0
-        fds = [self._r] + ([other] if other is not None else [])
+        if linger > 0 and timeout > 0:
+            self._select([self._r], min(linger, timeout))
+            if self.signals:
+                return
+            timeout = max(0.0, timeout - linger)
+        self._select([self._r] + ([other] if other is not None else []), timeout)
+
+    def _select(self, fds: list[int], timeout: float) -> None:
         try:
             ready, _, _ = select.select(fds, [], [], max(0.0, timeout))
         except InterruptedError:
