@@ -68,3 +68,26 @@ def test_help_loads_no_command_work(prog: str) -> None:
     assert "pbq.cli" in loaded
     unneeded = loaded & (HEAVY | {"pbq.jobfile", "pbq.control"})
     assert not unneeded, sorted(unneeded)
+
+
+@pytest.mark.parametrize(("prog", "name"), [("pbq", "pbq"), ("pbq-single", "single"),
+                                          ("jobfile-append", "append")])
+def test_console_commands_end_at_once_with_everything_said(prog: str, name: str) -> None:
+    """The entry points skip the interpreter's teardown (os._exit): what a command printed
+    still arrives whole through a pipe (as with the ordinary exit), and its exit status is
+    the command's."""
+    ordinary = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); from pbq import cli; "
+                f"cli.{name}(prog_name={prog!r})")
+    ways = {"at once": [str(BIN / prog)], "ordinary": ["-c", ordinary]}
+    out = {}
+    for way, argv in ways.items():
+        r = subprocess.run([sys.executable, *argv, "--help"], capture_output=True, text=True,
+                           timeout=60)
+        assert r.returncode == 0, r.stderr
+        out[way] = r.stdout
+    assert out["at once"] == out["ordinary"]
+    assert out["at once"].startswith(f"Usage: {prog} ")
+    bad = subprocess.run([sys.executable, str(BIN / prog), "--no-such-option"],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2
+    assert "No such option" in bad.stderr and "--no-such-option" in bad.stderr
