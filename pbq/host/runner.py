@@ -175,7 +175,7 @@ def wait_status(si_code: int, si_status: int) -> int:
 
 class Runner:
     def __init__(self, sock: socket.socket, exits: Path, nice: int) -> None:
-        from ..sensors import process_start  # after fork/exec: only the runner pays for it
+        from ..procinfo import process_start  # /proc only: psutil is not loaded in the runner
 
         self.process_start = process_start
         self.sock = sock
